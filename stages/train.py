@@ -1,0 +1,32 @@
+"""train stage: dataset -> SDXL LoRA (diffusers format), checkpoints every N steps, loss logged with dvclive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storyboard.models.loading import Device, model_set
+from storyboard.stage import run_stage
+from storyboard.train.lora import train_lora
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--out", required=True, help="folder for the final LoRA weights")
+    parser.add_argument("--live", required=True, help="dvclive folder (loss, step time)")
+    parser.add_argument("--checkpoints", required=True, help="checkpoint root, kept across runs for resuming")
+
+
+def main(args, settings) -> None:
+    train_lora(
+        Path(args.dataset),
+        Path(args.out),
+        Path(args.live),
+        Path(args.checkpoints),
+        settings.train,
+        model_set(settings),
+        Device.from_runtime(settings.runtime),
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, arguments)

@@ -1,0 +1,179 @@
+"""Caption backends: OpenAI-compatible vision model, a sidecar .txt beside the image, or a template."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from storyboard.errors import StoryboardError
+
+from storyboard.settings import Caption, Character
+
+
+class CaptionError(StoryboardError):
+    """Captioning can't go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    text: str | None  # None when refused
+    refused: bool = False
+    reason: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    requests: int = 0
+
+
+class CaptionBackend(Protocol):
+    name: str
+    paid: bool  # whether each call costs money (and so is cached per image)
+
+    def caption(self, image: Image.Image, source: Path) -> CaptionResult: ...
+
+
+def with_trigger(text: str, trigger: str) -> str:
+    """The caption always starts with the trigger token: added by us, never left to the model."""
+    text = " ".join(text.split())
+    if re.match(rf"^{re.escape(trigger)}\b", text):
+        return text
+    return f"{trigger}, {text}"
+
+
+class TemplateBackend:
+    name = "template"
+    paid = False
+
+    def __init__(self, template: str, character: Character):
+        self.text = template.format(trigger=character.trigger, name=character.name, description=character.description)
+
+    def caption(self, image: Image.Image, source: Path) -> CaptionResult:
+        return CaptionResult(self.text)
+
+
+class SidecarBackend:
+    """Use the caption file the user already has: `<image stem>.txt` beside the image."""
+
+    name = "sidecar"
+    paid = False
+
+    def caption(self, image: Image.Image, source: Path) -> CaptionResult:
+        sidecar = source.with_suffix(".txt")
+        if not sidecar.exists():
+            raise CaptionError(
+                f"{source}: no caption file {sidecar.name} beside it (caption.backend is sidecar); "
+                "write one, or use caption.backend: template or openai"
+            )
+        text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+        if not text:
+            raise CaptionError(f"{sidecar}: empty caption file; write a caption into it or delete it")
+        return CaptionResult(text)
+
+
+# What vision models say when they decline; matched at the start of the reply only, so a caption that
+# mentions an apology in the scene ("a man saying sorry") is not taken for a refusal.
+REFUSAL = re.compile(
+    r"^\s*(i'?m sorry|i am sorry|sorry, |i can(?:'|no)t|i cannot|i'?m unable|i am unable|unfortunately, i)",
+    re.IGNORECASE,
+)
+
+
+def is_refusal(text: str | None, refusal_field: str | None) -> bool:
+    return bool(refusal_field) or not text or bool(REFUSAL.match(text.replace("\u2019", "'")))
+
+
+def image_data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat-completions endpoint with image input.
+
+    The official client retries 429/5xx/timeouts with exponential backoff and honours Retry-After
+    (`max_retries`); a bad key or a missing model raises at once and stops the stage.
+    """
+
+    name = "openai"
+    paid = True
+
+    def __init__(self, settings: Caption):
+        import openai
+
+        cfg = settings.openai
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise CaptionError(
+                f"caption.backend is openai but ${cfg.api_key_env} is not set: export your key, or caption offline "
+                "with `-S caption.backend=sidecar` (a .txt beside each image) or `-S caption.backend=template`"
+            )
+        self.settings = settings
+        self.client = openai.OpenAI(
+            api_key=key,
+            base_url=cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+            timeout=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+        )
+
+    def _ask(self, prompt: str, url: str) -> tuple[str | None, str | None, int, int]:
+        import openai
+
+        cfg = self.settings.openai
+        try:
+            response = self.client.chat.completions.create(
+                model=cfg.model,
+                temperature=cfg.temperature,
+                max_tokens=cfg.max_tokens,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": prompt},
+                            {"type": "image_url", "image_url": {"url": url}},
+                        ],
+                    }
+                ],
+            )
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise CaptionError(f"the caption endpoint rejected the key in ${cfg.api_key_env}: {e}") from None
+        except openai.NotFoundError as e:
+            raise CaptionError(f"model {cfg.model!r} not found at the caption endpoint; set caption.openai.model ({e})") from None
+        if not response.choices:
+            raise openai.APIError("response without choices", request=None, body=None)  # type: ignore[arg-type]
+        message = response.choices[0].message
+        usage = response.usage
+        return (
+            message.content,
+            getattr(message, "refusal", None),
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+        )
+
+    def caption(self, image: Image.Image, source: Path) -> CaptionResult:
+        url = image_data_url(image)
+        tokens_in = tokens_out = 0
+        reasons = []
+        for attempt, prompt in enumerate((self.settings.prompt, self.settings.refusal_prompt), start=1):
+            text, refusal, t_in, t_out = self._ask(prompt, url)
+            tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
+            if not is_refusal(text, refusal):
+                return CaptionResult(text.strip(), tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt)
+            reasons.append((refusal or text or "empty reply").strip()[:200])
+        return CaptionResult(
+            None, refused=True, reason=" | ".join(reasons), tokens_in=tokens_in, tokens_out=tokens_out, requests=2
+        )
+
+
+def make_backend(settings: Caption, character: Character) -> CaptionBackend:
+    if settings.backend == "openai":
+        return OpenAIBackend(settings)
+    if settings.backend == "sidecar":
+        return SidecarBackend()
+    return TemplateBackend(settings.template, character)

@@ -1,0 +1,192 @@
+"""Turn a folder of user images into the training dataset: normalised images, one caption each, a manifest.
+
+Paid captions are cached per image (content hash + model + prompt) outside the stage's outputs, and each
+is written the moment it arrives, so a rerun pays only for new images and a killed run loses nothing paid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from storyboard.caption.backends import CaptionBackend, CaptionError, CaptionResult, with_trigger
+from storyboard.fsutil import atomic_path, write_json
+from storyboard.images import BadImage, content_hash, list_images, load_rgb
+from storyboard.log import logger
+from storyboard.settings import Caption, Character
+
+
+@dataclass
+class ManifestRecord:
+    source: str  # path relative to the input folder, as the user named it
+    sha256: str
+    status: str  # "ok" | "excluded" | "duplicate"
+    image: str | None = None  # file in the dataset's images/ folder
+    caption: str | None = None
+    reason: str = ""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class CaptionStats:
+    images_seen: int = 0
+    captioned: int = 0
+    cached: int = 0
+    refused: int = 0
+    excluded: int = 0
+    duplicates: int = 0
+    requests: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    backend: str = ""
+
+
+class CaptionCache:
+    """One JSON file per (image, model, prompt): survives reruns and kills, read before paying again."""
+
+    def __init__(self, folder: Path, backend: str, settings: Caption):
+        self.folder = Path(folder)
+        self.salt = json.dumps([backend, settings.openai.model, settings.prompt, settings.refusal_prompt])
+
+    def _path(self, sha: str) -> Path:
+        key = hashlib.sha256(f"{sha}\0{self.salt}".encode()).hexdigest()
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, sha: str) -> CaptionResult | None:
+        path = self._path(sha)
+        if not path.exists():
+            return None
+        try:
+            return CaptionResult(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError):
+            logger.warning("ignoring unreadable cache entry %s", path)
+            return None
+
+    def put(self, sha: str, result: CaptionResult) -> None:
+        write_json(self._path(sha), asdict(result))
+
+
+def _fit(image: Image.Image, max_side: int) -> Image.Image:
+    if max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+
+
+def caption_images(
+    input_dir: Path,
+    out_dir: Path,
+    backend: CaptionBackend,
+    settings: Caption,
+    character: Character,
+) -> CaptionStats:
+    """Build `out_dir` (images/, one .txt per image, manifest.jsonl) from the images in `input_dir`."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise CaptionError(f"{input_dir} does not exist: put your character's images there (png, jpg or webp)")
+    sources = list_images(input_dir)
+    if not sources:
+        raise CaptionError(
+            f"{input_dir} holds no images (png, jpg, webp): add 15-50 pictures of your character there, "
+            "then `dvc add data/raw` and rerun"
+        )
+    stats = CaptionStats(backend=backend.name)
+    cache = CaptionCache(settings.cache_dir, backend.name, settings) if backend.paid else None
+    records: list[ManifestRecord] = []
+    todo: list[tuple[ManifestRecord, Image.Image, Path]] = []
+    seen: dict[str, ManifestRecord] = {}
+
+    for source in sources:
+        stats.images_seen += 1
+        rel = source.relative_to(input_dir).as_posix()
+        sha = content_hash(source)
+        record = ManifestRecord(source=rel, sha256=sha, status="excluded")
+        records.append(record)
+        if sha in seen:
+            record.status, record.reason = "duplicate", f"same content as {seen[sha].source}; captioned once"
+            stats.duplicates += 1
+            continue
+        seen[sha] = record
+        try:
+            image = load_rgb(source, background=settings.background)
+        except BadImage as e:
+            record.reason = str(e)
+            logger.warning("excluded: %s", e)
+            continue
+        if min(image.size) < settings.min_side:
+            record.reason = (
+                f"{image.width}x{image.height} px is below caption.min_side={settings.min_side}; "
+                "use a larger version of this picture"
+            )
+            logger.warning("excluded: %s: %s", source, record.reason)
+            continue
+        image = _fit(image, settings.max_side)
+        record.width, record.height = image.size
+        todo.append((record, image, source))
+
+    def run_one(item: tuple[ManifestRecord, Image.Image, Path]) -> tuple[ManifestRecord, CaptionResult, bool]:
+        record, image, source = item
+        if cache is not None and (hit := cache.get(record.sha256)) is not None:
+            return record, hit, True
+        result = backend.caption(image, source)
+        if cache is not None:
+            cache.put(record.sha256, result)
+        return record, result, False
+
+    with atomic_path(Path(out_dir)) as staged:
+        (staged / "images").mkdir(parents=True)
+        images_by_record = {id(r): im for r, im, _ in todo}
+        with ThreadPoolExecutor(max_workers=settings.concurrency if backend.paid else 1) as pool:
+            results = pool.map(run_one, todo)
+            for record, result, cached in tqdm(results, total=len(todo), desc="caption", unit="img"):
+                stats.cached += cached
+                if not cached:
+                    stats.requests += result.requests
+                    stats.tokens_in += result.tokens_in
+                    stats.tokens_out += result.tokens_out
+                if result.refused or not result.text:
+                    stats.refused += 1
+                    record.reason = f"refused by the caption model: {result.reason}"
+                    logger.warning("excluded: %s: %s", record.source, record.reason)
+                    continue
+                record.status = "ok"
+                record.caption = with_trigger(result.text, character.trigger)
+                record.image = f"{record.sha256[:16]}.png"
+                images_by_record[id(record)].save(staged / "images" / record.image)
+                (staged / "images" / f"{record.sha256[:16]}.txt").write_text(record.caption + "\n", encoding="utf-8")
+                stats.captioned += 1
+        stats.excluded = sum(r.status == "excluded" for r in records)
+        if stats.captioned == 0:
+            raise CaptionError(
+                f"none of the {len(sources)} images in {input_dir} could be used (see the warnings above); "
+                "nothing was written"
+            )
+        with open(staged / "manifest.jsonl", "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+    stats.cost_usd = round(
+        stats.tokens_in / 1000 * settings.cost_per_1k_tokens_in + stats.tokens_out / 1000 * settings.cost_per_1k_tokens_out,
+        4,
+    )
+    logger.info(
+        "captioned %d of %d images (%d cached, %d refused, %d excluded, %d duplicates; %d requests, $%.4f)",
+        stats.captioned, stats.images_seen, stats.cached, stats.refused, stats.excluded, stats.duplicates,
+        stats.requests, stats.cost_usd,
+    )
+    return stats
+
+
+def read_manifest(dataset_dir: Path) -> list[ManifestRecord]:
+    path = Path(dataset_dir) / "manifest.jsonl"
+    if not path.exists():
+        raise CaptionError(f"{path} missing: run the caption stage first (`dvc repro caption`)")
+    with open(path, encoding="utf-8") as f:
+        return [ManifestRecord(**json.loads(line)) for line in f if line.strip()]

@@ -1,0 +1,76 @@
+"""`storyboard` for humans: the same code the DVC stages run, for one-off stories outside the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from storyboard.errors import StoryboardError
+from storyboard.log import logger, setup_logging
+from storyboard.settings import PARAMS_FILE, Story, load_settings, slug
+
+
+def _generate(args) -> None:
+    from storyboard.generate.render import MODES
+    from storyboard.generate.run import render_plans
+    from storyboard.story.plan import make_planner, plan_story, plan_to_json
+
+    settings = load_settings(args.params)
+    story = Story(id=slug(args.story)[:48], text=args.story)
+    plan = plan_story(make_planner(settings.plan), story, settings.character)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{story.id}.plan.json").write_text(plan_to_json(plan), encoding="utf-8")
+    modes = MODES if args.mode == "all" else (args.mode,)
+    lora = Path(args.lora)
+    for mode in modes:
+        for folder in render_plans(settings, mode, [plan], out / mode, None if mode == "baseline" else lora):
+            logger.info("contact sheet: %s", folder / "contact_sheet.png")
+
+
+def _plan(args) -> None:
+    from storyboard.story.plan import make_planner, plan_story, plan_to_json
+
+    settings = load_settings(args.params)
+    plan = plan_story(make_planner(settings.plan), Story(id=slug(args.story)[:48], text=args.story), settings.character)
+    sys.stdout.write(plan_to_json(plan))
+
+
+def _tiny_models(args) -> None:
+    from storyboard.models.tiny import tiny_model_set
+
+    settings = load_settings(args.params)
+    logger.info("tiny models: %s", tiny_model_set(settings.models.tiny).base)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="storyboard", description=__doc__)
+    parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="plan a story and render it (all modes by default)")
+    gen.add_argument("--story", required=True, help='one line, e.g. "Aldar Kose tricks a merchant"')
+    gen.add_argument("--mode", default="all", choices=("all", "baseline", "lora", "ref_guided"))
+    gen.add_argument("--lora", default="models/lora", help="trained LoRA folder (default: %(default)s)")
+    gen.add_argument("--out", default="outputs/adhoc", help="output folder (default: %(default)s)")
+    gen.set_defaults(func=_generate)
+
+    plan = sub.add_parser("plan", help="print the frame plan of a story as JSON")
+    plan.add_argument("--story", required=True)
+    plan.set_defaults(func=_plan)
+
+    tiny = sub.add_parser("build-tiny-models", help="build the tiny profile's random-weight models")
+    tiny.set_defaults(func=_tiny_models)
+
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        args.func(args)
+    except StoryboardError as e:
+        logger.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

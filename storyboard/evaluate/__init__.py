@@ -1,0 +1,1 @@
+"""Evaluation: does the character's face stay the same across frames."""

@@ -1,0 +1,70 @@
+"""What a rendered story leaves behind: frames, metadata.json, a captioned contact sheet."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import asdict
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from storyboard.fsutil import atomic_path, write_json
+from storyboard.generate.render import RenderedFrame
+
+THUMB_MIN = 256  # tiny-profile frames are 64 px: blow them up so the sheet stays readable
+CAPTION_LINES = 4
+
+
+def contact_sheet(frames: list[RenderedFrame], title: str, columns: int, notice: str | None = None) -> Image.Image:
+    """A grid of the kept frames, each with its number, score and scene text under it."""
+    images = [f.image for f in frames if f.image is not None]
+    size = max(THUMB_MIN, images[0].width)
+    font = ImageFont.load_default(size=max(12, size // 20))
+    line_h = font.size + 4
+    cols = min(columns, len(frames))
+    rows = math.ceil(len(frames) / cols)
+    header = line_h * (2 if notice else 1) + 8
+    cell_h = size + line_h * CAPTION_LINES + 8
+    sheet = Image.new("RGB", (cols * size + (cols + 1) * 8, header + rows * cell_h + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 4), title, fill="black", font=font)
+    if notice:
+        draw.text((8, 4 + line_h), notice, fill=(190, 0, 0), font=font)
+    wrap = max(10, int(size / (font.size * 0.55)))
+    for n, f in enumerate(frames):
+        x = 8 + (n % cols) * (size + 8)
+        y = header + (n // cols) * cell_h
+        sheet.paste(f.image.resize((size, size * f.image.height // f.image.width), Image.Resampling.NEAREST), (x, y))
+        caption = f"{f.index}. [{f.frame.shot}, {f.frame.pose}] CLIP {f.score:.2f} ({len(f.attempts)} try) {f.frame.scene}"
+        for k, line in enumerate(textwrap.wrap(caption, wrap)[:CAPTION_LINES]):
+            draw.text((x, y + size + 4 + k * line_h), line, fill="black", font=font)
+    return sheet
+
+
+def write_story_outputs(out_dir: Path, frames: list[RenderedFrame], metadata: dict, sheet: Image.Image) -> None:
+    """Write one story's folder atomically: frame_01.png..., metadata.json, contact_sheet.png."""
+    with atomic_path(out_dir) as staged:
+        staged.mkdir(parents=True)
+        records = []
+        for f in frames:
+            name = f"frame_{f.index:02d}.png"
+            f.image.save(staged / name)
+            records.append(
+                {
+                    "index": f.index,
+                    "file": name,
+                    "scene": f.frame.scene,
+                    "shot": f.frame.shot,
+                    "pose": f.frame.pose,
+                    "setting": f.frame.setting,
+                    "prompt": f.prompt,
+                    "seed": f.attempts[f.best].seed,
+                    "clip_text_score": f.score,
+                    "attempts": [asdict(a) for a in f.attempts],
+                    "kept_attempt": f.best + 1,
+                    "seconds": round(sum(a.seconds for a in f.attempts), 3),
+                }
+            )
+        write_json(staged / "metadata.json", {**metadata, "frames": records})
+        sheet.save(staged / "contact_sheet.png")

@@ -1,0 +1,68 @@
+"""Render every planned story in one mode: what the generate stage and `storyboard generate` both call."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from storyboard import TINY_NOTICE
+from storyboard.generate.outputs import contact_sheet, write_story_outputs
+from storyboard.generate.render import Mode, StoryRenderer
+from storyboard.log import logger
+from storyboard.models.clip import ClipScorer
+from storyboard.models.loading import Device, model_set
+from storyboard.settings import Settings
+from storyboard.story.plan import StoryPlan
+
+
+def lora_hash(lora_dir: Path | None) -> str | None:
+    if lora_dir is None:
+        return None
+    weights = Path(lora_dir) / "pytorch_lora_weights.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None
+
+
+def render_plans(
+    settings: Settings,
+    mode: Mode,
+    plans: list[StoryPlan],
+    out_root: Path,
+    lora_dir: Path | None,
+) -> list[Path]:
+    """Load the mode's models once, render each plan into out_root/<story_id>/, return those folders."""
+    models = model_set(settings)
+    device = Device.from_runtime(settings.runtime)
+    scorer = ClipScorer(models.clip, device)
+    renderer = StoryRenderer(mode, settings.generate, settings.character, models, device, scorer, lora_dir)
+    notice = TINY_NOTICE if settings.is_tiny else None
+    written = []
+    for plan in tqdm(plans, desc=f"generate {mode}", unit="story"):
+        t0 = time.perf_counter()
+        frames = renderer.render(plan)
+        seconds = time.perf_counter() - t0
+        metadata = {
+            "story_id": plan.story_id,
+            "story": plan.story,
+            "mode": mode,
+            "profile": settings.profile,
+            "notice": notice,
+            "planner": plan.planner,
+            "models": models.model_dump(mode="json"),
+            "lora_sha256": lora_hash(lora_dir) if mode != "baseline" else None,
+            "generate": settings.generate.model_dump(mode="json"),
+            "resolution": renderer.resolution,
+            "device": str(device.device),
+            "dtype": str(device.dtype).removeprefix("torch."),
+            "seconds_total": round(seconds, 3),
+            "seconds_per_frame": round(seconds / len(frames), 3),
+        }
+        title = f"{plan.story_id} | {mode} | {plan.story}"
+        sheet = contact_sheet(frames, title, settings.generate.contact_sheet_columns, notice)
+        out_dir = Path(out_root) / plan.story_id
+        write_story_outputs(out_dir, frames, metadata, sheet)
+        logger.info("%s/%s: %d frames in %.1f s -> %s", mode, plan.story_id, len(frames), seconds, out_dir)
+        written.append(out_dir)
+    return written

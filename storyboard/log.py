@@ -1,0 +1,25 @@
+"""The one logger of the package, configured once by whoever runs a stage or the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger("storyboard")
+
+
+def setup_logging(level: str | None = None) -> None:
+    """Log to stderr with timestamps; level from the argument, STORYBOARD_LOG, or INFO."""
+    level = level or os.environ.get("STORYBOARD_LOG", "INFO")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logger.setLevel(level.upper())
+    # Libraries that narrate every weight load drown the stage's own messages.
+    for noisy in ("diffusers", "transformers", "httpx", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Per-file "Loading weights" bars of the model libraries hide the stage's own progress bar.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()

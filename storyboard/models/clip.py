@@ -1,0 +1,56 @@
+"""CLIP scoring: one model, one scale (cosine similarity in [-1, 1]), used by generate and evaluate alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from storyboard.models.loading import Device, load
+
+
+class ClipScorer:
+    """Text-image and image-image cosine similarities from a `CLIPModel` (real or tiny)."""
+
+    def __init__(self, source: str, device: Device):
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.source = source
+        self.device = device.device
+        # CLIP runs in fp32: it is small, and scores must not move with the generation dtype.
+        self.model = load("CLIP scoring model", source, CLIPModel.from_pretrained).to(self.device).eval()
+        self.processor = load("CLIP processor", source, CLIPProcessor.from_pretrained)
+
+    @torch.no_grad()
+    def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        feats = self.model.get_image_features(pixel_values=pixels)
+        feats = getattr(feats, "pooler_output", feats)
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        # CLIP sees 77 tokens; longer scene texts are truncated here, the same way for every frame.
+        tokens = self.processor.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt"
+        ).to(self.device)
+        feats = self.model.get_text_features(**tokens)
+        feats = getattr(feats, "pooler_output", feats)
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    def text_scores(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
+        """Cosine similarity of each image with its own text."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        if not images:
+            return []
+        sims = (self.image_features(images) * self.text_features(texts)).sum(-1)
+        return [float(s) for s in sims.cpu()]
+
+    def image_scores(self, images: Sequence[Image.Image], reference: Image.Image) -> list[float]:
+        """Cosine similarity of each image with one reference image."""
+        if not images:
+            return []
+        feats = self.image_features([reference, *images])
+        return [float(s) for s in (feats[1:] @ feats[0]).cpu()]

@@ -1,0 +1,254 @@
+"""The tiny profile: small random-weight models of exactly the classes SDXL uses, built offline.
+
+They are saved with `save_pretrained` into a local folder and then loaded by the same loading code as the real
+hub models, so every code path runs on a CPU in CI. Their outputs are noise: they check plumbing, never
+quality. The build is deterministic for a seed, so the pipeline's outputs are reproducible across machines
+with the same torch build.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from storyboard import TINY_NOTICE
+from storyboard.fsutil import atomic_path
+from storyboard.log import logger
+from storyboard.settings import ModelSet, TinyModels
+
+# Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
+BUILD_VERSION = 1
+
+# Sizes: the smallest that keep every SDXL mechanism (two text encoders, pooled + time ids conditioning,
+# cross-attention blocks, a 2-level VAE) while a 64 px frame takes milliseconds on a CPU.
+TEXT_DIM = 32  # hidden size of both text encoders; the UNet sees their concatenation
+CROSS_DIM = 2 * TEXT_DIM
+TIME_DIM = 8  # addition_time_embed_dim: 6 time ids -> 48 features
+IMAGE_SIZE = 32  # CLIP vision input for the IP-Adapter encoder and the scoring model
+NATIVE_RESOLUTION = 64  # unet sample_size (32) x VAE scale (2)
+
+
+def _vocab() -> dict[str, int]:
+    """A byte-level BPE vocab with no merges: every printable byte is a token, alone or word-final.
+
+    No installed package ships a CLIP vocab, so we write one. Character-level tokens are enough for
+    plumbing: prompts tokenise, truncate at 77 and embed like real ones.
+    """
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    symbols = sorted(ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for s in symbols:
+        vocab[s] = len(vocab)
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return vocab
+
+
+def _tokenizer(folder: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer(vocab=_vocab(), merges=[], model_max_length=77)
+    # A constructor that silently ignores its vocab yields 2 tokens; check before anything trains on it.
+    ids = tok("abc xyz").input_ids
+    if len(tok) < 400 or len(ids) != 2 + len("abc") + len("xyz"):
+        raise RuntimeError(f"tiny CLIP tokenizer is broken: vocab {len(tok)}, ids {ids}")
+    tok.save_pretrained(folder)
+
+
+def _text_config(**extra):
+    from transformers import CLIPTextConfig
+
+    vocab_size = len(_vocab())
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_DIM,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        hidden_act="gelu",
+        **extra,
+    )
+
+
+def _vision_config(projection_dim: int):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=projection_dim,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+    )
+
+
+def _image_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+
+
+def _build_sdxl(folder: Path) -> object:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    unet = UNet2DConditionModel(
+        sample_size=NATIVE_RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 1),
+        cross_attention_dim=CROSS_DIM,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_DIM,
+        projection_class_embeddings_input_dim=6 * TIME_DIM + TEXT_DIM,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=NATIVE_RESOLUTION,
+        scaling_factor=0.13025,  # SDXL's value, so latent scaling code paths are the real ones
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    _tokenizer(folder / "_tok")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "_tok")
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_DIM)),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(folder / "sdxl")
+    return unet
+
+
+def _build_controlnet(unet, folder: Path) -> None:
+    from diffusers import ControlNetModel
+
+    # A 2-level VAE downsamples by 2, so the condition embedding must downsample by 2 as well.
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet.save_pretrained(folder / "controlnet")
+
+
+def _build_ip_adapter(unet, folder: Path) -> None:
+    """An IP-Adapter (plain image projection) in the layout `load_ip_adapter` reads: weights + image_encoder/."""
+    from transformers import CLIPVisionModelWithProjection
+
+    embed_dim = 32
+    root = folder / "ip_adapter"
+    CLIPVisionModelWithProjection(_vision_config(projection_dim=embed_dim)).save_pretrained(root / "image_encoder")
+    _image_processor().save_pretrained(root / "image_encoder")
+    num_tokens = 4
+    tensors = {
+        "image_proj.proj.weight": torch.randn(CROSS_DIM * num_tokens, embed_dim) * 0.02,
+        "image_proj.proj.bias": torch.zeros(CROSS_DIM * num_tokens),
+        "image_proj.norm.weight": torch.ones(CROSS_DIM),
+        "image_proj.norm.bias": torch.zeros(CROSS_DIM),
+    }
+    # One to_k_ip/to_v_ip pair per cross-attention processor, numbered like the released checkpoints:
+    # processors are counted in unet.attn_processors order and the cross-attention ones are the odd ones.
+    for index, name in enumerate(unet.attn_processors):
+        if name.endswith("attn1.processor"):
+            continue
+        hidden = _hidden_size(unet, name)
+        tensors[f"ip_adapter.{index}.to_k_ip.weight"] = torch.randn(hidden, CROSS_DIM) * 0.02
+        tensors[f"ip_adapter.{index}.to_v_ip.weight"] = torch.randn(hidden, CROSS_DIM) * 0.02
+    save_file(tensors, root / "ip-adapter.safetensors")
+
+
+def _hidden_size(unet, processor_name: str) -> int:
+    channels = unet.config.block_out_channels
+    if processor_name.startswith("mid_block"):
+        return channels[-1]
+    block = int(processor_name.split(".")[1])
+    if processor_name.startswith("up_blocks"):
+        return list(reversed(channels))[block]
+    return channels[block]
+
+
+def _build_clip(folder: Path) -> None:
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    config = CLIPConfig(
+        text_config=_text_config().to_dict(),
+        vision_config=_vision_config(projection_dim=32).to_dict(),
+        projection_dim=32,
+    )
+    CLIPModel(config).save_pretrained(folder / "clip")
+    processor = CLIPProcessor(image_processor=_image_processor(), tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok"))
+    processor.save_pretrained(folder / "clip")
+
+
+def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
+    return ModelSet(
+        base=str(root / "sdxl"),
+        ip_adapter=str(root / "ip_adapter"),
+        ip_adapter_subfolder="",
+        ip_adapter_weight="ip-adapter.safetensors",
+        ip_adapter_image_encoder="image_encoder",
+        controlnet=str(root / "controlnet"),
+        clip=str(root / "clip"),
+        face_backend=tiny.face_backend,
+    )
+
+
+def tiny_model_set(tiny: TinyModels) -> ModelSet:
+    """Build the tiny models once per (seed, build version) and return where they are."""
+    root = Path(tiny.root).resolve() / f"v{BUILD_VERSION}-seed{tiny.seed}"
+    if not (root / "BUILT.json").exists():
+        build_tiny_models(root, seed=tiny.seed)
+    return _model_set(root, tiny)
+
+
+def build_tiny_models(root: Path, *, seed: int) -> None:
+    """Write every tiny model under `root` (atomically: a killed build leaves no folder behind)."""
+    logger.info("building tiny random-weight models (seed %d) in %s", seed, root)
+    torch.manual_seed(seed)
+    with atomic_path(root) as folder:
+        folder.mkdir(parents=True)
+        unet = _build_sdxl(folder)
+        _build_controlnet(unet, folder)
+        _build_ip_adapter(unet, folder)
+        _build_clip(folder)
+        (folder / "BUILT.json").write_text(
+            json.dumps({"seed": seed, "build_version": BUILD_VERSION, "notice": TINY_NOTICE}, indent=2) + "\n"
+        )
+        (folder / "README.txt").write_text(TINY_NOTICE + "\n")
+        shutil.rmtree(folder / "_tok")
+
+

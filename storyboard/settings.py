@@ -1,0 +1,248 @@
+"""Typed settings: params.yaml read once, validated, and handed to the stages.
+
+Every knob of the pipeline is a field here with its bounds; unknown keys and bad values are rejected with a
+message that names the key, so a typo in `dvc exp run -S ...` fails at once instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from storyboard.errors import StoryboardError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class SettingsError(StoryboardError):
+    """params.yaml is missing, unreadable or holds a bad value; the message names file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Character(_Section):
+    name: str = Field(min_length=1)
+    trigger: str = Field(min_length=1, pattern=r"^[a-z0-9_]+$")
+    description: str = Field(min_length=1)
+
+
+class Story(_Section):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    text: str = Field(min_length=1)
+
+
+class ModelSet(_Section):
+    """Where each model comes from: hub ids for `sdxl`, local folders written by the tiny builder for `tiny`."""
+
+    base: str
+    vae: str | None = None
+    ip_adapter: str
+    ip_adapter_subfolder: str = ""
+    ip_adapter_weight: str
+    ip_adapter_image_encoder: str = Field(
+        "image_encoder", description="image encoder folder, relative to the IP-Adapter subfolder"
+    )
+    controlnet: str
+    clip: str
+    face_backend: Literal["insightface", "dlib"]
+    face_model: str = Field("buffalo_l", description="InsightFace model pack name (insightface backend)")
+    face_model_root: str | None = Field(None, description="InsightFace model root; None: ~/.insightface")
+
+
+class TinyModels(_Section):
+    root: Path
+    seed: int = 0
+    face_backend: Literal["insightface", "dlib"] = "dlib"
+
+
+class Models(_Section):
+    sdxl: ModelSet
+    tiny: TinyModels
+
+
+class Runtime(_Section):
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class Sample(_Section):
+    count: Annotated[int, Field(ge=1, le=64)] = 12
+    size: Annotated[int, Field(ge=64, le=2048)] = 256
+    seed: int = 0
+
+
+class OpenAIClient(_Section):
+    model: str
+    base_url: str | None = Field(None, description="None: OPENAI_BASE_URL or the OpenAI API")
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.2
+    max_tokens: PositiveInt = 300
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 4
+
+
+class Caption(_Section):
+    input_dir: Path = Path("data/raw")
+    backend: Literal["openai", "sidecar", "template"] = "openai"
+    template: str = Field("{trigger}, {name}, a character illustration")
+    prompt: str
+    refusal_prompt: str
+    openai: OpenAIClient
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    cache_dir: Path = Field(Path(".cache/captions"), description="paid captions kept across runs, per image")
+    cost_per_1k_tokens_in: Annotated[float, Field(ge=0)] = 0.0025
+    cost_per_1k_tokens_out: Annotated[float, Field(ge=0)] = 0.01
+    min_side: Annotated[int, Field(ge=16)] = 256
+    max_side: Annotated[int, Field(ge=64)] = 1024
+    background: tuple[int, int, int] = Field((255, 255, 255), description="RGB behind transparent pixels")
+
+    @field_validator("template")
+    @classmethod
+    def _template_names_trigger(cls, value: str) -> str:
+        if "{trigger}" not in value:
+            raise ValueError("must contain {trigger} so every caption carries the LoRA trigger token")
+        return value
+
+
+class Train(_Section):
+    rank: PositiveInt = 16
+    alpha: PositiveInt = 16
+    dropout: Fraction = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-4
+    max_steps: PositiveInt = 500
+    batch_size: PositiveInt = 1
+    checkpoint_every: PositiveInt = 100
+    checkpoints_keep: PositiveInt = 2
+    resolution: Annotated[int, Field(ge=32)] | None = Field(
+        None, description="None: the base model's native size (unet sample_size x VAE scale)"
+    )
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    gradient_checkpointing: bool = False
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
+        return value
+
+
+class Plan(_Section):
+    backend: Literal["openai", "offline"] = "openai"
+    min_frames: Annotated[int, Field(ge=2, le=16)] = 6
+    max_frames: Annotated[int, Field(ge=2, le=16)] = 10
+    openai: OpenAIClient
+
+    @model_validator(mode="after")
+    def _frame_bounds(self) -> Plan:
+        if self.min_frames > self.max_frames:
+            raise ValueError(f"min_frames ({self.min_frames}) is above max_frames ({self.max_frames})")
+        return self
+
+
+class Generate(_Section):
+    steps: PositiveInt = 30
+    guidance_scale: Annotated[float, Field(ge=0)] = 6.0
+    resolution: Annotated[int, Field(ge=32)] | None = None
+    seed: int = 1234
+    style: str = ""
+    negative_prompt: str = ""
+    lora_scale: Annotated[float, Field(ge=0, le=2)] = 1.0
+    ip_adapter_scale: Annotated[float, Field(ge=0, le=2)] = 0.6
+    controlnet_scale: Annotated[float, Field(ge=0, le=2)] = 0.8
+    clip_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.25, description="CLIP cosine similarity of frame and scene text below which a frame is redone"
+    )
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    contact_sheet_columns: PositiveInt = 4
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        return Train._multiple_of_8(value)
+
+
+class Evaluate(_Section):
+    face_min_score: Fraction = Field(0.5, description="face detector confidence below which a face is ignored")
+
+
+class Settings(_Section):
+    profile: Literal["sdxl", "tiny"] = "sdxl"
+    runtime: Runtime = Runtime()
+    character: Character
+    stories: list[Story] = Field(min_length=1)
+    models: Models
+    sample: Sample = Sample()
+    caption: Caption
+    train: Train = Train()
+    plan: Plan
+    generate: Generate = Generate()
+    evaluate: Evaluate = Evaluate()
+
+    @field_validator("stories")
+    @classmethod
+    def _unique_ids(cls, stories: list[Story]) -> list[Story]:
+        ids = [s.id for s in stories]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"story ids must be unique; repeated: {', '.join(dupes)}")
+        return stories
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.profile == "tiny"
+
+    def story(self, story_id: str) -> Story:
+        for story in self.stories:
+            if story.id == story_id:
+                return story
+        raise SettingsError(f"no story with id {story_id!r} in params.yaml stories ({self.story_ids()})")
+
+    def story_ids(self) -> str:
+        return ", ".join(s.id for s in self.stories)
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: {err.error_count()} bad value(s):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo? see params.yaml comments for the known keys)"
+        elif "input" in e and not isinstance(e["input"], dict | list):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str = PARAMS_FILE) -> Settings:
+    """Read and validate params.yaml; raise SettingsError naming the file and every bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"{path} not found: run from the repository root, or pass --params") from None
+    except yaml.YAMLError as e:
+        raise SettingsError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        raise SettingsError(_format_error(path, e)) from None
+
+
+def slug(text: str) -> str:
+    """A file-system-safe lowercase name for free text."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "item"
