@@ -14,12 +14,14 @@ def setup_logging(level: str | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(level.upper())
     # Libraries that narrate every weight load drown the stage's own messages.
-    for noisy in ("diffusers", "transformers", "httpx", "PIL"):
+    for noisy in ("httpx", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Per-file "Loading weights" bars of the model libraries hide the stage's own progress bar.
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    # Their warnings repeat per call (e.g. CLIP truncation, which generate reports once per story itself).
+    diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()

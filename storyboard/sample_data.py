@@ -103,7 +103,9 @@ def _jitter(colour: Colour, rng: random.Random, amount: int = 12) -> Colour:
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in colour)  # type: ignore[return-value]
 
 
-def _sky_and_ground(img: Image.Image, rng: random.Random, sky: tuple[Colour, Colour], ground: tuple[Colour, Colour]) -> float:
+def _sky_and_ground(
+    img: Image.Image, rng: random.Random, sky: tuple[Colour, Colour], ground: tuple[Colour, Colour]
+) -> float:
     horizon = rng.uniform(0.52, 0.6)
     _gradient(img, _jitter(sky[0], rng), _jitter(sky[1], rng), 0.0, horizon)
     _gradient(img, _jitter(ground[0], rng), _jitter(ground[1], rng), horizon, 1.0)
@@ -375,8 +377,12 @@ class _Painter:
         x0, x1 = hip_x - 0.09, hip_x + 0.1
         wood, line = (150, 100, 55), max(1, round(0.008 * self.px))
         for lx in (x0 + 0.02, x1 - 0.035):
-            self.draw.rectangle((*self.at((lx, seat_y)), *self.at((lx + 0.03, floor_y))), fill=wood, outline=OUTLINE, width=line)
-        self.draw.rectangle((*self.at((x0, seat_y - 0.01)), *self.at((x1, seat_y + 0.03))), fill=wood, outline=OUTLINE, width=line)
+            self.draw.rectangle(
+                (*self.at((lx, seat_y)), *self.at((lx + 0.03, floor_y))), fill=wood, outline=OUTLINE, width=line
+            )
+        self.draw.rectangle(
+            (*self.at((x0, seat_y - 0.01)), *self.at((x1, seat_y + 0.03))), fill=wood, outline=OUTLINE, width=line
+        )
 
     def legs(self) -> None:
         j = self.fig.joints
@@ -416,8 +422,8 @@ class _Painter:
         # Collar trim: a V from the shoulders to the chest, and a sash at the waist.
         chest = _add(neck, down, 0.12)
         trim_w = max(1, round(0.022 * self.px))
-        self.draw.line([self.at(_add(neck, across, -0.05)), self.at(chest), self.at(_add(neck, across, 0.05))],
-                       fill=ROBE_TRIM, width=trim_w, joint="curve")  # fmt: skip
+        collar = [self.at(_add(neck, across, -0.05)), self.at(chest), self.at(_add(neck, across, 0.05))]
+        self.draw.line(collar, fill=ROBE_TRIM, width=trim_w, joint="curve")
         waist = _add(neck, down, 0.24)
         self.segment(_add(waist, across, -wa * 0.95), _add(waist, across, wa * 0.95), 0.035, SASH)
 
@@ -451,7 +457,12 @@ class _Painter:
             d.ellipse((cx - 0.14 * r, cy - 0.1 * r, cx + 0.14 * r, cy + 0.1 * r), fill=CHEEK)
         for u in (-0.36, 0.36):  # eyes: white, dark pupil, brow above
             ex, ey = hl(u + k, 0.12)
-            d.ellipse((ex - 0.15 * r, ey - 0.19 * r, ex + 0.15 * r, ey + 0.19 * r), fill=(255, 255, 255), outline=INK, width=line)
+            d.ellipse(
+                (ex - 0.15 * r, ey - 0.19 * r, ex + 0.15 * r, ey + 0.19 * r),
+                fill=(255, 255, 255),
+                outline=INK,
+                width=line,
+            )
             px, py = hl(u + k * 1.6, 0.1)
             d.ellipse((px - 0.085 * r, py - 0.1 * r, px + 0.085 * r, py + 0.1 * r), fill=INK)
             sgn = 1 if u > 0 else -1
@@ -466,7 +477,14 @@ class _Painter:
             d.line(tash, fill=INK, width=thin, joint="curve")
         if laughing:
             mx, my = hl(k, -0.52)
-            d.chord((mx - 0.25 * r, my - 0.16 * r, mx + 0.25 * r, my + 0.2 * r), 0, 180, fill=(130, 30, 40), outline=INK, width=line)
+            d.chord(
+                (mx - 0.25 * r, my - 0.16 * r, mx + 0.25 * r, my + 0.2 * r),
+                0,
+                180,
+                fill=(130, 30, 40),
+                outline=INK,
+                width=line,
+            )
         else:
             d.line([hl(k - 0.22, -0.46), hl(k, -0.56), hl(k + 0.22, -0.46)], fill=INK, width=line, joint="curve")
 
@@ -478,9 +496,13 @@ class _Painter:
         self.draw.polygon(cone, fill=HAT_FELT, outline=OUTLINE, width=line)
         self.draw.line([hl(-0.45, 1.15), hl(0.1, 1.35), hl(0.5, 1.15)], fill=HAT_TRIM, width=max(1, round(r * 0.08)))
         tx, ty = hl(0.14, _HAT_TIP - 0.1)
-        self.draw.ellipse((tx - 0.14 * r, ty - 0.14 * r, tx + 0.14 * r, ty + 0.14 * r), fill=TASSEL, outline=OUTLINE, width=line)
+        self.draw.ellipse(
+            (tx - 0.14 * r, ty - 0.14 * r, tx + 0.14 * r, ty + 0.14 * r), fill=TASSEL, outline=OUTLINE, width=line
+        )
         # Fur band: a thick ellipse round the base of the cone, with a fixed pattern of darker tufts.
-        band = [hl(1.08 * math.cos(t), 0.72 + 0.3 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)]
+        band = [
+            hl(1.08 * math.cos(t), 0.72 + 0.3 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)
+        ]
         self.draw.polygon(band, fill=FUR, outline=OUTLINE, width=line)
         for u, v in ((-0.8, 0.7), (-0.5, 0.82), (-0.2, 0.66), (0.1, 0.8), (0.4, 0.68), (0.7, 0.8), (0.88, 0.66)):
             x, y = hl(u, v)
@@ -512,7 +534,7 @@ def _draw_character(img: Image.Image, pose: Pose, rng: random.Random) -> None:
 # ------------------------------------------------------------------------------------------------ public
 
 
-def draw_sample(character: Character, pose_name: str, setting_index: int, size: int, rng: random.Random) -> Image.Image:
+def draw_sample(pose_name: str, setting_index: int, size: int, rng: random.Random) -> Image.Image:
     """One `size` x `size` RGB image of the character in a pose and setting (see SETTINGS)."""
     canvas = size * _SUPERSAMPLE
     img = Image.new("RGB", (canvas, canvas))
@@ -544,14 +566,16 @@ def draw_sample_set(out_dir: Path, character: Character, *, count: int, size: in
         for i in range(count):
             pose_name = POSE_NAMES[i % len(POSE_NAMES)]
             rng = random.Random(master.getrandbits(64))  # one stream per image: image i is stable whatever count
-            image = draw_sample(character, pose_name, i, size, rng)
+            image = draw_sample(pose_name, i, size, rng)
             is_jpeg = (i + 1) % _JPEG_EVERY == 0
             name = f"sample_{i + 1:02d}.{'jpg' if is_jpeg else 'png'}"
             if is_jpeg:
                 image.save(staged / name, format="JPEG", quality=_JPEG_QUALITY)
             else:
                 image.save(staged / name, format="PNG")
-            (staged / name).with_suffix(".txt").write_text(sample_caption(character, pose_name, i) + "\n", encoding="utf-8")
+            (staged / name).with_suffix(".txt").write_text(
+                sample_caption(character, pose_name, i) + "\n", encoding="utf-8"
+            )
             names.append(name)
     logger.info("drew %d sample images of %s (%d px, seed %d) into %s", count, character.name, size, seed, out_dir)
     return [out_dir / n for n in names]

@@ -33,9 +33,9 @@ def results_markdown(summary: dict[str, dict], settings: Settings, face_backend:
         lines += [f"> {TINY_NOTICE}", ""]
     lines += [
         f"Stories: {settings.story_ids()}. Face backend: {face_backend}. CLIP scores are cosine similarities "
-        "(-1..1). Empty cells: no frame could be scored (see the detection rate).",
+        "(-1..1). n/a: no frame could be scored (see the detection rate).",
         "",
-        table.to_markdown(floatfmt=".3f"),
+        table.to_markdown(floatfmt=".3f", missingval="n/a"),
         "",
     ]
     return "\n".join(lines)

@@ -36,7 +36,8 @@ def contact_sheet(frames: list[RenderedFrame], title: str, columns: int, notice:
         x = 8 + (n % cols) * (size + 8)
         y = header + (n // cols) * cell_h
         sheet.paste(f.image.resize((size, size * f.image.height // f.image.width), Image.Resampling.NEAREST), (x, y))
-        caption = f"{f.index}. [{f.frame.shot}, {f.frame.pose}] CLIP {f.score:.2f} ({len(f.attempts)} try) {f.frame.scene}"
+        tries = f"{len(f.attempts)} {'try' if len(f.attempts) == 1 else 'tries'}"
+        caption = f"{f.index}. [{f.frame.shot}, {f.frame.pose}] CLIP {f.score:.2f} ({tries}) {f.frame.scene}"
         for k, line in enumerate(textwrap.wrap(caption, wrap)[:CAPTION_LINES]):
             draw.text((x, y + size + 4 + k * line_h), line, fill="black", font=font)
     return sheet

@@ -63,13 +63,14 @@ def frame_prompt(frame: Frame, character: Character, style: str) -> str:
 def warn_if_truncated(pipe, prompts: list[str]) -> None:
     """CLIP text encoders read 77 tokens; say so rather than drop the end of a prompt silently."""
     tokenizer = pipe.tokenizer
-    for prompt in prompts:
-        n = len(tokenizer(prompt).input_ids)
-        if n > tokenizer.model_max_length:
-            logger.warning(
-                "prompt is %d tokens; the text encoders read the first %d: %r...",
-                n, tokenizer.model_max_length, prompt[:80],
-            )
+    lengths = [len(tokenizer(p).input_ids) for p in prompts]
+    long = [n for n in lengths if n > tokenizer.model_max_length]
+    if long:
+        logger.warning(
+            "%d of %d prompts exceed the %d tokens the text encoders read (longest %d); their ends are dropped: "
+            "shorten character.description or generate.style",
+            len(long), len(prompts), tokenizer.model_max_length, max(long),
+        )
 
 
 class StoryRenderer:

@@ -70,20 +70,26 @@ class Planner(Protocol):
     def frames(self, story: Story, character: Character) -> list[Frame]: ...
 
 
-def _frame_count(story: str, settings: Plan) -> int:
-    """More beats in the story -> more frames, within the configured bounds."""
-    return max(settings.min_frames, min(settings.max_frames, settings.min_frames - 2 + len(_beats(story))))
-
-
 def _beats(story: str) -> list[str]:
+    """The story's events, split at clause boundaries ("A, B and then C" -> A | B | C)."""
     parts = re.split(r",|;|\.|\band then\b|\bthen\b|\band\b|\bbut\b|\bwhile\b", story)
     return [p.strip() for p in parts if len(p.strip()) > 2]
 
 
-class OfflinePlanner:
-    """A deterministic planner that needs no key: opening close-up, one frame per story beat, a closing shot.
+def _chunks(items: list[str], n: int) -> list[list[str]]:
+    """Split items into n contiguous, near-equal groups (n <= len(items))."""
+    bounds = [round(i * len(items) / n) for i in range(n + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
-    It makes a sensible arc from the story's own words; an LLM writes richer scenes.
+
+class OfflinePlanner:
+    """A deterministic planner that needs no key.
+
+    Arc: a front-facing close-up (the identity reference), one frame per story event (events merged when the
+    story has more than the frame budget; an establishing wide shot and reaction shots added when it has fewer),
+    and a closing shot. The frame count grows with the number of events, within plan.min/max_frames. Settings
+    carry over from the last event that names one. An LLM writes richer scenes; this one only rearranges the
+    story's own words.
     """
 
     name = "offline"
@@ -92,37 +98,37 @@ class OfflinePlanner:
         self.settings = settings
 
     def frames(self, story: Story, character: Character) -> list[Frame]:
+        name = character.name
         beats = _beats(story.text) or [story.text]
-        count = _frame_count(story.text, self.settings)
-        setting = _setting(story.text)
+        count = max(self.settings.min_frames, min(self.settings.max_frames, len(beats) + 2))
+        middle = count - 2
+        events = [", then ".join(_strip_subject(b, character) for b in group) for group in _chunks(beats, min(middle, len(beats)))]
+        setting = next((s for b in beats if (s := _find_setting(b))), DEFAULT_SETTING)
         frames = [
             Frame(
-                scene=f"{character.name} looks straight at the viewer, face clearly visible, at the start of: {story.text}",
+                scene=f"{name} faces the viewer, face clearly visible, in {setting}",
                 shot="close-up",
                 pose="standing",
                 setting=setting,
             )
         ]
-        middle = count - 2
-        shots: tuple[Shot, ...] = ("wide", "medium", "medium", "wide", "close-up")
-        for i in range(middle):
-            beat = beats[min(len(beats) - 1, i * len(beats) // max(middle, 1))]
-            frames.append(
-                Frame(
-                    scene=f"{character.name} {_strip_subject(beat, character)}",
-                    shot=shots[i % len(shots)],
-                    pose=normalise_pose_label(beat),
-                    setting=setting,
-                )
-            )
-        frames.append(
-            Frame(
-                scene=f"{character.name} laughs at the end of the story: {story.text}",
-                shot="medium",
-                pose="laughing",
-                setting=setting,
-            )
-        )
+        fillers = middle - len(events)
+        if fillers > 0:
+            frames.append(Frame(scene=f"{name} arrives in {setting}, seen from afar", shot="wide", pose="walking", setting=setting))
+            fillers -= 1
+        shots: tuple[Shot, ...] = ("medium", "wide", "medium", "close-up")
+        reactions = ("grins, pleased with himself", "glances around, plotting his next move", "nods to himself")
+        for i, event in enumerate(events):
+            setting = _find_setting(event) or setting
+            frames.append(Frame(scene=f"{name} {event}", shot=shots[i % len(shots)], pose=normalise_pose_label(event), setting=setting))
+            if fillers > 0 and i < len(events) - 1:
+                reaction = reactions[fillers % len(reactions)]
+                frames.append(Frame(scene=f"{name} {reaction}", shot="close-up", pose="talking", setting=setting))
+                fillers -= 1
+        while fillers > 0:
+            frames.append(Frame(scene=f"{name} {reactions[fillers % len(reactions)]}", shot="medium", pose="talking", setting=setting))
+            fillers -= 1
+        frames.append(Frame(scene=f"{name} laughs, the story's end", shot="medium", pose="laughing", setting=setting))
         return frames
 
 
@@ -131,19 +137,17 @@ def _strip_subject(beat: str, character: Character) -> str:
     return re.sub(r"^(he|she|they)\s+", "", text, flags=re.IGNORECASE) or beat
 
 
+DEFAULT_SETTING = "the open steppe"
 _SETTINGS = {
-    "bazaar": "a busy bazaar", "market": "a busy bazaar", "merchant": "a busy bazaar", "steppe": "the open steppe",
-    "horse": "the open steppe", "yurt": "beside a yurt", "mountain": "the mountains", "river": "a river bank",
-    "night": "a moonlit night", "desert": "desert dunes", "village": "a village street", "palace": "a khan's palace",
+    "bazaar": "a busy bazaar", "market": "a busy bazaar", "steppe": "the open steppe", "yurt": "a yurt camp",
+    "mountain": "the mountains", "river": "a river bank", "night": "a moonlit night", "desert": "desert dunes",
+    "village": "a village street", "palace": "a khan's palace", "sunrise": "the steppe at sunrise",
 }
 
 
-def _setting(text: str) -> str:
+def _find_setting(text: str) -> str | None:
     lowered = text.lower()
-    for word, setting in _SETTINGS.items():
-        if word in lowered:
-            return setting
-    return "the open steppe"
+    return next((setting for word, setting in _SETTINGS.items() if word in lowered), None)
 
 
 PLAN_INSTRUCTIONS = """You plan storyboards for an animated film. Split the story into {min_frames}-{max_frames} frames \

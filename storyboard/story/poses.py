@@ -245,9 +245,7 @@ def _build(name: str, spec: _Spec) -> Pose:
         "l_hip": l_hip, "l_knee": l_knee, "l_ankle": l_ankle,
     }  # fmt: skip
     points |= _face(neck, spec.head_tilt, spec.yaw)
-    keypoints = tuple(
-        None if (p := points[k]) is None else (round(p[0], 4), round(p[1], 4)) for k in KEYPOINT_NAMES
-    )
+    keypoints = tuple(None if (p := points[k]) is None else (round(p[0], 4), round(p[1], 4)) for k in KEYPOINT_NAMES)
     return Pose(name=name, keypoints=keypoints)
 
 
@@ -309,9 +307,9 @@ def render_openpose(pose: Pose, width: int, height: int) -> Image.Image:
 # gestures; anything unmatched is drawn standing. Patterns match at word starts, so "rides", "riding" and
 # "rode" all hit the riding rule.
 _LABEL_RULES: tuple[tuple[str, str], ...] = (
-    ("riding", r"\b(rid(e|es|ing)|rode|horseback|mounted|on (a |his |her |the )?(horse|camel|donkey)|gallop)"),
+    ("riding", r"\b(rid(e|es|er|ers|ing)|rode|horseback|mounted|on (a |his |her |the )?(horse|camel|donkey)|gallop)"),
     ("kneeling", r"\b(kneel|knelt|on (one|his|her|both) knees?|bows? down|prostrat)"),
-    ("sitting", r"\b(sit|sits|sat|seated|sitting|squat|perch|rest(s|ing)? on)"),
+    ("sitting", r"\b(sit|sits|sat|seated|sitting|squat|perch)"),
     ("jumping", r"\b(jump|leap|hop(s|ped|ping)?\b|spring(s|ing)? up|bounc)"),
     ("sneaking", r"\b(sneak|snuck|creep|crept|tiptoe|crouch|prowl|stealth|slink)"),
     ("running", r"\b(run|runs|ran|running|sprint|dash|flee|fled|chas|rush|hurr(y|ies|ied))"),
@@ -321,7 +319,8 @@ _LABEL_RULES: tuple[tuple[str, str], ...] = (
     ("pointing", r"\b(point|indicat|show(s|ing)? the way)"),
     ("waving", r"\b(wav|greet|farewell|hail|beckon)"),
     ("laughing", r"\b(laugh|chuckl|giggl|grin\b|grins|grinning|smil)"),
-    ("talking", r"\b(talk|speak|spoke|say|said|tell|told|ask|shout|argu|chat|explain|bargain|haggl|reply|answer|whisper|call)"),
+    ("talking", r"\b(talk|speak|spoke|say|said|tell|told|ask|shout|argu|chat|explain|bargain|haggl|"
+                r"reply|answer|whisper|call)"),
     ("standing", r"\b(stand|stood|wait)"),
 )  # fmt: skip
 _DEFAULT_POSE = "standing"

@@ -1,0 +1,35 @@
+# Set-up and entry points. Everything runs inside .venv; stage commands (`python -m stages.*`) find the
+# venv's python because PATH starts with .venv/bin.
+PYTHON ?= python3
+VENV ?= .venv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+# The tiny profile: random-weight models built offline, the drawn sample set, offline captions and plans.
+TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline
+
+.PHONY: install run tiny test lint print-tiny-flags
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch 2.13.0 first: the CUDA build from PyPI on a GPU pod, the local CPU wheel on CPU-only machines.
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install  ## the real pipeline: sdxl profile, your images in data/raw, a GPU
+	dvc repro
+
+tiny: install  ## the whole pipeline offline on a CPU in minutes (checks plumbing, not quality)
+	dvc exp run $(TINY_FLAGS)
+
+test: install  ## unit tests and the end-to-end tiny pipeline run
+	pytest
+
+lint: install
+	ruff check . && ruff format --check .
+
+print-tiny-flags:
+	@echo $(TINY_FLAGS)
