@@ -3,6 +3,5 @@
 __version__ = "0.1.0"
 
 TINY_NOTICE = (
-    "tiny profile: random-weight models built offline; these outputs check the pipeline's plumbing, "
-    "never image quality"
+    "tiny profile: random-weight models built offline; these outputs check the pipeline's plumbing, never image quality"
 )

@@ -21,6 +21,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
     staged = tmp / target.name
     try:
         yield staged
+        if not staged.exists():
+            # The block wrote nothing: keep the old target rather than delete it for nothing.
+            raise FileNotFoundError(f"nothing was written to {staged} for {target}; {target} is left as it was")
         if target.is_dir() and not target.is_symlink():
             old = tmp / ".old"
             target.rename(old)

@@ -40,17 +40,20 @@ def load_rgb(path: Path, *, background: tuple[int, int, int] = (255, 255, 255)) 
             im.seek(0)  # animated GIF/WebP: the first frame stands for the file
             im.load()
             image = ImageOps.exif_transpose(im)
+        return _to_rgb(image, background)  # inside the try: a mode PIL can't convert is a BadImage too
     except UnidentifiedImageError:
-        raise BadImage(f"{path}: not an image PIL can read (wrong extension?); convert it to PNG or remove it") from None
+        raise BadImage(
+            f"{path}: not an image PIL can read (wrong extension?); convert it to PNG or remove it"
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"{path}: unreadable or truncated image ({e}); re-export it or remove it") from None
-    return _to_rgb(image, background)
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white.
-        image = image.point(lambda v: v / 256).convert("L")
+        # 16-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white. Through "I" first:
+        # point() has no table for big-endian I;16B (16-bit TIFFs saved with Mac byte order) and raises.
+        image = image.convert("I").point(lambda v: v / 256).convert("L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

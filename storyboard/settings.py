@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from storyboard.errors import StoryboardError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from storyboard.errors import StoryboardError
 
 PARAMS_FILE = Path("params.yaml")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -13,7 +14,6 @@ from typing import Protocol
 from PIL import Image
 
 from storyboard.errors import StoryboardError
-
 from storyboard.settings import Caption, Character
 
 
@@ -85,7 +85,8 @@ REFUSAL = re.compile(
 
 
 def is_refusal(text: str | None, refusal_field: str | None) -> bool:
-    return bool(refusal_field) or not text or bool(REFUSAL.match(text.replace("\u2019", "'")))
+    # A blank reply ("" or only whitespace) carries no caption: treated as a refusal, so it is asked again.
+    return bool(refusal_field) or not (text and text.strip()) or bool(REFUSAL.match(text.replace("\u2019", "'")))
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -144,10 +145,33 @@ class OpenAIBackend:
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise CaptionError(f"the caption endpoint rejected the key in ${cfg.api_key_env}: {e}") from None
         except openai.NotFoundError as e:
-            raise CaptionError(f"model {cfg.model!r} not found at the caption endpoint; set caption.openai.model ({e})") from None
-        if not response.choices:
-            raise openai.APIError("response without choices", request=None, body=None)  # type: ignore[arg-type]
-        message = response.choices[0].message
+            raise CaptionError(
+                f"model {cfg.model!r} not found at the caption endpoint; set caption.openai.model ({e})"
+            ) from None
+        # The client has already retried 429/5xx/timeouts max_retries times: what is left stops the stage with
+        # one line, not a traceback. Captions received so far are cached, so a rerun pays only for the rest.
+        except openai.APIConnectionError as e:  # also timeouts
+            raise CaptionError(
+                f"the caption endpoint {self.client.base_url} is unreachable or timed out "
+                f"(after {cfg.max_retries} retries: {e}); captions received so far are cached, rerun later"
+            ) from None
+        except openai.APIStatusError as e:
+            raise CaptionError(
+                f"the caption endpoint answered {e.status_code} (after up to {cfg.max_retries} retries for "
+                f"429/5xx): {e.message}; captions received so far are cached, rerun later"
+            ) from None
+        except json.JSONDecodeError as e:  # a body that is not JSON, e.g. a proxy's truncated reply
+            raise CaptionError(
+                f"the caption endpoint {self.client.base_url} sent a reply that is not JSON ({e}); "
+                "is caption.openai.base_url an OpenAI-compatible API?"
+            ) from None
+        choices = getattr(response, "choices", None)  # a non-JSON content type comes back as plain text
+        if not choices:
+            raise CaptionError(
+                f"the caption endpoint {self.client.base_url} sent a reply without choices "
+                f"({str(response)[:100]!r}); is caption.openai.base_url an OpenAI-compatible API?"
+            )
+        message = choices[0].message
         usage = response.usage
         return (
             message.content,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -132,11 +133,20 @@ def caption_images(
         record.width, record.height = image.size
         todo.append((record, image, source))
 
+    failed = threading.Event()  # set by the first failure: images still queued are not sent after it
+
     def run_one(item: tuple[ManifestRecord, Image.Image, Path]) -> tuple[ManifestRecord, CaptionResult, bool]:
         record, image, source = item
         if cache is not None and (hit := cache.get(record.sha256)) is not None:
             return record, hit, True
-        result = backend.caption(image, source)
+        if failed.is_set():
+            # Never reported: this item was queued after the failing one, whose error is raised first.
+            raise CaptionError(f"{source}: not sent, an earlier image failed")
+        try:
+            result = backend.caption(image, source)
+        except BaseException:
+            failed.set()
+            raise
         if cache is not None:
             cache.put(record.sha256, result)
         return record, result, False
@@ -173,13 +183,20 @@ def caption_images(
             for record in records:
                 f.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
     stats.cost_usd = round(
-        stats.tokens_in / 1000 * settings.cost_per_1k_tokens_in + stats.tokens_out / 1000 * settings.cost_per_1k_tokens_out,
+        stats.tokens_in / 1000 * settings.cost_per_1k_tokens_in
+        + stats.tokens_out / 1000 * settings.cost_per_1k_tokens_out,
         4,
     )
     logger.info(
         "captioned %d of %d images (%d cached, %d refused, %d excluded, %d duplicates; %d requests, $%.4f)",
-        stats.captioned, stats.images_seen, stats.cached, stats.refused, stats.excluded, stats.duplicates,
-        stats.requests, stats.cost_usd,
+        stats.captioned,
+        stats.images_seen,
+        stats.cached,
+        stats.refused,
+        stats.excluded,
+        stats.duplicates,
+        stats.requests,
+        stats.cost_usd,
     )
     return stats
 

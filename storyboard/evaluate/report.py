@@ -26,13 +26,16 @@ TABLE_COLUMNS = {
 }
 
 
-def results_markdown(summary: dict[str, dict], settings: Settings, face_backend: str) -> str:
-    table = pd.DataFrame({mode: {label: summary[mode][key] for key, label in TABLE_COLUMNS.items()} for mode in summary}).T
+def results_markdown(summary: dict[str, dict], settings: Settings, face_backend: str, clip_model: str) -> str:
+    table = pd.DataFrame(
+        {mode: {label: summary[mode][key] for key, label in TABLE_COLUMNS.items()} for mode in summary}
+    ).T
     lines = [f"# Results ({settings.profile} profile)", ""]
     if settings.is_tiny:
         lines += [f"> {TINY_NOTICE}", ""]
     lines += [
-        f"Stories: {settings.story_ids()}. Face backend: {face_backend}. CLIP scores are cosine similarities "
+        f"Stories: {settings.story_ids()}. Face backend: {face_backend}. CLIP model: {clip_model}. "
+        "CLIP scores are cosine similarities "
         "(-1..1). n/a: no frame could be scored (see the detection rate).",
         "",
         table.to_markdown(floatfmt=".3f", missingval="n/a"),
@@ -41,7 +44,9 @@ def results_markdown(summary: dict[str, dict], settings: Settings, face_backend:
     return "\n".join(lines)
 
 
-def evaluate_outputs(settings: Settings, outputs: Path, metrics_path: Path, frames_dir: Path, report_path: Path) -> dict:
+def evaluate_outputs(
+    settings: Settings, outputs: Path, metrics_path: Path, frames_dir: Path, report_path: Path
+) -> dict:
     models = model_set(settings)
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
@@ -55,13 +60,7 @@ def evaluate_outputs(settings: Settings, outputs: Path, metrics_path: Path, fram
             frames.to_csv(staged / f"{mode}.csv", index=False)
             summary[mode] = summarise(frames)
             logger.info("%s: %s", mode, summary[mode])
-    metrics = {
-        "profile": settings.profile,
-        "notice": TINY_NOTICE if settings.is_tiny else None,
-        "face_backend": faces.name,
-        "clip_model": models.clip,
-        **summary,
-    }
+    metrics = {"profile": settings.profile, **({"notice": TINY_NOTICE} if settings.is_tiny else {}), **summary}
     write_json(metrics_path, metrics)
-    write_text(report_path, results_markdown(summary, settings, faces.name))
+    write_text(report_path, results_markdown(summary, settings, faces.name, models.clip))
     return metrics

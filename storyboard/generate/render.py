@@ -54,7 +54,13 @@ class RenderedFrame:
 
 def frame_prompt(frame: Frame, character: Character, style: str) -> str:
     """Trigger token and character description in every prompt, so every frame asks for the same person."""
-    parts = [character.trigger, f"{character.name}, {character.description}", frame.scene, f"{frame.shot} shot", frame.setting]
+    parts = [
+        character.trigger,
+        f"{character.name}, {character.description}",
+        frame.scene,
+        f"{frame.shot} shot",
+        frame.setting,
+    ]
     if style:
         parts.append(style)
     return ", ".join(p.strip().rstrip(".") for p in parts if p.strip())
@@ -69,7 +75,10 @@ def warn_if_truncated(pipe, prompts: list[str]) -> None:
         logger.warning(
             "%d of %d prompts exceed the %d tokens the text encoders read (longest %d); their ends are dropped: "
             "shorten character.description or generate.style",
-            len(long), len(prompts), tokenizer.model_max_length, max(long),
+            len(long),
+            len(prompts),
+            tokenizer.model_max_length,
+            max(long),
         )
 
 
@@ -98,7 +107,9 @@ class StoryRenderer:
             attach_ip_adapter(self.pipe, models, settings.ip_adapter_scale)
         self.resolution = settings.resolution or native_resolution(self.pipe)
 
-    def _run(self, prompts: list[str], seeds: list[int], poses: list[str] | None, reference: Image.Image | None) -> list[Image.Image]:
+    def _run(
+        self, prompts: list[str], seeds: list[int], poses: list[str] | None, reference: Image.Image | None
+    ) -> list[Image.Image]:
         s = self.settings
         kwargs = dict(
             prompt=prompts,
@@ -118,7 +129,9 @@ class StoryRenderer:
                 kwargs.update(image=conditions, controlnet_conditioning_scale=0.0, ip_adapter_image=conditions[0])
             else:
                 self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
-                kwargs.update(image=conditions, controlnet_conditioning_scale=s.controlnet_scale, ip_adapter_image=reference)
+                kwargs.update(
+                    image=conditions, controlnet_conditioning_scale=s.controlnet_scale, ip_adapter_image=reference
+                )
         return self.pipe(**kwargs).images
 
     def _render_with_retries(self, frames: list[RenderedFrame], reference: Image.Image | None) -> None:
@@ -140,7 +153,13 @@ class StoryRenderer:
                     f.image, f.best = image, len(f.attempts) - 1
             pending = [f for f in pending if f.score < s.clip_threshold]
             if pending and attempt < s.max_retries:
-                logger.info("%d frame(s) below CLIP %.2f; retry %d of %d", len(pending), s.clip_threshold, attempt + 1, s.max_retries)
+                logger.info(
+                    "%d frame(s) below CLIP %.2f; retry %d of %d",
+                    len(pending),
+                    s.clip_threshold,
+                    attempt + 1,
+                    s.max_retries,
+                )
 
     def render(self, plan: StoryPlan) -> list[RenderedFrame]:
         frames = [

@@ -78,9 +78,7 @@ def load_pipeline(models: ModelSet, device: Device, *, controlnet: bool = False)
     if models.vae:
         extra["vae"] = load("VAE", models.vae, AutoencoderKL.from_pretrained, dtype=device.dtype)
     if controlnet:
-        extra["controlnet"] = load(
-            "ControlNet", models.controlnet, ControlNetModel.from_pretrained, dtype=device.dtype
-        )
+        extra["controlnet"] = load("ControlNet", models.controlnet, ControlNetModel.from_pretrained, dtype=device.dtype)
         cls = StableDiffusionXLControlNetPipeline
     else:
         cls = StableDiffusionXLPipeline

@@ -21,7 +21,7 @@ from storyboard.log import logger
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 # Sizes: the smallest that keep every SDXL mechanism (two text encoders, pooled + time ids conditioning,
 # cross-attention blocks, a 2-level VAE) while a 64 px frame takes milliseconds on a CPU.
@@ -98,9 +98,7 @@ def _vision_config(projection_dim: int):
 def _image_processor():
     from transformers import CLIPImageProcessor
 
-    return CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
 
 
 def _build_sdxl(folder: Path) -> object:
@@ -174,8 +172,10 @@ def _build_ip_adapter(unet, folder: Path) -> None:
     CLIPVisionModelWithProjection(_vision_config(projection_dim=embed_dim)).save_pretrained(root / "image_encoder")
     _image_processor().save_pretrained(root / "image_encoder")
     num_tokens = 4
+    # Weights at the scale of a default-initialised linear layer (not near zero), so the reference image
+    # visibly moves the output and tests can tell an applied adapter from an ignored one.
     tensors = {
-        "image_proj.proj.weight": torch.randn(CROSS_DIM * num_tokens, embed_dim) * 0.02,
+        "image_proj.proj.weight": torch.randn(CROSS_DIM * num_tokens, embed_dim) / embed_dim**0.5,
         "image_proj.proj.bias": torch.zeros(CROSS_DIM * num_tokens),
         "image_proj.norm.weight": torch.ones(CROSS_DIM),
         "image_proj.norm.bias": torch.zeros(CROSS_DIM),
@@ -186,8 +186,8 @@ def _build_ip_adapter(unet, folder: Path) -> None:
         if name.endswith("attn1.processor"):
             continue
         hidden = _hidden_size(unet, name)
-        tensors[f"ip_adapter.{index}.to_k_ip.weight"] = torch.randn(hidden, CROSS_DIM) * 0.02
-        tensors[f"ip_adapter.{index}.to_v_ip.weight"] = torch.randn(hidden, CROSS_DIM) * 0.02
+        tensors[f"ip_adapter.{index}.to_k_ip.weight"] = torch.randn(hidden, CROSS_DIM) / CROSS_DIM**0.5
+        tensors[f"ip_adapter.{index}.to_v_ip.weight"] = torch.randn(hidden, CROSS_DIM) / CROSS_DIM**0.5
     save_file(tensors, root / "ip-adapter.safetensors")
 
 
@@ -210,7 +210,9 @@ def _build_clip(folder: Path) -> None:
         projection_dim=32,
     )
     CLIPModel(config).save_pretrained(folder / "clip")
-    processor = CLIPProcessor(image_processor=_image_processor(), tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok"))
+    processor = CLIPProcessor(
+        image_processor=_image_processor(), tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok")
+    )
     processor.save_pretrained(folder / "clip")
 
 
@@ -229,7 +231,8 @@ def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
 
 def tiny_model_set(tiny: TinyModels) -> ModelSet:
     """Build the tiny models once per (seed, build version) and return where they are."""
-    root = Path(tiny.root).resolve() / f"v{BUILD_VERSION}-seed{tiny.seed}"
+    # Relative to the repo root as params give it, so outputs and metrics don't name this machine's paths.
+    root = Path(tiny.root) / f"v{BUILD_VERSION}-seed{tiny.seed}"
     if not (root / "BUILT.json").exists():
         build_tiny_models(root, seed=tiny.seed)
     return _model_set(root, tiny)
@@ -250,5 +253,3 @@ def build_tiny_models(root: Path, *, seed: int) -> None:
         )
         (folder / "README.txt").write_text(TINY_NOTICE + "\n")
         shutil.rmtree(folder / "_tok")
-
-

@@ -77,7 +77,9 @@ def _beats(story: str) -> list[str]:
 
 
 def _chunks(items: list[str], n: int) -> list[list[str]]:
-    """Split items into n contiguous, near-equal groups (n <= len(items))."""
+    """Split items into n contiguous, near-equal groups (n <= len(items)); none when n is 0."""
+    if n <= 0:  # a 2-frame budget (plan.max_frames: 2) leaves no room between the close-up and the end
+        return []
     bounds = [round(i * len(items) / n) for i in range(n + 1)]
     return [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
@@ -102,7 +104,10 @@ class OfflinePlanner:
         beats = _beats(story.text) or [story.text]
         count = max(self.settings.min_frames, min(self.settings.max_frames, len(beats) + 2))
         middle = count - 2
-        events = [", then ".join(_strip_subject(b, character) for b in group) for group in _chunks(beats, min(middle, len(beats)))]
+        events = [
+            ", then ".join(_strip_subject(b, character) for b in group)
+            for group in _chunks(beats, min(middle, len(beats)))
+        ]
         setting = next((s for b in beats if (s := _find_setting(b))), DEFAULT_SETTING)
         frames = [
             Frame(
@@ -114,19 +119,37 @@ class OfflinePlanner:
         ]
         fillers = middle - len(events)
         if fillers > 0:
-            frames.append(Frame(scene=f"{name} arrives in {setting}, seen from afar", shot="wide", pose="walking", setting=setting))
+            frames.append(
+                Frame(
+                    scene=f"{name} arrives in {setting}, seen from afar", shot="wide", pose="walking", setting=setting
+                )
+            )
             fillers -= 1
         shots: tuple[Shot, ...] = ("medium", "wide", "medium", "close-up")
         reactions = ("grins, pleased with himself", "glances around, plotting his next move", "nods to himself")
         for i, event in enumerate(events):
             setting = _find_setting(event) or setting
-            frames.append(Frame(scene=f"{name} {event}", shot=shots[i % len(shots)], pose=normalise_pose_label(event), setting=setting))
+            frames.append(
+                Frame(
+                    scene=f"{name} {event}",
+                    shot=shots[i % len(shots)],
+                    pose=normalise_pose_label(event),
+                    setting=setting,
+                )
+            )
             if fillers > 0 and i < len(events) - 1:
                 reaction = reactions[fillers % len(reactions)]
                 frames.append(Frame(scene=f"{name} {reaction}", shot="close-up", pose="talking", setting=setting))
                 fillers -= 1
         while fillers > 0:
-            frames.append(Frame(scene=f"{name} {reactions[fillers % len(reactions)]}", shot="medium", pose="talking", setting=setting))
+            frames.append(
+                Frame(
+                    scene=f"{name} {reactions[fillers % len(reactions)]}",
+                    shot="medium",
+                    pose="talking",
+                    setting=setting,
+                )
+            )
             fillers -= 1
         frames.append(Frame(scene=f"{name} laughs, the story's end", shot="medium", pose="laughing", setting=setting))
         return frames
@@ -139,9 +162,17 @@ def _strip_subject(beat: str, character: Character) -> str:
 
 DEFAULT_SETTING = "the open steppe"
 _SETTINGS = {
-    "bazaar": "a busy bazaar", "market": "a busy bazaar", "steppe": "the open steppe", "yurt": "a yurt camp",
-    "mountain": "the mountains", "river": "a river bank", "night": "a moonlit night", "desert": "desert dunes",
-    "village": "a village street", "palace": "a khan's palace", "sunrise": "the steppe at sunrise",
+    "bazaar": "a busy bazaar",
+    "market": "a busy bazaar",
+    "steppe": "the open steppe",
+    "yurt": "a yurt camp",
+    "mountain": "the mountains",
+    "river": "a river bank",
+    "night": "a moonlit night",
+    "desert": "desert dunes",
+    "village": "a village street",
+    "palace": "a khan's palace",
+    "sunrise": "the steppe at sunrise",
 }
 
 
@@ -150,11 +181,13 @@ def _find_setting(text: str) -> str | None:
     return next((setting for word, setting in _SETTINGS.items() if word in lowered), None)
 
 
-PLAN_INSTRUCTIONS = """You plan storyboards for an animated film. Split the story into {min_frames}-{max_frames} frames \
-(more frames for stories with more events). Frame 1 is a close-up, front-facing view of {name}'s face, clearly visible. \
-For each frame give: scene (one sentence of what is visible, naming {name}), shot (close-up, medium or wide), pose \
-(exactly one of: {poses}), setting (a few words). Reply with JSON: {{"frames": [{{"scene": ..., "shot": ..., "pose": ..., \
-"setting": ...}}]}}."""
+PLAN_INSTRUCTIONS = (
+    "You plan storyboards for an animated film. Split the story into {min_frames}-{max_frames} frames (more "
+    "frames for stories with more events). Frame 1 is a close-up, front-facing view of {name}'s face, clearly "
+    "visible. For each frame give: scene (one sentence of what is visible, naming {name}), shot (close-up, medium "
+    "or wide), pose (exactly one of: {poses}), setting (a few words). Reply with JSON: "
+    '{{"frames": [{{"scene": ..., "shot": ..., "pose": ..., "setting": ...}}]}}.'
+)
 
 
 class OpenAIPlanner:
@@ -202,23 +235,47 @@ class OpenAIPlanner:
                     messages=messages,
                 )
             except openai.APIConnectionError as e:
-                raise PlanError(f"the planner endpoint is unreachable ({e}); plan offline with `-S plan.backend=offline`") from None
-            except (openai.AuthenticationError, openai.NotFoundError) as e:
+                raise PlanError(
+                    f"the planner endpoint is unreachable ({e}); plan offline with `-S plan.backend=offline`"
+                ) from None
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 raise PlanError(f"the planner endpoint refused the request: {e}") from None
-            text = reply.choices[0].message.content or ""
+            except openai.APIStatusError as e:  # 429/5xx left after the client's own retries
+                raise PlanError(
+                    f"the planner endpoint answered {e.status_code} after {cfg.max_retries} retries ({e.message}); "
+                    "rerun later, or plan offline with `-S plan.backend=offline`"
+                ) from None
+            except json.JSONDecodeError as e:
+                raise PlanError(f"the planner endpoint sent a reply that is not JSON ({e}); {_NOT_OPENAI}") from None
+            choices = getattr(reply, "choices", None)  # a non-JSON content type comes back as plain text
+            if not choices:
+                raise PlanError(
+                    f"the planner endpoint sent a reply without choices ({str(reply)[:100]!r}); {_NOT_OPENAI}"
+                )
+            text = choices[0].message.content or ""
             try:
                 frames = FrameList.model_validate_json(text).frames
-                if not s.min_frames <= len(frames) <= s.max_frames:
-                    raise ValueError(f"{len(frames)} frames; need {s.min_frames}-{s.max_frames}")
-                return frames
-            except (ValidationError, ValueError) as e:
-                problem = str(e).splitlines()[0] if isinstance(e, ValueError) else str(e)
-                logger.warning("planner reply for %s was invalid (%s); asking again", story.id, problem)
-                messages += [
-                    {"role": "assistant", "content": text},
-                    {"role": "user", "content": f"That reply was invalid: {problem}. Reply again with valid JSON only."},
-                ]
+            except ValidationError as e:
+                # The model is told which field was wrong and why, not only that something was.
+                problem = _field_errors(e)
+            else:
+                if s.min_frames <= len(frames) <= s.max_frames:
+                    return frames
+                problem = f"{len(frames)} frames; need {s.min_frames}-{s.max_frames}"
+            logger.warning("planner reply for %s was invalid (%s); asking again", story.id, problem)
+            messages += [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": f"That reply was invalid: {problem}. Reply again with valid JSON only."},
+            ]
         raise PlanError(f"the planner returned no valid plan for story {story.id!r} after 2 tries: {problem}")
+
+
+_NOT_OPENAI = "is plan.openai.base_url an OpenAI-compatible API? Or plan offline with `-S plan.backend=offline`"
+
+
+def _field_errors(e: ValidationError) -> str:
+    """Every bad field on one line: `frames.2.pose: Value error, unknown pose 'flying'; ...`."""
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'json'}: {err['msg']}" for err in e.errors())
 
 
 def make_planner(settings: Plan) -> Planner:
@@ -238,8 +295,9 @@ def read_plan(path: Path) -> StoryPlan:
     except FileNotFoundError:
         raise PlanError(f"{path} missing: run the plan stage first (`dvc repro plan`)") from None
     except ValidationError as e:
-        fields = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise PlanError(f"{path} is not a valid plan: {fields}. Fix the file or delete it and rerun plan") from None
+        raise PlanError(
+            f"{path} is not a valid plan: {_field_errors(e)}. Fix the file or delete it and rerun plan"
+        ) from None
 
 
 def plan_to_json(plan: StoryPlan) -> str:

@@ -59,7 +59,9 @@ def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution
 
 def _center_crop(image: Image.Image, size: int) -> Image.Image:
     scale = size / min(image.size)
-    image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BICUBIC)
+    image = image.resize(
+        (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BICUBIC
+    )
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return image.crop((left, top, left + size, top + size))
 
@@ -73,7 +75,8 @@ class SdxlParts:
 
         base = models.base
         self.tokenizers = [
-            load("tokenizer", base, CLIPTokenizer.from_pretrained, subfolder=sub) for sub in ("tokenizer", "tokenizer_2")
+            load("tokenizer", base, CLIPTokenizer.from_pretrained, subfolder=sub)
+            for sub in ("tokenizer", "tokenizer_2")
         ]
         self.text_encoders = [
             load("text encoder", base, CLIPTextModel.from_pretrained, subfolder="text_encoder"),
@@ -98,7 +101,11 @@ class SdxlParts:
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
             ids = tokenizer(
-                captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+                captions,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
             ).input_ids.to(self.device.device)
             out = encoder(ids, output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
@@ -107,7 +114,9 @@ class SdxlParts:
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1) for im in images])
+        pixels = torch.stack(
+            [torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1) for im in images]
+        )
         latents = self.vae.encode(pixels.to(self.device.device)).latent_dist.sample()
         return latents * self.vae.config.scaling_factor
 
@@ -175,7 +184,9 @@ def train_lora(
     latents = torch.cat([parts.encode_images(images[i : i + 4]) for i in range(0, len(images), 4)])
     prompt_embeds, pooled_embeds = parts.encode_text([e.caption for e in examples])
     # (original size, crop top-left, target size): images are cropped to the target, so original == target.
-    time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32, device=device.device)
+    time_ids = torch.tensor(
+        [resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32, device=device.device
+    )
     parts.vae.to("cpu")
     for encoder in parts.text_encoders:
         encoder.to("cpu")
@@ -215,7 +226,13 @@ def train_lora(
     unet.train()
     losses: list[float] = []
     with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=start_step > 0, report=None) as live:
-        bar = tqdm(range(start_step, settings.max_steps), initial=start_step, total=settings.max_steps, desc="train", unit="step")
+        bar = tqdm(
+            range(start_step, settings.max_steps),
+            initial=start_step,
+            total=settings.max_steps,
+            desc="train",
+            unit="step",
+        )
         for step in bar:
             t0 = time.perf_counter()
             idx = torch.randint(0, n, (settings.batch_size,))
@@ -264,4 +281,3 @@ def train_lora(
         write_json(staged / "training.json", summary)
     _save_checkpoint(run_dir, unet, optimizer, settings.max_steps, settings.checkpoints_keep)
     return summary
-

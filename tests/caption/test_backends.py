@@ -1,0 +1,381 @@
+"""Caption backends: the OpenAI backend through the real `openai` client against a local server; sidecar; template."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from openai_server import (
+    DATA_URL_PREFIX,
+    Completion,
+    Delay,
+    HTTPError,
+    Malformed,
+    OpenAIServer,
+    bad_key,
+    closed_port_url,
+    rate_limited,
+    server_error,
+    unknown_model,
+)
+from PIL import Image
+
+from storyboard.caption.backends import (
+    CaptionError,
+    OpenAIBackend,
+    SidecarBackend,
+    TemplateBackend,
+    is_refusal,
+    make_backend,
+    with_trigger,
+)
+from storyboard.settings import Caption, Settings
+
+MakeCaption = Callable[..., Caption]
+
+TRIGGER = "aldar_kose_man"
+GOOD = "A man in a patched striped robe and a fur-trimmed hat bows in a dusty courtyard at noon."
+
+
+@pytest.fixture
+def picture() -> Image.Image:
+    return Image.new("RGB", (300, 200), (200, 40, 40))
+
+
+def backend(make_caption: MakeCaption, server: OpenAIServer, **client: object) -> OpenAIBackend:
+    return OpenAIBackend(make_caption(server, openai=client))
+
+
+# --- the request and a normal reply ---
+
+
+def test_caption_request_carries_model_prompt_and_image(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    settings = make_caption(openai_server)
+    openai_server.push(Completion(f"  {GOOD}\n", prompt_tokens=812, completion_tokens=47))
+
+    result = OpenAIBackend(settings).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD and not result.refused
+    assert (result.tokens_in, result.tokens_out, result.requests) == (812, 47, 1)
+    [request] = openai_server.requests
+    assert request.path == "/v1/chat/completions" and request.method == "POST"
+    assert request.headers["authorization"] == "Bearer test-key"
+    assert request.model == settings.openai.model
+    assert request.body["temperature"] == settings.openai.temperature
+    assert request.body["max_tokens"] == settings.openai.max_tokens
+    assert request.texts == [settings.prompt]
+    [url] = request.image_urls
+    assert url.startswith(DATA_URL_PREFIX)
+    [sent] = request.images()
+    assert sent.size == (300, 200) and sent.getpixel((10, 10)) == (200, 40, 40)
+
+
+# --- refusals: asked once more with the refusal prompt, then given up ---
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        Completion(None, refusal="I'm sorry, but I can't assist with identifying people in images."),
+        Completion("I'm sorry, I can't help with that."),
+        Completion("I\u2019m sorry, I can\u2019t help with that."),
+        Completion("I cannot describe this image."),
+        Completion("Unfortunately, I am not able to help with this request."),
+        Completion(""),
+    ],
+    ids=["refusal-field", "sorry-text", "curly-apostrophe", "cannot", "unfortunately", "empty"],
+)
+def test_refusal_then_success_uses_the_refusal_prompt(
+    openai_key: str,
+    openai_server: OpenAIServer,
+    make_caption: MakeCaption,
+    picture: Image.Image,
+    first: Completion,
+) -> None:
+    settings = make_caption(openai_server)
+    openai_server.push(first, Completion(GOOD, prompt_tokens=900, completion_tokens=50))
+
+    result = OpenAIBackend(settings).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD and not result.refused
+    assert result.requests == 2
+    assert (result.tokens_in, result.tokens_out) == (1000 + 900, 100 + 50)  # the refusal is paid for too
+    first_req, second_req = openai_server.requests
+    assert first_req.texts == [settings.prompt]
+    assert second_req.texts == [settings.refusal_prompt]
+    assert settings.refusal_prompt != settings.prompt
+    assert first_req.image_urls == second_req.image_urls  # the same picture both times
+
+
+def test_refused_twice_gives_up_with_both_reasons(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(
+        Completion(None, refusal="I can't help with identifying real people."),
+        Completion("I'm sorry, I can't help with that."),
+    )
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.refused and result.text is None
+    assert result.requests == 2 and len(openai_server.requests) == 2
+    assert "identifying real people" in result.reason and "I'm sorry, I can't help with that." in result.reason
+    assert (result.tokens_in, result.tokens_out) == (2000, 200)
+
+
+def test_apology_inside_a_caption_is_not_a_refusal(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    text = "A trickster in a striped robe says I'm sorry to a merchant, grinning, in a bazaar."
+    openai_server.push(Completion(text))
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.text == text and result.requests == 1 and len(openai_server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "refused"),
+    [
+        ("Sorry, I can't do that.", None, True),
+        ("I am unable to describe this.", None, True),
+        ("i'm sorry", None, True),
+        (None, None, True),
+        ("   ", None, True),
+        ("A man who is sorry for nothing laughs.", None, False),
+        ("A man laughs.", "policy", True),
+    ],
+)
+def test_is_refusal(text: str | None, field: str | None, refused: bool) -> None:
+    assert is_refusal(text, field) is refused
+
+
+# --- transient failures: retried by the client itself ---
+
+
+def test_rate_limit_honours_retry_after_then_succeeds(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(rate_limited(retry_after_s=0.3), Completion(GOOD))
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD and result.requests == 1  # one logical request; the retry is the client's
+    first, second = openai_server.requests
+    assert [r.headers["x-stainless-retry-count"] for r in (first, second)] == ["0", "1"]
+    assert second.received_at - first.received_at >= 0.25  # waited as Retry-After said
+    assert first.body == second.body
+
+
+def test_retry_after_zero_is_retried(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(rate_limited(0), Completion(GOOD))
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD
+    assert len(openai_server.requests) == 2
+
+
+def test_server_error_is_retried(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(server_error(), Completion(GOOD))
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD
+    assert len(openai_server.requests) == 2
+
+
+def test_timeout_is_retried(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(Delay(3.0), Completion(GOOD))
+
+    start = time.monotonic()
+    result = backend(make_caption, openai_server, timeout_s=0.8).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD
+    assert len(openai_server.requests) == 2
+    assert time.monotonic() - start < 2.9  # gave up on the 3 s reply instead of waiting for it
+
+
+def test_rate_limit_that_never_ends_stops_with_a_caption_error(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.script(default=lambda request: rate_limited(0.01))
+
+    with pytest.raises(CaptionError, match=r"429.*rerun"):
+        backend(make_caption, openai_server, max_retries=3).caption(picture, Path("frame.png"))
+
+    assert len(openai_server.requests) == 4  # the first try and max_retries=3 retries
+
+
+def test_unreachable_endpoint_is_a_caption_error(
+    openai_key: str, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    settings = make_caption(openai={"base_url": closed_port_url(), "max_retries": 0})
+
+    with pytest.raises(CaptionError, match="unreachable"):
+        OpenAIBackend(settings).caption(picture, Path("frame.png"))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Malformed(),
+        Malformed(b"<html><body>502 Bad Gateway</body></html>", content_type="text/html"),
+        Malformed(b'{"object": "list", "data": []}'),
+    ],
+    ids=["truncated-json", "html", "no-choices"],
+)
+def test_malformed_reply_is_a_caption_error(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image, reply: Malformed
+) -> None:
+    openai_server.push(reply)
+
+    with pytest.raises(CaptionError, match="OpenAI-compatible"):
+        backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert len(openai_server.requests) == 1
+
+
+# --- fatal answers: stop at once with a message that says what to fix ---
+
+
+def test_bad_key_fails_fast_with_a_clear_message(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(bad_key())
+
+    start = time.monotonic()
+    with pytest.raises(CaptionError, match=r"rejected the key in \$OPENAI_API_KEY") as err:
+        backend(make_caption, openai_server, max_retries=4).caption(picture, Path("frame.png"))
+
+    assert "Incorrect API key" in str(err.value)
+    assert len(openai_server.requests) == 1  # a 401 is never retried
+    assert time.monotonic() - start < 2.0  # retried with backoff it would take 0.5+1+2+4 s
+
+
+def test_forbidden_is_a_key_problem_too(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(HTTPError(403, "Project does not have access to model gpt-4o", "invalid_request_error"))
+
+    with pytest.raises(CaptionError, match="rejected the key"):
+        backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert len(openai_server.requests) == 1
+
+
+def test_unknown_model_names_the_model(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(unknown_model("gpt-4o-visionary"))
+
+    with pytest.raises(CaptionError, match=r"model 'gpt-4o-visionary' not found.*caption\.openai\.model"):
+        backend(make_caption, openai_server, model="gpt-4o-visionary").caption(picture, Path("frame.png"))
+
+    assert len(openai_server.requests) == 1
+    assert openai_server.requests[0].model == "gpt-4o-visionary"
+
+
+def test_missing_key_points_to_the_offline_backends(monkeypatch: pytest.MonkeyPatch, make_caption: MakeCaption) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    with pytest.raises(CaptionError, match=r"\$OPENAI_API_KEY is not set") as err:
+        OpenAIBackend(make_caption())
+
+    assert "caption.backend=sidecar" in str(err.value) and "caption.backend=template" in str(err.value)
+
+
+def test_key_is_read_from_the_configured_variable(
+    monkeypatch: pytest.MonkeyPatch, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("MY_GATEWAY_KEY", "gateway-secret")
+    settings = make_caption(openai_server, openai={"api_key_env": "MY_GATEWAY_KEY"})
+
+    OpenAIBackend(settings).caption(picture, Path("frame.png"))
+
+    assert openai_server.requests[0].headers["authorization"] == "Bearer gateway-secret"
+
+
+def test_base_url_falls_back_to_the_environment(
+    openai_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    openai_server: OpenAIServer,
+    make_caption: MakeCaption,
+    picture: Image.Image,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
+    settings = make_caption(openai={"base_url": None})
+
+    result = OpenAIBackend(settings).caption(picture, Path("frame.png"))
+
+    assert result.text and len(openai_server.requests) == 1
+
+
+# --- offline backends ---
+
+
+def test_sidecar_reads_the_txt_beside_the_image(tmp_path: Path, picture: Image.Image) -> None:
+    source = tmp_path / "pose_01.png"
+    source.with_suffix(".txt").write_text("\n  aldar_kose_man waves from a yurt door  \n", encoding="utf-8")
+
+    result = SidecarBackend().caption(picture, source)
+
+    assert result.text == "aldar_kose_man waves from a yurt door"
+    assert (result.requests, result.tokens_in, result.tokens_out) == (0, 0, 0)
+
+
+def test_sidecar_missing_file_names_it(tmp_path: Path, picture: Image.Image) -> None:
+    with pytest.raises(CaptionError, match=r"pose_02\.png: no caption file pose_02\.txt beside it"):
+        SidecarBackend().caption(picture, tmp_path / "pose_02.png")
+
+
+def test_sidecar_empty_file_is_an_error(tmp_path: Path, picture: Image.Image) -> None:
+    (tmp_path / "pose_03.txt").write_text("  \n", encoding="utf-8")
+
+    with pytest.raises(CaptionError, match=r"pose_03\.txt: empty caption file"):
+        SidecarBackend().caption(picture, tmp_path / "pose_03.png")
+
+
+def test_template_fills_character_fields(params: Settings, picture: Image.Image) -> None:
+    backend = TemplateBackend("{trigger}, {name}, {description}", params.character)
+
+    result = backend.caption(picture, Path("any.png"))
+
+    assert result.text == f"{TRIGGER}, Aldar Kose, {params.character.description}"
+    assert backend.paid is False
+
+
+def test_make_backend_picks_by_setting(
+    openai_key: str, params: Settings, make_caption: MakeCaption, openai_server: OpenAIServer
+) -> None:
+    character = params.character
+    assert isinstance(make_backend(make_caption(openai_server), character), OpenAIBackend)
+    assert isinstance(make_backend(make_caption(backend="sidecar"), character), SidecarBackend)
+    assert isinstance(make_backend(make_caption(backend="template"), character), TemplateBackend)
+    assert openai_server.requests == []  # building a backend sends nothing
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a man waves", f"{TRIGGER}, a man waves"),
+        (f"{TRIGGER}, a man waves", f"{TRIGGER}, a man waves"),
+        (f"{TRIGGER} waves", f"{TRIGGER} waves"),
+        ("  a man\n waves\tat   dawn ", f"{TRIGGER}, a man waves at dawn"),
+        (f"{TRIGGER}ly walks", f"{TRIGGER}, {TRIGGER}ly walks"),  # a longer word is not the trigger
+        (f"a man, {TRIGGER}", f"{TRIGGER}, a man, {TRIGGER}"),
+    ],
+)
+def test_with_trigger(text: str, expected: str) -> None:
+    assert with_trigger(text, TRIGGER) == expected

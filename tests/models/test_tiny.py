@@ -1,0 +1,56 @@
+"""The tiny profile's models: real classes, built offline and deterministically, loaded by the normal code."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from storyboard.models.loading import attach_ip_adapter, load_pipeline, native_resolution
+from storyboard.models.tiny import build_tiny_models
+
+
+def test_tiny_models_load_through_from_pretrained(tiny_models, cpu):
+    from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    pipe = load_pipeline(tiny_models, cpu)
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    assert isinstance(pipe.unet, UNet2DConditionModel)
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    assert native_resolution(pipe) == 64
+    # our own vocab: hundreds of tokens, one per character, not a 2-token stub
+    assert len(pipe.tokenizer) > 500
+    assert len(pipe.tokenizer("ab c").input_ids) == 2 + 3
+    cn = load_pipeline(tiny_models, cpu, controlnet=True)
+    assert isinstance(cn, StableDiffusionXLControlNetPipeline)
+    attach_ip_adapter(cn, tiny_models, 0.5)
+    assert cn.image_encoder is not None
+    assert any("IPAdapter" in type(p).__name__ for p in cn.unet.attn_processors.values())
+
+
+def test_tiny_pipeline_renders_and_is_seeded(tiny_models, cpu):
+    pipe = load_pipeline(tiny_models, cpu)
+
+    def render(seed):
+        g = torch.Generator().manual_seed(seed)
+        return pipe("a man", num_inference_steps=2, generator=g, output_type="np").images[0]
+
+    a, b, c = render(1), render(1), render(2)
+    assert a.shape == (64, 64, 3)
+    assert (a == b).all()
+    assert not (a == c).all()
+
+
+def test_build_is_deterministic_and_marked_as_tiny(tmp_path):
+    build_tiny_models(tmp_path / "a", seed=3)
+    build_tiny_models(tmp_path / "b", seed=3)
+    build_tiny_models(tmp_path / "c", seed=4)
+    weights = "sdxl/unet/diffusion_pytorch_model.safetensors"
+    a, b, c = (load_file(tmp_path / x / weights) for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    built = json.loads((tmp_path / "a/BUILT.json").read_text())
+    assert built["seed"] == 3 and "plumbing" in built["notice"]
+    # nothing half-built is left beside the folders
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
