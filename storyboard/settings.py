@@ -100,6 +100,7 @@ class Caption(_Section):
     openai: OpenAIClient
     concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     cache_dir: Path = Field(Path(".cache/captions"), description="paid captions kept across runs, per image")
+    retry_refused: bool = Field(False, description="ask again for images refused in an earlier run (costs money)")
     cost_per_1k_tokens_in: Annotated[float, Field(ge=0)] = 0.0025
     cost_per_1k_tokens_out: Annotated[float, Field(ge=0)] = 0.01
     min_side: Annotated[int, Field(ge=16)] = 256

@@ -21,10 +21,15 @@ class CaptionError(StoryboardError):
     """Captioning can't go on; the message says why and what to do."""
 
 
+class ImageRejected(Exception):
+    """The endpoint refused one request as invalid (HTTP 400/422): that image fails, the others go on."""
+
+
 @dataclass(frozen=True)
 class CaptionResult:
-    text: str | None  # None when refused
+    text: str | None  # None when refused or failed
     refused: bool = False
+    failed: bool = False  # the endpoint rejected this one image (4xx other than auth/model): not cached
     reason: str = ""
     tokens_in: int = 0
     tokens_out: int = 0
@@ -144,6 +149,9 @@ class OpenAIBackend:
             )
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise CaptionError(f"the caption endpoint rejected the key in ${cfg.api_key_env}: {e}") from None
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+            # This image, not the setup: exclude it with the reason and go on with the others.
+            raise ImageRejected(f"the caption endpoint rejected this image ({e.status_code}): {e.message}") from None
         except openai.NotFoundError as e:
             raise CaptionError(
                 f"model {cfg.model!r} not found at the caption endpoint; set caption.openai.model ({e})"
@@ -185,7 +193,12 @@ class OpenAIBackend:
         tokens_in = tokens_out = 0
         reasons = []
         for attempt, prompt in enumerate((self.settings.prompt, self.settings.refusal_prompt), start=1):
-            text, refusal, t_in, t_out = self._ask(prompt, url)
+            try:
+                text, refusal, t_in, t_out = self._ask(prompt, url)
+            except ImageRejected as e:
+                return CaptionResult(
+                    None, failed=True, reason=str(e), tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt
+                )
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
             if not is_refusal(text, refusal):
                 return CaptionResult(text.strip(), tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt)

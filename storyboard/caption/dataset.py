@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
@@ -41,6 +42,7 @@ class CaptionStats:
     captioned: int = 0
     cached: int = 0
     refused: int = 0
+    failed: int = 0
     excluded: int = 0
     duplicates: int = 0
     requests: int = 0
@@ -112,7 +114,7 @@ def caption_images(
         record = ManifestRecord(source=rel, sha256=sha, status="excluded")
         records.append(record)
         if sha in seen:
-            record.status, record.reason = "duplicate", f"same content as {seen[sha].source}; captioned once"
+            record.status, record.reason = "duplicate", f"same content as {seen[sha].source}; handled once, with it"
             stats.duplicates += 1
             continue
         seen[sha] = record
@@ -137,7 +139,8 @@ def caption_images(
 
     def run_one(item: tuple[ManifestRecord, Image.Image, Path]) -> tuple[ManifestRecord, CaptionResult, bool]:
         record, image, source = item
-        if cache is not None and (hit := cache.get(record.sha256)) is not None:
+        hit = cache.get(record.sha256) if cache is not None else None
+        if hit is not None and not (hit.refused and settings.retry_refused):
             return record, hit, True
         if failed.is_set():
             # Never reported: this item was queued after the failing one, whose error is raised first.
@@ -147,7 +150,7 @@ def caption_images(
         except BaseException:
             failed.set()
             raise
-        if cache is not None:
+        if cache is not None and not result.failed:
             cache.put(record.sha256, result)
         return record, result, False
 
@@ -162,6 +165,11 @@ def caption_images(
                     stats.requests += result.requests
                     stats.tokens_in += result.tokens_in
                     stats.tokens_out += result.tokens_out
+                if result.failed:
+                    stats.failed += 1
+                    record.reason = result.reason
+                    logger.warning("excluded: %s: %s", record.source, record.reason)
+                    continue
                 if result.refused or not result.text:
                     stats.refused += 1
                     record.reason = f"refused by the caption model: {result.reason}"
@@ -182,23 +190,36 @@ def caption_images(
         with open(staged / "manifest.jsonl", "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+        (staged / "REPORT.md").write_text(_report(records), encoding="utf-8")
     stats.cost_usd = round(
         stats.tokens_in / 1000 * settings.cost_per_1k_tokens_in
         + stats.tokens_out / 1000 * settings.cost_per_1k_tokens_out,
         4,
     )
-    logger.info(
-        "captioned %d of %d images (%d cached, %d refused, %d excluded, %d duplicates; %d requests, $%.4f)",
-        stats.captioned,
-        stats.images_seen,
-        stats.cached,
-        stats.refused,
-        stats.excluded,
-        stats.duplicates,
-        stats.requests,
-        stats.cost_usd,
-    )
+    logger.info("caption summary (%s backend):\n%s", stats.backend, _summary_table(stats))
     return stats
+
+
+def _summary_table(stats: CaptionStats) -> str:
+    rows = {k: v for k, v in asdict(stats).items() if k != "backend"}
+    return pd.Series(rows, name="value").to_markdown()
+
+
+def _report(records: list[ManifestRecord]) -> str:
+    """What a person reads to see which images did not make it into training, and why."""
+    left_out = [r for r in records if r.status != "ok"]
+    lines = [
+        "# Caption report",
+        "",
+        f"{sum(r.status == 'ok' for r in records)} of {len(records)} images are in the dataset.",
+        "",
+    ]
+    if left_out:
+        lines += ["| image | status | reason |", "|---|---|---|"]
+        lines += [f"| {r.source} | {r.status} | {r.reason.replace('|', '/')} |" for r in left_out]
+    else:
+        lines.append("Every image is in the dataset.")
+    return "\n".join(lines) + "\n"
 
 
 def read_manifest(dataset_dir: Path) -> list[ManifestRecord]:

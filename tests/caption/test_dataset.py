@@ -553,3 +553,150 @@ def test_min_side_is_a_setting(
     stats = run(make_caption(backend="template", min_side=64), params, tmp_path / "dataset")
 
     assert (stats.captioned, stats.excluded) == (1, 0)
+
+
+# --- one image the endpoint rejects, refusals asked again on request, the report a person reads ---
+
+
+def test_rejected_image_is_excluded_not_cached_and_others_go_on(
+    openai_key: str,
+    openai_server: OpenAIServer,
+    make_caption: MakeCaption,
+    write_image: WriteImage,
+    params: Settings,
+    tmp_path: Path,
+) -> None:
+    from openai_server import HTTPError
+
+    for i, color in enumerate(COLORS[:3]):
+        write_image(f"frame_{i}.png", color)
+
+    def reject_one(request: RecordedRequest) -> Completion | HTTPError:
+        if color_of(request) == COLORS[1]:
+            return HTTPError(400, "Invalid image.", "invalid_request_error", "invalid_image")
+        return caption_everything(request)
+
+    openai_server.script(default=reject_one)
+    out = tmp_path / "dataset"
+    stats = run(make_caption(openai_server), params, out)
+
+    assert (stats.captioned, stats.failed, stats.excluded) == (2, 1, 1)
+    assert len(openai_server.requests) == 3  # a 400 is not retried
+    rejected = manifest_by_source(out)["frame_1.png"]
+    assert rejected["status"] == "excluded" and "rejected this image (400)" in rejected["reason"]
+    report = (out / "REPORT.md").read_text()
+    assert "2 of 3 images are in the dataset" in report and "| frame_1.png | excluded |" in report
+
+    # not cached: the rerun asks for that one image again, and only for it
+    openai_server.clear_requests()
+    openai_server.script(default=caption_everything)
+    stats = run(make_caption(openai_server), params, out)
+    assert [color_of(r) for r in openai_server.requests] == [COLORS[1]]
+    assert (stats.captioned, stats.cached, stats.failed) == (3, 2, 0)
+
+
+def test_refusals_are_cached_unless_retry_refused(
+    openai_key: str,
+    openai_server: OpenAIServer,
+    make_caption: MakeCaption,
+    write_image: WriteImage,
+    params: Settings,
+    tmp_path: Path,
+) -> None:
+    write_image("ok.png", COLORS[0])
+    write_image("refused.png", COLORS[1])
+
+    def refuse_one(request: RecordedRequest) -> Completion:
+        return (
+            Completion("I'm sorry, I can't help with that.")
+            if color_of(request) == COLORS[1]
+            else caption_everything(request)
+        )
+
+    openai_server.script(default=refuse_one)
+    out = tmp_path / "dataset"
+    assert run(make_caption(openai_server), params, out).refused == 1
+    assert len(openai_server.requests) == 3
+
+    openai_server.clear_requests()
+    again = run(make_caption(openai_server), params, out)
+    assert (again.refused, again.cached, len(openai_server.requests)) == (1, 2, 0)  # paid for once
+
+    openai_server.script(default=caption_everything)
+    retried = run(make_caption(openai_server, retry_refused=True), params, out)
+    assert [color_of(r) for r in openai_server.requests] == [COLORS[1]]
+    assert (retried.captioned, retried.refused) == (2, 0)
+
+
+def test_odd_inputs_all_end_in_a_correct_dataset(
+    make_caption: MakeCaption, raw_dir: Path, params: Settings, tmp_path: Path
+) -> None:
+    """A corpus of every odd input the caption stage meets; the template backend, so only inputs matter."""
+    import io
+
+    from PIL import Image as PILImage
+
+    def save(name: str, image: PILImage.Image, **kw) -> None:
+        path = raw_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, **kw)
+
+    save("plain (1).png", PILImage.new("RGB", (400, 300), (200, 10, 10)))
+    save("{braces} & spaces.jpg", PILImage.new("RGB", (500, 500), (10, 200, 10)))
+    save("ünïcødé 角色.webp", PILImage.new("RGB", (600, 400), (10, 10, 200)), format="WEBP")
+    save("cmyk.jpg", PILImage.new("CMYK", (300, 300), (0, 255, 255, 0)))
+    palette = PILImage.new("RGB", (300, 300), (250, 250, 0)).convert("P")
+    save("palette.png", palette)
+    rgba = PILImage.new("RGBA", (300, 300), (0, 0, 0, 0))
+    save("transparent.png", rgba)
+    save("sixteen.png", PILImage.new("I;16", (300, 300), 40000))
+    frames = [PILImage.new("RGB", (300, 300), c) for c in ((1, 2, 3), (90, 90, 90))]
+    frames[0].save(raw_dir / "animated.gif", save_all=True, append_images=frames[1:])
+    save("huge.png", PILImage.new("RGB", (3000, 1500), (120, 30, 60)))
+    exif = PILImage.new("RGB", (400, 300), (30, 30, 30)).getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    save("rotated.jpg", PILImage.new("RGB", (400, 300), (30, 30, 30)), exif=exif)
+    save("tiny.png", PILImage.new("RGB", (64, 64), (1, 1, 1)))
+    (raw_dir / "zero.png").write_bytes(b"")
+    (raw_dir / "notes.png").write_text("not an image")
+    buf = io.BytesIO()
+    PILImage.new("RGB", (300, 300), (5, 5, 5)).save(buf, "PNG")
+    (raw_dir / "truncated.png").write_bytes(buf.getvalue()[:100])
+    (raw_dir / "z copy of plain.png").write_bytes((raw_dir / "plain (1).png").read_bytes())
+    (raw_dir / "sub").mkdir()
+    save("sub/nested.PNG", PILImage.new("RGB", (300, 300), (44, 44, 44)))
+
+    out = tmp_path / "dataset"
+    settings = make_caption(backend="template", background=(255, 0, 255))
+    stats = run(settings, params, out)
+    records = manifest_by_source(out)
+
+    ok = {
+        "plain (1).png",
+        "{braces} & spaces.jpg",
+        "ünïcødé 角色.webp",
+        "cmyk.jpg",
+        "palette.png",
+        "transparent.png",
+        "sixteen.png",
+        "animated.gif",
+        "huge.png",
+        "rotated.jpg",
+        "sub/nested.PNG",
+    }
+    assert {s for s, r in records.items() if r["status"] == "ok"} == ok
+    assert records["z copy of plain.png"]["status"] == "duplicate"
+    for bad in ("tiny.png", "zero.png", "notes.png", "truncated.png"):
+        assert records[bad]["status"] == "excluded" and records[bad]["reason"], bad
+    assert (stats.images_seen, stats.captioned, stats.excluded, stats.duplicates) == (16, 11, 4, 1)
+    # output names are safe and stable, and map back to the user's names through the manifest
+    for source in ok:
+        r = records[source]
+        assert r["image"] == f"{r['sha256'][:16]}.png"
+        image = Image.open(out / "images" / r["image"])
+        assert image.mode == "RGB" and max(image.size) <= settings.max_side
+        assert (out / "images" / r["image"]).with_suffix(".txt").read_text().startswith(TRIGGER)
+    assert Image.open(out / "images" / records["huge.png"]["image"]).size == (1024, 512)
+    assert Image.open(out / "images" / records["rotated.jpg"]["image"]).size == (300, 400)
+    assert Image.open(out / "images" / records["transparent.png"]["image"]).getpixel((5, 5)) == (255, 0, 255)
+    assert Image.open(out / "images" / records["animated.gif"]["image"]).getpixel((5, 5)) == (1, 2, 3)

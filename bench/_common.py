@@ -1,0 +1,111 @@
+"""What both benchmarks share: device choice, memory bookkeeping, timing and the one-line JSON result."""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from storyboard.log import logger
+
+GiB = 1024**3
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Who measured: the card and the library versions, so numbers from different runs can be compared."""
+    import diffusers
+    import peft
+    import transformers
+
+    env = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "weights": "random (built from published configs; speed and memory only)",
+    }
+    if device.type == "cuda":
+        env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / GiB, 1)
+    return env
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    """Drop everything the last configuration left, so the next one's peak is its own."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        import torch._dynamo
+
+        # Compiled graphs hold references to the old modules' parameters.
+        torch._dynamo.reset()
+    except Exception:  # noqa: BLE001 - dynamo is optional in CPU builds
+        pass
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory(device: torch.device) -> dict[str, float | None]:
+    """Allocated now and peak allocated/reserved since the last reset, GiB; None on a CPU (no allocator stats)."""
+    if device.type != "cuda":
+        return {"allocated_gib": None, "peak_allocated_gib": None, "peak_reserved_gib": None}
+    return {
+        "allocated_gib": round(torch.cuda.memory_allocated(device) / GiB, 3),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated(device) / GiB, 3),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / GiB, 3),
+    }
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Wall seconds of fn() with the device drained before and after (CUDA work is asynchronous)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - t0, result
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """The single stdout line (the machine-readable result); the same line to `out` when given."""
+    line = json.dumps(result, sort_keys=False)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(line + "\n")
+        logger.info("wrote %s", out)
+    print(line, flush=True)
+
+
+def parse_list(text: str, kind: type = str) -> list:
+    return [kind(x.strip()) for x in text.split(",") if x.strip()]

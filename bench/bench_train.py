@@ -1,0 +1,380 @@
+"""LoRA training throughput (images/s) and peak GPU memory for full-size SDXL with random weights.
+
+Two implementations of one training step, same LoRA (rank 64 on to_q/to_k/to_v/to_out.0), same resolution:
+
+- baseline: the step of diffusers' examples/text_to_image/train_text_to_image_lora_sdxl.py, as that script runs
+  with --mixed_precision bf16 and --pretrained_vae_model_name_or_path (the fp16-fix VAE, which the project uses):
+  every step VAE-encodes the pixel batch and runs both text encoders on the captions, frozen parts in bf16
+  (weight_dtype), the UNet forward under autocast (accelerate's bf16), LoRA params in fp32
+  (cast_training_params), torch.optim.AdamW (foreach), clip_grad_norm_(1.0), constant LR scheduler,
+  loss.item() once per step for the logged train_loss.
+- ours: the recipe of storyboard/train/lora.py: latents and text embeddings computed once and cached (no VAE or
+  text encoder in the step), UNet under autocast bf16, fp32 LoRA params, fused AdamW, SDPA attention,
+  loss.item() once per step (the project logs it); optionally torch.compile and channels_last.
+
+The project's step is inline in `train_lora` (not a function), so `OursTrainer` below re-implements it; it is
+the one place to swap for a call into storyboard.train once the step is factored out.
+
+    python bench/bench_train.py --out bench/results/train.json          # on the GPU
+    python bench/bench_train.py --small                                  # CPU check, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sdxl_from_config as sdxl  # noqa: E402
+from _common import (  # noqa: E402
+    emit,
+    environment,
+    free_memory,
+    is_oom,
+    memory,
+    parse_list,
+    pick_device,
+    reset_peak,
+    synchronize,
+    timed,
+)
+
+from storyboard.log import logger, setup_logging  # noqa: E402
+
+TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+CAPTION = (
+    "aldar_kose_man, Aldar Kose, a cheerful Kazakh folk trickster with a thin black moustache, a patched "
+    "striped chapan robe and a fur-trimmed conical hat, riding a horse across the steppe at dawn"
+)
+
+
+@dataclass
+class Config:
+    impl: str
+    batch: int
+    resolution: int
+    rank: int
+    dtype: torch.dtype
+    device: torch.device
+    small: bool
+    seed: int
+    compile: bool
+    compile_mode: str
+    channels_last: bool
+    gradient_checkpointing: bool
+    ours_unet_dtype: torch.dtype
+
+
+def add_lora(unet, rank: int) -> list[torch.nn.Parameter]:
+    """The LoRA both scripts add: peft on the attention projections, gaussian init, alpha = rank; fp32 params."""
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES)
+    )
+    # peft creates the adapter in the base layer's dtype (bf16 here); train it in fp32, with bf16 compute
+    # under autocast, so small updates are not rounded away.
+    cast_training_params(unet, dtype=torch.float32)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    logger.info("LoRA rank %d: %.1f M trainable parameters in %d tensors", rank, sum(p.numel() for p in params) / 1e6, len(params))
+    return params
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def encode_prompt(text_encoders, ids_list: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL conditioning as the script's encode_prompt: penultimate hidden states of both, concatenated; pooled
+    output of the second."""
+    embeds = []
+    pooled = None
+    for encoder, ids in zip(text_encoders, ids_list, strict=True):
+        out = encoder(ids.to(encoder.device), output_hidden_states=True, return_dict=False)
+        pooled = out[0]
+        embeds.append(out[-1][-2])
+    return torch.cat(embeds, dim=-1), pooled
+
+
+def autocast(cfg: Config, enabled: bool = True):
+    return torch.autocast(cfg.device.type, dtype=torch.bfloat16, enabled=enabled and cfg.dtype == torch.bfloat16)
+
+
+class BaselineTrainer:
+    """diffusers' train_text_to_image_lora_sdxl.py step (single process, no accumulation, no EMA/SNR/offset)."""
+
+    def __init__(self, cfg: Config):
+        from diffusers import DDPMScheduler
+        from diffusers.optimization import get_scheduler
+
+        self.cfg = cfg
+        weight_dtype = cfg.dtype
+        # The script: unet, text encoders, and (with --pretrained_vae_model_name_or_path) the VAE in weight_dtype.
+        self.unet = sdxl.build_unet(weight_dtype, cfg.device, small=cfg.small, seed=cfg.seed)
+        self.vae = sdxl.build_vae(weight_dtype, cfg.device, small=cfg.small, seed=cfg.seed).requires_grad_(False)
+        te1, te2, tok1, tok2 = sdxl.build_text_encoders(weight_dtype, cfg.device, small=cfg.small, seed=cfg.seed)
+        self.text_encoders = [te1, te2]
+        self.noise_scheduler = DDPMScheduler.from_config(sdxl.SCHEDULER_CONFIG)
+        self.params = add_lora(self.unet, cfg.rank)
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.unet.train()
+        # The script's defaults: lr 1e-4, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8; not fused.
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        self.lr_scheduler = get_scheduler("constant", optimizer=self.optimizer)
+        # What the dataloader yields: normalised pixels in [-1, 1] and pre-tokenised captions, on the CPU
+        # (accelerate moves each batch to the GPU). Random pixels: a batch of noise costs what a photo costs.
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.pixels = torch.rand(cfg.batch, 3, cfg.resolution, cfg.resolution, generator=g) * 2 - 1
+        captions = [CAPTION] * cfg.batch
+        self.ids = [tokenize(tok1, captions), tokenize(tok2, captions)]
+        self.original_sizes = [(cfg.resolution, cfg.resolution)] * cfg.batch
+        self.crop_top_lefts = [(0, 0)] * cfg.batch
+
+    def step(self) -> float:
+        cfg, device = self.cfg, self.cfg.device
+        pixel_values = self.pixels.to(device).to(dtype=cfg.dtype)
+        model_input = self.vae.encode(pixel_values).latent_dist.sample()
+        model_input = model_input * self.vae.config.scaling_factor
+        noise = torch.randn_like(model_input)
+        bsz = model_input.shape[0]
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device).long()
+        noisy_model_input = self.noise_scheduler.add_noise(model_input, noise, timesteps)
+
+        def compute_time_ids(original_size, crops_coords_top_left):
+            target_size = (cfg.resolution, cfg.resolution)
+            add_time_ids = torch.tensor([list(original_size + crops_coords_top_left + target_size)])
+            return add_time_ids.to(device, dtype=cfg.dtype)
+
+        add_time_ids = torch.cat(
+            [compute_time_ids(s, c) for s, c in zip(self.original_sizes, self.crop_top_lefts, strict=True)]
+        )
+        prompt_embeds, pooled_prompt_embeds = encode_prompt(self.text_encoders, self.ids)
+        with autocast(cfg):  # accelerate's mixed_precision="bf16" wraps the prepared UNet's forward
+            model_pred = self.unet(
+                noisy_model_input,
+                timesteps,
+                prompt_embeds,
+                added_cond_kwargs={"time_ids": add_time_ids, "text_embeds": pooled_prompt_embeds},
+                return_dict=False,
+            )[0]
+        loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
+        # The script gathers the loss for logging and .item()s it every step.
+        train_loss = loss.detach().repeat(bsz).mean().item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad()
+        return train_loss
+
+
+class OursTrainer:
+    """The step of storyboard/train/lora.py `train_lora`, with the caching it does before the loop.
+
+    Replace with a call into storyboard.train once the project's step is a reusable function.
+    """
+
+    # How many images the cache holds; steps draw random batches from it, as the project does from its dataset.
+    CACHED_IMAGES = 16
+
+    def __init__(self, cfg: Config):
+        from diffusers import DDPMScheduler
+
+        self.cfg = cfg
+        device = cfg.device
+        # Caching pass: VAE and text encoders only live for it (the project moves them to the CPU afterwards).
+        vae = sdxl.build_vae(cfg.dtype, device, small=cfg.small, seed=cfg.seed).requires_grad_(False)
+        te1, te2, tok1, tok2 = sdxl.build_text_encoders(cfg.dtype, device, small=cfg.small, seed=cfg.seed)
+        n = max(self.CACHED_IMAGES, cfg.batch)
+        g = torch.Generator().manual_seed(cfg.seed)
+        with torch.no_grad():
+            chunks = []
+            for i in range(0, n, 4):  # the project encodes 4 images at a time
+                pixels = torch.rand(min(4, n - i), 3, cfg.resolution, cfg.resolution, generator=g) * 2 - 1
+                chunks.append(vae.encode(pixels.to(device, cfg.dtype)).latent_dist.sample() * vae.config.scaling_factor)
+            # fp32 caches, as the project holds them (its VAE and text encoders run in fp32).
+            self.latents = torch.cat(chunks).float()
+            captions = [CAPTION] * n
+            embeds, pooled = encode_prompt([te1, te2], [tokenize(tok1, captions), tokenize(tok2, captions)])
+            self.prompt_embeds, self.pooled_embeds = embeds.float(), pooled.float()
+        del vae, te1, te2
+        free_memory(device)
+        self.n = n
+        self.time_ids = torch.tensor(
+            [cfg.resolution, cfg.resolution, 0, 0, cfg.resolution, cfg.resolution], dtype=torch.float32, device=device
+        )
+
+        unet = sdxl.build_unet(cfg.ours_unet_dtype, device, small=cfg.small, seed=cfg.seed)
+        self.params = add_lora(unet, cfg.rank)
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        if cfg.channels_last:
+            unet.to(memory_format=torch.channels_last)
+            self.latents = self.latents.contiguous(memory_format=torch.channels_last)
+        unet.train()
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, fused=device.type == "cuda")
+        self.unet = torch.compile(unet, mode=cfg.compile_mode) if cfg.compile else unet
+        self.scheduler = DDPMScheduler.from_config(sdxl.SCHEDULER_CONFIG)
+
+    def step(self) -> float:
+        cfg, device, scheduler = self.cfg, self.cfg.device, self.scheduler
+        idx = torch.randint(0, self.n, (cfg.batch,))
+        x0 = self.latents[idx]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), device=device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        with autocast(cfg):
+            pred = self.unet(
+                noisy,
+                t,
+                encoder_hidden_states=self.prompt_embeds[idx],
+                added_cond_kwargs={"text_embeds": self.pooled_embeds[idx], "time_ids": self.time_ids.expand(len(idx), -1)},
+            ).sample
+        loss = F.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()  # the project logs every step's loss
+
+
+TRAINERS = {"baseline": BaselineTrainer, "ours": OursTrainer}
+
+
+def run_config(cfg: Config, warmup: int, steps: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"impl": cfg.impl, "batch": cfg.batch, "resolution": cfg.resolution}
+    if cfg.impl == "ours":
+        result.update(compile=cfg.compile, channels_last=cfg.channels_last, unet_dtype=str(cfg.ours_unet_dtype))
+    trainer = None
+    try:
+        free_memory(cfg.device)
+        reset_peak(cfg.device)
+        t0 = time.perf_counter()
+        trainer = TRAINERS[cfg.impl](cfg)
+        synchronize(cfg.device)
+        result["setup_s"] = round(time.perf_counter() - t0, 2)
+        result["setup_memory"] = memory(cfg.device)
+        warmup_s, losses = timed(lambda: [trainer.step() for _ in range(warmup)], cfg.device)
+        result["warmup_s"] = round(warmup_s, 2)
+        # Peak from here on: the steady state (weights, optimizer state, one step's activations).
+        reset_peak(cfg.device)
+        seconds, losses = timed(lambda: [trainer.step() for _ in range(steps)], cfg.device)
+        mem = memory(cfg.device)
+        result.update(
+            steps=steps,
+            s_per_step=round(seconds / steps, 4),
+            images_per_s=round(cfg.batch * steps / seconds, 3),
+            peak_allocated_gib=mem["peak_allocated_gib"],
+            peak_reserved_gib=mem["peak_reserved_gib"],
+            last_loss=round(losses[-1], 5),
+            finite=all(x == x and abs(x) != float("inf") for x in losses),
+        )
+        logger.info(
+            "%s batch %d: %.3f s/step, %.2f images/s, peak %s GiB",
+            cfg.impl, cfg.batch, seconds / steps, cfg.batch * steps / seconds, mem["peak_allocated_gib"],
+        )
+    except Exception as e:  # noqa: BLE001 - an OOM at batch 4 must not lose the batch 1 numbers
+        if not is_oom(e):
+            raise
+        logger.warning("%s batch %d: out of memory (%s)", cfg.impl, cfg.batch, str(e).splitlines()[0][:200])
+        result.update(oom=True, peak_allocated_gib=memory(cfg.device)["peak_allocated_gib"])
+    finally:
+        del trainer
+        free_memory(cfg.device)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl", default="baseline,ours", help="comma list of baseline, ours")
+    parser.add_argument("--batch-sizes", default="1,4", help="comma list")
+    parser.add_argument("--resolution", type=int, default=None, help="pixels (default 1024; 64 with --small)")
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per config (3; 8 with --compile)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per config (10; 2 with --small)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="frozen weights / autocast")
+    parser.add_argument(
+        "--ours-unet-dtype",
+        default=None,
+        choices=["bfloat16", "float32"],
+        help="ours: UNet weight dtype (default --dtype). float32 is what storyboard/train/lora.py does today "
+        "(fp32 UNet under bf16 autocast)",
+    )
+    parser.add_argument("--compile", action="store_true", help="ours: torch.compile the UNet")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
+    parser.add_argument("--channels-last", action="store_true", help="ours: channels_last UNet and latents")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="both impls (the script's flag)")
+    parser.add_argument("--small", action="store_true", help="tiny models, 64 px, 2 timed steps: the CPU check")
+    parser.add_argument("--device", default=None, help="default cuda if available, else cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
+    args = parser.parse_args()
+    setup_logging()
+
+    device = pick_device(args.device)
+    if device.type != "cuda" and not args.small:
+        parser.error("full-size SDXL training needs a GPU; use --small for the CPU check")
+    resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
+    warmup = args.warmup if args.warmup is not None else (1 if args.small else 8 if args.compile else 3)
+    steps = args.steps if args.steps is not None else (2 if args.small else 10)
+    dtype = getattr(torch, args.dtype)
+    # Fixed shapes per config, so the timed steps reuse the cuDNN/inductor choices made in warmup.
+    torch.backends.cudnn.benchmark = True
+
+    results = []
+    for impl in parse_list(args.impl):
+        if impl not in TRAINERS:
+            parser.error(f"unknown impl {impl!r}")
+        for batch in parse_list(args.batch_sizes, int):
+            cfg = Config(
+                impl=impl,
+                batch=batch,
+                resolution=resolution,
+                rank=args.rank,
+                dtype=dtype,
+                device=device,
+                small=args.small,
+                seed=args.seed,
+                compile=args.compile and impl == "ours",
+                compile_mode=args.compile_mode,
+                channels_last=args.channels_last and impl == "ours",
+                gradient_checkpointing=args.gradient_checkpointing,
+                ours_unet_dtype=getattr(torch, args.ours_unet_dtype) if args.ours_unet_dtype else dtype,
+            )
+            results.append(run_config(cfg, warmup, steps))
+
+    emit(
+        {
+            "bench": "train",
+            **environment(device),
+            "small": args.small,
+            "settings": {
+                "resolution": resolution,
+                "rank": args.rank,
+                "target_modules": TARGET_MODULES,
+                "dtype": args.dtype,
+                "warmup_steps": warmup,
+                "timed_steps": steps,
+                "gradient_checkpointing": args.gradient_checkpointing,
+                "compile_mode": args.compile_mode if args.compile else None,
+            },
+            "results": results,
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
