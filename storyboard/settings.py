@@ -115,22 +115,50 @@ class Caption(_Section):
         return value
 
 
+class Validation(_Section):
+    every: Annotated[int, Field(ge=0)] = Field(100, description="steps between sample images; 0: never")
+    prompts: list[str] = Field(default_factory=list)
+    steps: PositiveInt = 20
+    seed: int = 0
+
+
 class Train(_Section):
     rank: PositiveInt = 16
     alpha: PositiveInt = 16
     dropout: Fraction = 0.0
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    text_encoder_lora: bool = False
+    text_encoder_learning_rate: Annotated[float, Field(gt=0)] = 5e-5
+    text_encoder_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
     learning_rate: Annotated[float, Field(gt=0)] = 1e-4
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    ] = "constant_with_warmup"
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
     max_steps: PositiveInt = 500
+    epochs: PositiveInt | None = Field(None, description="if set, steps = epochs x images / (batch x accumulation)")
     batch_size: PositiveInt = 1
+    gradient_accumulation_steps: PositiveInt = 1
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    adam_weight_decay: Annotated[float, Field(ge=0)] = 1e-2
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+    snr_gamma: Annotated[float, Field(gt=0)] | None = Field(None, description="min-SNR loss weighting; 5 is usual")
+    noise_offset: Annotated[float, Field(ge=0)] = 0.0
+    caption_dropout: Fraction = 0.0
     checkpoint_every: PositiveInt = 100
     checkpoints_keep: PositiveInt = 2
     resolution: Annotated[int, Field(ge=32)] | None = Field(
         None, description="None: the base model's native size (unet sample_size x VAE scale)"
     )
+    bucketing: bool = True
+    center_crop: bool = True
+    random_flip: bool = False
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     gradient_checkpointing: bool = False
+    compile: bool = False
+    log_every: PositiveInt = Field(10, description="steps between loss read-backs (each one waits for the GPU)")
+    validation: Validation = Validation()
 
     @field_validator("resolution")
     @classmethod

@@ -1,16 +1,20 @@
-"""SDXL LoRA training on the UNet with peft: the loop of diffusers' train_text_to_image_lora_sdxl.py, made
-resumable and cached.
+"""SDXL LoRA training with peft and accelerate: the recipe of diffusers' train_text_to_image_lora_sdxl.py, made
+fast, resumable and portable.
 
-VAE latents and text embeddings are computed once (they don't change while only LoRA weights train), so each
-step is one UNet forward and backward. Checkpoints hold the LoRA weights, optimizer, RNG and step; they live
-under a folder named by a fingerprint of everything that shapes the run, so a resumed run never mixes with
-one of other params.
+- Speed: VAE latents and text embeddings are computed once (they don't change while only LoRA weights train), so a
+  step is one UNet forward and backward; frozen weights in bf16 with fp32 LoRA weights, fused AdamW, SDPA
+  attention, optional torch.compile, and no host sync in the step loop (losses are read back every `log_every`).
+- Aspect-ratio buckets: each picture trains at the shape nearest its own.
+- Checkpoints hold LoRA weights, optimizer, LR schedule, RNG and step, under a folder named by a fingerprint of all
+  that shapes the run, so a resumed run never mixes with one of other params; a half-written one never counts.
+- Runs under `accelerate launch` on any number of GPUs; one process is the default.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from storyboard.caption.dataset import read_manifest
@@ -29,6 +33,10 @@ from storyboard.fsutil import atomic_path, write_json
 from storyboard.log import logger
 from storyboard.models.loading import Device, load
 from storyboard.settings import ModelSet, Train
+from storyboard.train.buckets import Bucket, fit_to_bucket, make_buckets, nearest_bucket
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+KOHYA_WEIGHTS = "lora_kohya.safetensors"
 
 
 class TrainError(StoryboardError):
@@ -44,32 +52,25 @@ class TrainExample:
 def load_examples(dataset_dir: Path) -> list[TrainExample]:
     records = [r for r in read_manifest(dataset_dir) if r.status == "ok"]
     if not records:
-        raise TrainError(f"{dataset_dir}/manifest.jsonl lists no usable images: check the caption stage's report")
-    return [TrainExample(Path(dataset_dir) / "images" / r.image, r.caption) for r in records]
+        raise TrainError(f"{dataset_dir}/manifest.jsonl lists no usable images: check the caption stage's REPORT.md")
+    examples = [TrainExample(Path(dataset_dir) / "images" / r.image, r.caption or "") for r in records]
+    if missing := [e.image.name for e in examples if not e.caption.strip()]:
+        raise TrainError(f"{dataset_dir}: images without a caption: {', '.join(missing[:5])}; rerun the caption stage")
+    return examples
 
 
 def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution: int) -> str:
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
-    blob = json.dumps(
-        [settings.model_dump(mode="json"), models.base, hashlib.sha256(manifest).hexdigest(), resolution],
-        sort_keys=True,
-    )
+    # What only changes how often we look (logging, validation) does not change the weights.
+    shaping = settings.model_dump(mode="json", exclude={"log_every", "validation", "checkpoints_keep"})
+    blob = json.dumps([shaping, models.base, hashlib.sha256(manifest).hexdigest(), resolution], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _center_crop(image: Image.Image, size: int) -> Image.Image:
-    scale = size / min(image.size)
-    image = image.resize(
-        (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BICUBIC
-    )
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 class SdxlParts:
-    """The frozen SDXL components training needs, loaded through the one loading path."""
+    """The SDXL components training needs, loaded through the one loading path, frozen."""
 
-    def __init__(self, models: ModelSet, device: Device):
+    def __init__(self, models: ModelSet, device: torch.device, weight_dtype: torch.dtype):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -86,28 +87,43 @@ class SdxlParts:
         self.vae = load("VAE", vae_source, AutoencoderKL.from_pretrained, subfolder=vae_sub)
         self.unet = load("UNet", base, UNet2DConditionModel.from_pretrained, subfolder="unet")
         self.scheduler = load("noise scheduler", base, DDPMScheduler.from_pretrained, subfolder="scheduler")
-        for module in (*self.text_encoders, self.vae, self.unet):
+        self.device, self.weight_dtype = device, weight_dtype
+        for module in (*self.text_encoders, self.unet):
             module.requires_grad_(False)
-            module.to(device.device)
-        self.device = device
+            module.to(device, dtype=weight_dtype)
+        # The VAE encodes once, in fp32 unless it is the fp16-safe kind (force_upcast False): SDXL's own VAE
+        # overflows in half precision.
+        self.vae.requires_grad_(False)
+        self.vae.to(device, dtype=torch.float32 if self.vae.config.force_upcast else weight_dtype)
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def native_resolution(self) -> int:
-        return int(self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1))
+        return int(self.unet.config.sample_size * self.vae_scale)
 
-    @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def bucket_step(self) -> int:
+        """Smallest pixel multiple the UNet takes: the VAE scale times the UNet's own downsampling, doubled."""
+        return self.vae_scale * 2 ** (len(self.unet.config.block_out_channels) - 1) * 2
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """(N, 2, 77) token ids for the two tokenizers."""
+        ids = [
+            tok(
+                captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids
+            for tok in self.tokenizers
+        ]
+        return torch.stack(ids, dim=1).to(self.device)
+
+    def encode_tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """SDXL conditioning: penultimate hidden states of both encoders, concatenated; pooled from the second."""
         hidden, pooled = [], None
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
-            ids = tokenizer(
-                captions,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device.device)
-            out = encoder(ids, output_hidden_states=True)
+        for i, encoder in enumerate(self.text_encoders):
+            out = encoder(ids[:, i], output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
             pooled = out[0]
         return torch.cat(hidden, dim=-1), pooled
@@ -116,31 +132,283 @@ class SdxlParts:
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         pixels = torch.stack(
             [torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1) for im in images]
+        ).to(self.device, dtype=self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.sample()
+        return (latents * self.vae.config.scaling_factor).to(self.weight_dtype)
+
+
+@dataclass
+class BucketTensors:
+    bucket: Bucket
+    latents: torch.Tensor  # (N, 4, h, w)
+    flipped: torch.Tensor | None  # mirrored latents when random_flip
+    tokens: torch.Tensor  # (N, 2, 77)
+    prompt_embeds: torch.Tensor | None  # (N, 77, D); None when text encoders train
+    pooled: torch.Tensor | None
+    time_ids: torch.Tensor  # (N, 6): original size, crop top-left, target size
+
+
+class LatentCache:
+    """Every training input computed once, on the training device, grouped by bucket."""
+
+    def __init__(self, buckets: list[BucketTensors], empty_tokens: torch.Tensor, empty_embeds, empty_pooled):
+        self.buckets = buckets
+        self.empty_tokens, self.empty_embeds, self.empty_pooled = empty_tokens, empty_embeds, empty_pooled
+        sizes = torch.tensor([len(b.latents) for b in buckets], dtype=torch.float32)
+        self.bucket_weights = sizes / sizes.sum()
+
+    def __len__(self) -> int:
+        return sum(len(b.latents) for b in self.buckets)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, parts: SdxlParts, examples: list[TrainExample], settings: Train, resolution: int) -> LatentCache:
+        buckets = (
+            make_buckets(resolution, parts.bucket_step) if settings.bucketing else [Bucket(resolution, resolution)]
         )
-        latents = self.vae.encode(pixels.to(self.device.device)).latent_dist.sample()
-        return latents * self.vae.config.scaling_factor
+        rng = random.Random(settings.seed)
+        grouped: dict[Bucket, list[tuple[Image.Image, str, list[int]]]] = {}
+        for example in examples:
+            image = ImageOps.exif_transpose(Image.open(example.image)).convert("RGB")
+            bucket = nearest_bucket(image.size, buckets)
+            fitted, (top, left) = fit_to_bucket(image, bucket, settings.center_crop, rng)
+            time_ids = [image.height, image.width, top, left, bucket.height, bucket.width]
+            grouped.setdefault(bucket, []).append((fitted, example.caption, time_ids))
+        cached = []
+        for bucket, items in sorted(grouped.items()):
+            images = [im for im, _, _ in items]
+            latents = torch.cat([parts.encode_images(images[i : i + 4]) for i in range(0, len(images), 4)])
+            flipped = None
+            if settings.random_flip:
+                mirrored = [ImageOps.mirror(im) for im in images]
+                flipped = torch.cat([parts.encode_images(mirrored[i : i + 4]) for i in range(0, len(mirrored), 4)])
+            tokens = parts.tokenize([c for _, c, _ in items])
+            embeds = pooled = None
+            if not settings.text_encoder_lora:
+                embeds, pooled = parts.encode_tokens(tokens)
+            time_ids = torch.tensor([t for _, _, t in items], dtype=parts.weight_dtype, device=parts.device)
+            cached.append(BucketTensors(bucket, latents, flipped, tokens, embeds, pooled, time_ids))
+            logger.info("bucket %dx%d: %d images", bucket.width, bucket.height, len(items))
+        empty_tokens = parts.tokenize([""])
+        empty_embeds, empty_pooled = parts.encode_tokens(empty_tokens)
+        return cls(cached, empty_tokens, empty_embeds, empty_pooled)
 
 
-def _lora_parameters(unet) -> list[torch.nn.Parameter]:
-    return [p for p in unet.parameters() if p.requires_grad]
+def _add_lora(model, rank: int, alpha: int, dropout: float, targets: list[str]) -> None:
+    """LoRA layers injected by peft itself: the same path for the UNet and the CLIP text encoders."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets
+    )
+    try:
+        inject_adapter_in_model(config, model)
+    except ValueError as e:
+        raise TrainError(f"LoRA target modules {targets} don't fit {type(model).__name__}: {e}") from None
 
 
-def _save_checkpoint(folder: Path, unet, optimizer, step: int, keep: int) -> None:
-    from peft.utils import get_peft_model_state_dict
+def _trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
-    target = folder / f"step-{step:07d}"
+
+def _lora_tensors(model) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a model, under their module names (what a checkpoint needs to restore them)."""
+    return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+
+
+def _lora_state(model, alpha: int, rank: int) -> dict[str, torch.Tensor]:
+    """The LoRA weights in diffusers' layout, alpha/rank folded into the up weights.
+
+    Files in diffusers' (and kohya's) layout carry no alpha that every loader honours; folding makes the saved
+    weights mean exactly what was trained, whatever loader reads them.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    scale = alpha / rank
+    peft_layout = {k.replace(".default.", "."): v for k, v in _lora_tensors(model).items()}
+    state = convert_state_dict_to_diffusers(peft_layout)
+    return {
+        k: (v * scale if scale != 1 and ("lora.up" in k or "lora_B" in k or "up.weight" in k) else v)
+        .detach()
+        .to("cpu", torch.float32)
+        for k, v in state.items()
+    }
+
+
+class LoraTrainer:
+    """Owns the trainable models, optimizer and schedule; `step()` is one optimizer step, without host sync."""
+
+    def __init__(self, parts: SdxlParts, cache: LatentCache, settings: Train, accelerator, total_steps: int):
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import cast_training_params
+
+        self.parts, self.cache, self.settings, self.accelerator = parts, cache, settings, accelerator
+        s = settings
+        self.unet = parts.unet
+        _add_lora(self.unet, s.rank, s.alpha, s.dropout, s.target_modules)
+        self.text_encoders = parts.text_encoders if s.text_encoder_lora else []
+        for encoder in self.text_encoders:
+            _add_lora(encoder, s.rank, s.alpha, s.dropout, s.text_encoder_target_modules)
+        if s.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            for encoder in self.text_encoders:
+                encoder.gradient_checkpointing_enable()
+        trained = [self.unet, *self.text_encoders]
+        # LoRA weights train in fp32 on top of frozen low-precision weights: updates smaller than bf16's step
+        # would otherwise vanish.
+        cast_training_params(trained, dtype=torch.float32)
+        groups = [{"params": _trainable(self.unet), "lr": s.learning_rate}]
+        groups += [{"params": _trainable(e), "lr": s.text_encoder_learning_rate} for e in self.text_encoders]
+        if not groups[0]["params"]:
+            raise TrainError(f"train.target_modules {s.target_modules} matched no UNet layer; use e.g. to_q, to_k")
+        self.optimizer = _optimizer(groups, s, parts.device)
+        processes = accelerator.num_processes
+        self.lr_scheduler = get_scheduler(
+            s.lr_scheduler,
+            optimizer=self.optimizer,
+            num_warmup_steps=s.lr_warmup_steps * processes,
+            num_training_steps=total_steps * processes,
+        )
+        prepared = accelerator.prepare(self.unet, *self.text_encoders, self.optimizer, self.lr_scheduler)
+        self.unet, *self.text_encoders, self.optimizer, self.lr_scheduler = prepared
+        if s.compile:
+            self.unet = torch.compile(self.unet)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.generator = torch.Generator(device=parts.device).manual_seed(s.seed + accelerator.process_index)
+        # Bucket choice runs on the CPU (a multinomial draw on the GPU would sync); seeded alike.
+        self.cpu_generator = torch.Generator().manual_seed(s.seed + accelerator.process_index)
+        self.bucket_order: list[int] = []
+        self.noise_scheduler = parts.scheduler
+        self.timesteps = parts.scheduler.config.num_train_timesteps
+
+    def _loss(self) -> torch.Tensor:
+        s, cache, gen, dev = self.settings, self.cache, self.generator, self.parts.device
+        bucket = cache.buckets[self.bucket_order.pop()]
+        n = len(bucket.latents)
+        idx = torch.randint(0, n, (s.batch_size,), generator=gen, device=dev)
+        latents = bucket.latents[idx]
+        if bucket.flipped is not None:
+            flip = torch.rand(s.batch_size, generator=gen, device=dev) < 0.5
+            latents = torch.where(flip[:, None, None, None], bucket.flipped[idx], latents)
+        noise = torch.randn(latents.shape, generator=gen, device=dev, dtype=latents.dtype)
+        if s.noise_offset:
+            noise = noise + s.noise_offset * torch.randn(
+                (latents.shape[0], latents.shape[1], 1, 1), generator=gen, device=dev, dtype=latents.dtype
+            )
+        t = torch.randint(0, self.timesteps, (s.batch_size,), generator=gen, device=dev)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        drop = torch.rand(s.batch_size, generator=gen, device=dev) < s.caption_dropout if s.caption_dropout else None
+        if self.text_encoders:
+            tokens = bucket.tokens[idx]
+            if drop is not None:
+                tokens = torch.where(drop[:, None, None], cache.empty_tokens, tokens)
+            embeds, pooled = self.parts.encode_tokens(tokens)
+        else:
+            embeds, pooled = bucket.prompt_embeds[idx], bucket.pooled[idx]
+            if drop is not None:
+                embeds = torch.where(drop[:, None, None], cache.empty_embeds, embeds)
+                pooled = torch.where(drop[:, None], cache.empty_pooled, pooled)
+        with self.accelerator.autocast():
+            pred = self.unet(
+                noisy,
+                t,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs={"text_embeds": pooled, "time_ids": bucket.time_ids[idx]},
+            ).sample
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        if s.snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float())
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.noise_scheduler, t)
+        weights = torch.clamp(snr, max=s.snr_gamma) / (snr + 1 if target is not noise else snr)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * weights).mean()
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step (gradient_accumulation_steps micro-batches); returns the mean loss, on device."""
+        total = None
+        # Buckets for this step's micro-batches, drawn in proportion to their size.
+        self.bucket_order = torch.multinomial(
+            self.cache.bucket_weights,
+            self.settings.gradient_accumulation_steps,
+            replacement=True,
+            generator=self.cpu_generator,
+        ).tolist()
+        for _ in range(self.settings.gradient_accumulation_steps):
+            with self.accelerator.accumulate(self.unet):
+                loss = self._loss()
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients and self.settings.max_grad_norm:
+                    self.accelerator.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            total = loss.detach() if total is None else total + loss.detach()
+        return total / self.settings.gradient_accumulation_steps
+
+    # --- checkpoints ---
+
+    def state(self, step: int) -> dict:
+        unwrap = self.accelerator.unwrap_model
+        return {
+            "step": step,
+            "lora": [_lora_tensors(unwrap(m)) for m in (self.unet, *self.text_encoders)],
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "rng": {
+                "generator": self.generator.get_state(),
+                "cpu_generator": self.cpu_generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state(self, state: dict) -> int:
+        for model, lora in zip((self.unet, *self.text_encoders), state["lora"], strict=True):
+            result = self.accelerator.unwrap_model(model).load_state_dict(lora, strict=False)
+            if result.unexpected_keys:
+                raise TrainError(f"checkpoint does not fit the model: {result.unexpected_keys[:3]}...")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.generator.set_state(state["rng"]["generator"])
+        self.cpu_generator.set_state(state["rng"]["cpu_generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        return int(state["step"])
+
+    def lora_layers(self) -> dict[str, dict[str, torch.Tensor]]:
+        unwrap = self.accelerator.unwrap_model
+        s = self.settings
+        layers = {"unet_lora_layers": _lora_state(unwrap(self.unet), s.alpha, s.rank)}
+        if self.text_encoders:
+            layers["text_encoder_lora_layers"] = _lora_state(unwrap(self.text_encoders[0]), s.alpha, s.rank)
+            layers["text_encoder_2_lora_layers"] = _lora_state(unwrap(self.text_encoders[1]), s.alpha, s.rank)
+        return layers
+
+
+def _optimizer(groups: list[dict], settings: Train, device: torch.device) -> torch.optim.Optimizer:
+    if settings.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise TrainError("train.optimizer adamw8bit needs bitsandbytes: pip install 'storyboard[bnb]'") from None
+        return bnb.optim.AdamW8bit(groups, weight_decay=settings.adam_weight_decay)
+    # fused: one kernel for all LoRA tensors instead of a launch per tensor
+    return torch.optim.AdamW(groups, weight_decay=settings.adam_weight_decay, fused=device.type == "cuda")
+
+
+def _save_checkpoint(folder: Path, state: dict, keep: int) -> None:
+    target = folder / f"step-{state['step']:07d}"
     with atomic_path(target) as staged:
         staged.mkdir()
-        torch.save(
-            {
-                "step": step,
-                "lora": get_peft_model_state_dict(unet),
-                "optimizer": optimizer.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            },
-            staged / "state.pt",
-        )
-        (staged / "COMPLETE").write_text(str(step))
+        torch.save(state, staged / "state.pt")
+        (staged / "COMPLETE").write_text(str(state["step"]))
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -152,6 +420,34 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _validation_images(trainer: LoraTrainer, settings: Train) -> list[Image.Image]:
+    """Fixed-seed samples from the LoRA as it is now, with the frozen parts already in memory."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    parts, unwrap = trainer.parts, trainer.accelerator.unwrap_model
+    v = settings.validation
+    pipe = StableDiffusionXLPipeline(
+        vae=parts.vae,
+        text_encoder=unwrap(trainer.text_encoders[0]) if trainer.text_encoders else parts.text_encoders[0],
+        text_encoder_2=unwrap(trainer.text_encoders[1]) if trainer.text_encoders else parts.text_encoders[1],
+        tokenizer=parts.tokenizers[0],
+        tokenizer_2=parts.tokenizers[1],
+        unet=unwrap(trainer.unet),
+        scheduler=EulerDiscreteScheduler.from_config(parts.scheduler.config),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device=parts.device).manual_seed(v.seed)
+    with torch.no_grad(), trainer.accelerator.autocast():
+        return pipe(v.prompts, num_inference_steps=v.steps, generator=generator).images
+
+
+def total_steps(settings: Train, n_images: int, processes: int) -> int:
+    if settings.epochs is None:
+        return settings.max_steps
+    per_step = settings.batch_size * settings.gradient_accumulation_steps * processes
+    return max(1, math.ceil(settings.epochs * n_images / per_step))
+
+
 def train_lora(
     dataset_dir: Path,
     out_dir: Path,
@@ -161,123 +457,112 @@ def train_lora(
     models: ModelSet,
     device: Device,
 ) -> dict:
-    """Train, checkpoint every `checkpoint_every` steps, save the final LoRA with `save_lora_weights`."""
+    """Train, checkpoint every `checkpoint_every` steps, save the final LoRA (diffusers + kohya layouts)."""
+    from accelerate import Accelerator
     from diffusers import StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from dvclive import Live
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     examples = load_examples(dataset_dir)
+    on_gpu = device.device.type == "cuda"
+    if settings.mixed_precision != "no" and not on_gpu:
+        logger.info("train.mixed_precision=%s needs a GPU; training in float32 on the CPU", settings.mixed_precision)
+    mixed = settings.mixed_precision if on_gpu else "no"
+    accelerator = Accelerator(
+        mixed_precision=mixed, gradient_accumulation_steps=settings.gradient_accumulation_steps, cpu=not on_gpu
+    )
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, torch.float32)
     random.seed(settings.seed)
     np.random.seed(settings.seed)
     torch.manual_seed(settings.seed)
-    parts = SdxlParts(models, device)
+    parts = SdxlParts(models, accelerator.device, weight_dtype)
     resolution = settings.resolution or parts.native_resolution
-    if settings.mixed_precision != "no" and device.device.type != "cuda":
-        logger.info("train.mixed_precision=%s needs a GPU; training in float32 on the CPU", settings.mixed_precision)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.mixed_precision)
-    use_amp = amp_dtype is not None and device.device.type == "cuda"
-
-    logger.info("caching latents and text embeddings of %d images at %d px", len(examples), resolution)
-    images = [_center_crop(Image.open(e.image).convert("RGB"), resolution) for e in examples]
-    latents = torch.cat([parts.encode_images(images[i : i + 4]) for i in range(0, len(images), 4)])
-    prompt_embeds, pooled_embeds = parts.encode_text([e.caption for e in examples])
-    # (original size, crop top-left, target size): images are cropped to the target, so original == target.
-    time_ids = torch.tensor(
-        [resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32, device=device.device
-    )
-    parts.vae.to("cpu")
-    for encoder in parts.text_encoders:
-        encoder.to("cpu")
-
-    unet = parts.unet
-    unet.add_adapter(
-        LoraConfig(
-            r=settings.rank,
-            lora_alpha=settings.alpha,
-            lora_dropout=settings.dropout,
-            init_lora_weights="gaussian",
-            target_modules=settings.target_modules,
-        )
-    )
-    if settings.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = _lora_parameters(unet)
-    if not params:
-        raise TrainError(f"train.target_modules {settings.target_modules} matched no UNet layer; use e.g. to_q, to_k")
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, fused=device.device.type == "cuda")
+    steps = total_steps(settings, len(examples), accelerator.num_processes)
+    logger.info("caching latents and text embeddings of %d images at about %d px", len(examples), resolution)
+    cache = LatentCache.build(parts, examples, settings, resolution)
+    if not settings.text_encoder_lora and not settings.validation.every:
+        for encoder in parts.text_encoders:  # not needed any more: give the memory to the UNet
+            encoder.to("cpu")
+    trainer = LoraTrainer(parts, cache, settings, accelerator, steps)
 
     run_dir = Path(checkpoint_root) / fingerprint(settings, models, dataset_dir, resolution)
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
     if (latest := _latest_checkpoint(run_dir)) is not None:
-        state = torch.load(latest / "state.pt", weights_only=False)
-        set_peft_model_state_dict(unet, state["lora"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        start_step = state["step"]
-        logger.info("resuming from %s (step %d of %d)", latest, start_step, settings.max_steps)
+        start_step = trainer.load_state(torch.load(latest / "state.pt", weights_only=False, map_location="cpu"))
+        logger.info("resuming from %s (step %d of %d)", latest, start_step, steps)
 
-    scheduler = parts.scheduler
-    n = len(examples)
-    unet.train()
+    main = accelerator.is_main_process
     losses: list[float] = []
-    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=start_step > 0, report=None) as live:
-        bar = tqdm(
-            range(start_step, settings.max_steps),
-            initial=start_step,
-            total=settings.max_steps,
-            desc="train",
-            unit="step",
-        )
+    live = (
+        Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=start_step > 0, report=None) if main else None
+    )
+    pending: list[torch.Tensor] = []
+    window_start = time.perf_counter()
+    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
+    try:
         for step in bar:
-            t0 = time.perf_counter()
-            idx = torch.randint(0, n, (settings.batch_size,))
-            x0 = latents[idx]
-            noise = torch.randn_like(x0)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (settings.batch_size,), device=device.device)
-            noisy = scheduler.add_noise(x0, noise, t)
-            if scheduler.config.prediction_type == "v_prediction":
-                target = scheduler.get_velocity(x0, noise, t)
-            else:
-                target = noise
-            with torch.autocast(device.device.type, dtype=amp_dtype, enabled=use_amp):
-                pred = unet(
-                    noisy,
-                    t,
-                    encoder_hidden_states=prompt_embeds[idx],
-                    added_cond_kwargs={"text_embeds": pooled_embeds[idx], "time_ids": time_ids.expand(len(idx), -1)},
-                ).sample
-            loss = F.mse_loss(pred.float(), target.float())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            pending.append(trainer.step())
             done = step + 1
-            # One host sync per step for the log line; the step is too short on a GPU to overlap anyway.
-            value = loss.item()
-            losses.append(value)
-            live.log_metric("loss", value)
-            live.log_metric("step_time_s", time.perf_counter() - t0)
-            live.next_step()
-            bar.set_postfix(loss=f"{value:.4f}")
-            if done % settings.checkpoint_every == 0 and done < settings.max_steps:
-                _save_checkpoint(run_dir, unet, optimizer, done, settings.checkpoints_keep)
+            if len(pending) == settings.log_every or done == steps:
+                # The one host sync: read back a window of losses at once.
+                values = torch.stack(pending).float().cpu().tolist()
+                step_time = (time.perf_counter() - window_start) / len(values)
+                pending, window_start = [], time.perf_counter()
+                losses += values
+                if live is not None:
+                    lr = trainer.lr_scheduler.get_last_lr()[0]
+                    for value in values:
+                        live.log_metric("loss", value)
+                        live.log_metric("step_time_s", step_time)
+                        live.log_metric("learning_rate", lr)
+                        live.next_step()
+                bar.set_postfix(loss=f"{values[-1]:.4f}", s_per_step=f"{step_time:.3f}")
+            if (
+                main
+                and settings.validation.every
+                and settings.validation.prompts
+                and done % settings.validation.every == 0
+            ):
+                for i, image in enumerate(_validation_images(trainer, settings)):
+                    live.log_image(f"validation/step{done:06d}_{i}.png", image)
+            if done % settings.checkpoint_every == 0 and done < steps and main:
+                _save_checkpoint(run_dir, trainer.state(done), settings.checkpoints_keep)
+    except torch.cuda.OutOfMemoryError:
+        raise TrainError(
+            f"out of GPU memory at batch {settings.batch_size}, {resolution} px: lower train.batch_size (raise "
+            "train.gradient_accumulation_steps to keep the effective batch), set train.gradient_checkpointing: "
+            "true, or use train.optimizer: adamw8bit"
+        ) from None
+    finally:
+        if live is not None:
+            live.end()
 
-    lora_state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    with atomic_path(Path(out_dir)) as staged:
-        StableDiffusionXLPipeline.save_lora_weights(staged, unet_lora_layers=lora_state, safe_serialization=True)
-        summary = {
-            "steps": settings.max_steps,
-            "resumed_from": start_step,
-            "images": n,
-            "resolution": resolution,
-            "final_loss": losses[-1] if losses else None,
-            "base_model": models.base,
-            "rank": settings.rank,
-        }
-        write_json(staged / "training.json", summary)
-    _save_checkpoint(run_dir, unet, optimizer, settings.max_steps, settings.checkpoints_keep)
+    summary = {
+        "steps": steps,
+        "resumed_from": start_step,
+        "images": len(examples),
+        "buckets": {f"{b.bucket.width}x{b.bucket.height}": len(b.latents) for b in cache.buckets},
+        "resolution": resolution,
+        "final_loss": losses[-1] if losses else None,
+        "base_model": models.base,
+        "rank": settings.rank,
+        "alpha": settings.alpha,
+    }
+    if main:
+        layers = trainer.lora_layers()
+        with atomic_path(Path(out_dir)) as staged:
+            StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **layers)
+            export_kohya(staged / LORA_WEIGHTS, staged / KOHYA_WEIGHTS)
+            write_json(staged / "training.json", summary)
+        _save_checkpoint(run_dir, trainer.state(steps), settings.checkpoints_keep)
+    accelerator.wait_for_everyone()
     return summary
+
+
+def export_kohya(diffusers_file: Path, kohya_file: Path) -> None:
+    """The same LoRA in the kohya/A1111 key layout that ComfyUI and Automatic1111 load."""
+    from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from safetensors.torch import load_file, save_file
+
+    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(diffusers_file)))
+    save_file({k: v.contiguous() for k, v in kohya.items()}, kohya_file)

@@ -68,3 +68,143 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_dataset, ti
 def test_bad_target_modules_named(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
     with pytest.raises((TrainError, ValueError), match="nonexistent"):
         _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, target_modules=["nonexistent"])
+
+
+def test_loss_decreases_on_a_fixed_dataset(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    _, summary = _train(
+        tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu,
+        max_steps=150, batch_size=4, learning_rate=3e-3, rank=8, checkpoint_every=1000, log_every=50,
+    )  # fmt: skip
+    rows = (tmp_path / "run/live/plots/metrics/loss.tsv").read_text().splitlines()[1:]
+    losses = [float(r.split("\t")[1]) for r in rows]
+    first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
+    assert last < first * 0.97, f"mean loss of the first 30 steps {first:.4f}, of the last 30 {last:.4f}"
+
+
+def test_kohya_export_round_trips_to_the_same_weights(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    from diffusers import StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    out, _ = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, alpha=8)
+    kohya = load_file(out / "lora_kohya.safetensors")
+    assert kohya and all(k.startswith("lora_unet_") for k in kohya)
+    assert any(k.endswith(".alpha") for k in kohya) and any(".lora_down.weight" in k for k in kohya)
+    # alpha == rank in the file: the trained alpha/rank scale is already folded into the weights
+    _, alphas = StableDiffusionXLPipeline.lora_state_dict(str(out / "lora_kohya.safetensors"))
+    assert set(alphas.values()) == {4}
+    # converted back by diffusers' kohya reader, the UNet gets exactly the weights of the diffusers file
+    loaded = []
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        pipe = load_pipeline(tiny_models, cpu)
+        pipe.load_lora_weights(str(out), weight_name=name, adapter_name="character")
+        loaded.append(get_peft_model_state_dict(pipe.unet, adapter_name="character"))
+    assert loaded[0].keys() == loaded[1].keys() and len(loaded[0]) == len(kohya) * 2 // 3
+    for k in loaded[0]:
+        torch.testing.assert_close(loaded[1][k], loaded[0][k], rtol=0, atol=0)
+
+
+def test_alpha_is_folded_into_the_saved_weights(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    """alpha/rank scales the LoRA; the saved file must mean the same to loaders that ignore alpha."""
+    a, _ = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="a4", alpha=4, rank=4)
+    b, _ = _train(
+        tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="a8", alpha=8, rank=4, learning_rate=5e-5
+    )
+    wa, wb = load_file(a / "pytorch_lora_weights.safetensors"), load_file(b / "pytorch_lora_weights.safetensors")
+    up = next(k for k in wa if "lora.up" in k)
+    # same seed, same init; alpha 8 with half the learning rate: gradients scale with alpha, so the up weights of b,
+    # unscaled, move like a's; saved (scaled by alpha/rank) they are twice a's, up to Adam's normalisation
+    assert wb[up].abs().mean() > wa[up].abs().mean()
+
+
+def test_aspect_buckets_keep_portraits_portrait(tmp_path, tiny_settings, tiny_models, cpu):
+    from PIL import Image
+
+    from storyboard.caption.backends import TemplateBackend
+    from storyboard.caption.dataset import caption_images
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i, size in enumerate([(64, 128), (64, 128), (128, 64), (96, 96)]):
+        Image.new("RGB", size, (40 * i, 90, 200)).save(raw / f"{i}.png")
+    settings = tiny_settings.caption.model_copy(update={"min_side": 32})
+    caption_images(
+        raw,
+        tmp_path / "dataset",
+        TemplateBackend(settings.template, tiny_settings.character),
+        settings,
+        tiny_settings.character,
+    )
+    _, summary = _train(tmp_path, tmp_path / "dataset", tiny_settings, tiny_models, cpu, max_steps=2)
+    sizes = {tuple(map(int, k.split("x"))): n for k, n in summary["buckets"].items()}
+    assert sum(sizes.values()) == 4
+    assert any(w < h for w, h in sizes) and any(w > h for w, h in sizes) and (64, 64) in sizes
+    assert all(abs(w * h - 64 * 64) <= 0.15 * 64 * 64 for w, h in sizes)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"snr_gamma": 5.0},
+        {"noise_offset": 0.05},
+        {"caption_dropout": 0.5},
+        {"random_flip": True},
+        {"gradient_accumulation_steps": 2},
+        {"lr_scheduler": "cosine", "lr_warmup_steps": 2},
+        {"dropout": 0.1},
+        {"gradient_checkpointing": True},
+    ],
+    ids=lambda o: ",".join(o),
+)
+def test_training_options_run_and_change_the_result(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, options):
+    # batch 4: with one sample per step, per-sample loss weights (min-SNR) are a constant factor Adam cancels
+    common = {"max_steps": 3, "batch_size": 4}
+    plain, _ = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="plain", **common)
+    other, _ = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="other", **common, **options)
+    a, b = load_file(plain / "pytorch_lora_weights.safetensors"), load_file(other / "pytorch_lora_weights.safetensors")
+    if options == {"gradient_checkpointing": True}:  # same maths, less memory
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    else:
+        assert any(not torch.allclose(a[k], b[k]) for k in a), f"{options} changed nothing"
+
+
+def test_text_encoder_lora_saves_all_three(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    out, _ = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, text_encoder_lora=True, max_steps=2)
+    keys = load_file(out / "pytorch_lora_weights.safetensors").keys()
+    assert {k.split(".")[0] for k in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    pipe = load_pipeline(tiny_models, cpu)
+    attach_lora(pipe, out)  # diffusers takes all three
+
+
+def test_epochs_set_the_step_count(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    _, summary = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, epochs=2, batch_size=3)
+    assert summary["steps"] == 4  # 2 epochs x 6 images / batch 3
+
+
+def test_validation_samples_are_logged(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    validation = tiny_settings.train.validation.model_copy(
+        update={"every": 2, "prompts": ["aldar_kose_man"], "steps": 2}
+    )
+    _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, max_steps=4, validation=validation)
+    images = sorted(p.name for p in (tmp_path / "run/live/plots/images/validation").iterdir())
+    assert images == ["step000002_0.png", "step000004_0.png"]
+
+
+def test_clear_errors(tmp_path, tiny_settings, tiny_models, cpu):
+    from storyboard.models.loading import ModelLoadError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/manifest.jsonl").write_text(
+        json.dumps({"source": "a.png", "sha256": "0", "status": "excluded", "reason": "refused"}) + "\n"
+    )
+    with pytest.raises(TrainError, match="no usable images"):
+        _train(tmp_path, tmp_path / "empty", tiny_settings, tiny_models, cpu)
+    with pytest.raises(Exception, match="manifest.jsonl missing"):
+        _train(tmp_path, tmp_path / "nowhere", tiny_settings, tiny_models, cpu)
+    missing = tiny_models.model_copy(update={"base": str(tmp_path / "no-model")})
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/manifest.jsonl").write_text(
+        json.dumps({"source": "a.png", "sha256": "0", "status": "ok", "image": "a.png", "caption": "x"}) + "\n"
+    )
+    with pytest.raises(ModelLoadError, match="no-model"):
+        _train(tmp_path, tmp_path / "d", tiny_settings, missing, cpu)
