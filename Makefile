@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
              -S generate.steps=10
 
-.PHONY: install run tiny test lint print-tiny-flags
+.PHONY: install browser run tiny test lint print-tiny-flags
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,15 @@ run: install  ## the real pipeline: sdxl profile, your images in data/raw, a GPU
 tiny: install  ## the whole pipeline offline on a CPU in minutes (checks plumbing, not quality)
 	dvc exp run $(TINY_FLAGS)
 
-test: install  ## unit tests and the end-to-end tiny pipeline run
+# Headless Chromium for the HTML report and rating page tests: Debian's packages (root), else those tests skip
+# (CI runs as root, so they always run there).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "no chromium/chromedriver and not root: the browser tests will be skipped"; fi; \
+	fi
+
+test: install browser  ## unit tests, browser tests and the end-to-end tiny pipeline run
 	pytest
 
 lint: install

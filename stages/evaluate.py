@@ -13,10 +13,20 @@ def arguments(parser) -> None:
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     parser.add_argument("--frames", required=True, help="folder for per-frame CSVs (dvc plots)")
     parser.add_argument("--report", required=True, help="Markdown results table to write")
+    parser.add_argument("--html", required=True, help="folder for the HTML report (index.html + assets)")
+    parser.add_argument("--dataset", required=True, help="training dataset: the references of the cross figure")
 
 
 def main(args, settings) -> None:
-    evaluate_outputs(settings, Path(args.outputs), Path(args.metrics), Path(args.frames), Path(args.report))
+    evaluate_outputs(
+        settings,
+        Path(args.outputs),
+        Path(args.metrics),
+        Path(args.frames),
+        Path(args.report),
+        html_dir=Path(args.html),
+        dataset_dir=Path(args.dataset),
+    )
 
 
 if __name__ == "__main__":

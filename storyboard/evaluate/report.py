@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from storyboard import TINY_NOTICE
+from storyboard.caption.dataset import read_manifest
 from storyboard.evaluate.faces import load_face_backend
-from storyboard.evaluate.scores import score_mode, summarise
+from storyboard.evaluate.html import write_html_report
+from storyboard.evaluate.scores import reference_features, score_mode, summarise, summarise_by_story
 from storyboard.fsutil import atomic_path, write_json, write_text
 from storyboard.generate.render import MODES
 from storyboard.log import logger
@@ -18,49 +21,77 @@ from storyboard.settings import Settings
 
 TABLE_COLUMNS = {
     "clip_text_score": "CLIP text",
-    "clip_image_to_first": "CLIP image vs frame 1",
+    "character_to_first": "character vs frame 1",
+    "character_pairwise": "character pairwise",
+    "character_to_references": "character vs training set",
     "face_detection_rate": "face detection rate",
     "face_similarity_to_first": "face sim. vs frame 1",
+    "face_pairwise": "face sim. pairwise",
     "attempts_per_frame": "attempts / frame",
     "seconds_per_frame": "s / frame",
 }
 
 
-def results_markdown(summary: dict[str, dict], settings: Settings, face_backend: str, clip_model: str) -> str:
+def _table(rows: dict[str, dict]) -> str:
     table = pd.DataFrame(
-        {mode: {label: summary[mode][key] for key, label in TABLE_COLUMNS.items()} for mode in summary}
+        {name: {label: row.get(key) for key, label in TABLE_COLUMNS.items()} for name, row in rows.items()}
     ).T
+    return table.to_markdown(floatfmt=".3f", missingval="n/a")
+
+
+def results_markdown(metrics: dict, settings: Settings, face_backend: str, clip_model: str) -> str:
+    """The ablation table across modes, overall and per story, as Markdown (also shown in the HTML report)."""
     lines = [f"# Results ({settings.profile} profile)", ""]
     if settings.is_tiny:
         lines += [f"> {TINY_NOTICE}", ""]
     lines += [
-        f"Stories: {settings.story_ids()}. Face backend: {face_backend}. CLIP model: {clip_model}. "
-        "CLIP scores are cosine similarities "
-        "(-1..1). n/a: no frame could be scored (see the detection rate).",
+        f"Face backend: {face_backend}. CLIP model: {clip_model}. Similarities are cosines (-1..1); the two face "
+        "backends have different scales. n/a: no frame could be scored (see the detection rate).",
         "",
-        table.to_markdown(floatfmt=".3f", missingval="n/a"),
+        "## All stories",
+        "",
+        _table({mode: metrics[mode] for mode in MODES}),
         "",
     ]
+    for story in settings.stories:
+        lines += [f"## {story.id}: {story.text}", "", _table({m: metrics[m]["stories"][story.id] for m in MODES}), ""]
     return "\n".join(lines)
 
 
+def load_references(dataset_dir: Path | None, limit: int = 64) -> list[Image.Image]:
+    """The training images, for the cross figure (frames vs the character as the user drew it)."""
+    if dataset_dir is None or not (Path(dataset_dir) / "manifest.jsonl").exists():
+        return []
+    records = [r for r in read_manifest(dataset_dir) if r.status == "ok"][:limit]
+    return [Image.open(Path(dataset_dir) / "images" / r.image).convert("RGB") for r in records]
+
+
 def evaluate_outputs(
-    settings: Settings, outputs: Path, metrics_path: Path, frames_dir: Path, report_path: Path
+    settings: Settings,
+    outputs: Path,
+    metrics_path: Path,
+    frames_dir: Path,
+    report_path: Path,
+    html_dir: Path | None = None,
+    dataset_dir: Path | None = None,
 ) -> dict:
     models = model_set(settings)
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
     faces = load_face_backend(models, settings.evaluate.face_min_score)
+    references = reference_features(scorer, load_references(dataset_dir))
     story_ids = [s.id for s in settings.stories]
-    summary: dict[str, dict] = {}
+    metrics: dict = {"profile": settings.profile, **({"notice": TINY_NOTICE} if settings.is_tiny else {})}
+    frames: dict[str, pd.DataFrame] = {}
     with atomic_path(frames_dir) as staged:
         staged.mkdir(parents=True)
         for mode in MODES:
-            frames = score_mode(outputs / mode, mode, story_ids, scorer, faces)
-            frames.to_csv(staged / f"{mode}.csv", index=False)
-            summary[mode] = summarise(frames)
-            logger.info("%s: %s", mode, summary[mode])
-    metrics = {"profile": settings.profile, **({"notice": TINY_NOTICE} if settings.is_tiny else {}), **summary}
+            frames[mode] = score_mode(outputs / mode, mode, story_ids, scorer, faces, references)
+            frames[mode].to_csv(staged / f"{mode}.csv", index=False)
+            metrics[mode] = {**summarise(frames[mode]), "stories": summarise_by_story(frames[mode])}
+            logger.info("%s: %s", mode, {k: v for k, v in metrics[mode].items() if k != "stories"})
     write_json(metrics_path, metrics)
-    write_text(report_path, results_markdown(summary, settings, faces.name, models.clip))
+    write_text(report_path, results_markdown(metrics, settings, faces.name, models.clip))
+    if html_dir is not None:
+        write_html_report(html_dir, outputs, metrics, frames, settings)
     return metrics

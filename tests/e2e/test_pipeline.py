@@ -118,8 +118,14 @@ def test_tiny_pipeline_end_to_end(repo):
         m = metrics[mode]
         assert -1 <= m["clip_text_score"] <= 1 and -1 <= m["clip_image_to_first"] <= 1
         assert 0 <= m["face_detection_rate"] <= 1
-        assert "face_similarity_to_first" in m
+        assert "face_similarity_to_first" in m and "face_pairwise" in m
+        assert -1 <= m["character_to_first"] <= 1 and -1 <= m["character_to_references"] <= 1
+        assert set(m["stories"]) == set(stories)
         assert (root / f"metrics/frames/{mode}.csv").exists()
+    html = (root / "reports/index.html").read_text()
+    assert "plumbing" in html and html.count("<img") == sum(
+        len(json.loads((root / f"data/plans/{s}.json").read_text())["frames"]) for s in stories
+    ) * len(MODES)
     shown = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env)
     assert "clip_text_score" in shown and "face_detection_rate" in shown
     plots = json.loads(_run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env))["data"]

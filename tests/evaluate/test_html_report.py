@@ -79,8 +79,12 @@ def _fake_run(root: Path, stories: list[Story], scene_extra: str = "") -> tuple[
                         "frame": i,
                         "clip_text_score": 0.21 + 0.01 * i,
                         "clip_image_to_first": None if i == 1 else 0.9,
+                        "character_to_first": None if i == 1 else 0.85,
+                        "character_pairwise": 0.8,
+                        "character_to_references": 0.7,
                         "face_detected": face,
                         "face_similarity_to_first": 0.8 if face and i > 1 else None,
+                        "face_pairwise": 0.75 if face else None,
                         "attempts": i,
                         "seconds": 0.5 * i,
                     }

@@ -53,6 +53,11 @@ def test_faces_and_characters_scored_per_frame(tmp_path, faces, scorer):
     assert rows[2].face_similarity_to_first is None  # no face: not scored, and not hidden either
     assert rows[0].clip_image_to_first is None and all(-1 <= r.clip_image_to_first <= 1 for r in rows[1:])
     assert [r.attempts for r in rows] == [1, 2, 3]
+    # character crops: around the face where one is found; pairwise over the story, face pairwise over faces only
+    assert rows[1].character_to_first > 0.9
+    assert all(-1 <= r.character_pairwise <= 1 for r in rows)
+    assert rows[0].face_pairwise == rows[1].face_pairwise and rows[2].face_pairwise is None
+    assert all(r.character_to_references is None for r in rows)  # no references given
 
     import pandas as pd
 
@@ -63,19 +68,46 @@ def test_faces_and_characters_scored_per_frame(tmp_path, faces, scorer):
     assert summary["attempts_per_frame"] == 2.0
 
 
+def test_cross_figure_against_references(tmp_path, faces, scorer):
+    from storyboard.evaluate.scores import reference_features
+
+    face = Image.open(IMAGES / "Tom_Hanks_54745.png").convert("RGB").resize((256, 256))
+    refs = reference_features(scorer, [face, ImageOps.mirror(face)])
+    rows = score_story(_story(tmp_path), "lora", scorer, faces, refs)
+    assert all(-1 <= r.character_to_references <= 1 for r in rows)
+    # the frames that are the reference's face are closer to it than the noise frame
+    assert min(rows[0].character_to_references, rows[1].character_to_references) > rows[2].character_to_references
+
+
+def test_character_crop_is_head_and_torso():
+    from storyboard.evaluate.faces import Face
+    from storyboard.evaluate.scores import character_crop
+
+    image = Image.new("RGB", (400, 400))
+    face = Face(bbox=(180, 50, 220, 100), score=1.0, embedding=np.ones(4, dtype=np.float32) / 2)
+    assert character_crop(image, face).size == (120, 200)  # 3 face widths; half a face above, 2.5 below
+    assert character_crop(image, None).size == (400, 400)
+
+
 def test_missing_outputs_name_the_stage(tmp_path, faces, scorer):
     (tmp_path / "s1").mkdir()
     with pytest.raises(EvaluateError, match=r"generate@lora"):
         score_story(tmp_path / "s1", "lora", scorer, faces)
 
 
-def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings):
+def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings, tiny_dataset):
     outputs = tmp_path / "outputs"
     for mode in MODES:
         for story in tiny_settings.stories:
             _story(outputs / mode, story.id)
     metrics = evaluate_outputs(
-        tiny_settings, outputs, tmp_path / "m/eval.json", tmp_path / "m/frames", tmp_path / "m/results.md"
+        tiny_settings,
+        outputs,
+        tmp_path / "m/eval.json",
+        tmp_path / "m/frames",
+        tmp_path / "m/results.md",
+        html_dir=tmp_path / "report",
+        dataset_dir=tiny_dataset,
     )
     saved = json.loads((tmp_path / "m/eval.json").read_text())
     assert saved == metrics
@@ -83,9 +115,14 @@ def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings):
     for mode in MODES:
         assert saved[mode]["frames"] == 3 * len(tiny_settings.stories)
         assert saved[mode]["face_detection_rate"] == pytest.approx(2 / 3, abs=1e-3)
+        assert saved[mode]["character_to_references"] is not None  # the tiny dataset served as references
+        assert set(saved[mode]["stories"]) == {s.id for s in tiny_settings.stories}
+        assert saved[mode]["stories"][tiny_settings.stories[0].id]["frames"] == 3
         csv = (tmp_path / f"m/frames/{mode}.csv").read_text().splitlines()
         assert csv[0].startswith("mode,story_id,frame,clip_text_score") and len(csv) == 1 + 3 * len(
             tiny_settings.stories
         )
     table = (tmp_path / "m/results.md").read_text()
     assert "plumbing" in table and "| ref_guided" in table and "face detection rate" in table
+    assert all(f"## {s.id}" in table for s in tiny_settings.stories)
+    assert (tmp_path / "report/index.html").exists() and len(list((tmp_path / "report/assets").rglob("*.png"))) == 27
