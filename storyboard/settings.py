@@ -170,6 +170,7 @@ class Train(_Section):
 
 class Plan(_Section):
     backend: Literal["openai", "offline"] = "openai"
+    structured_output: bool = Field(True, description="ask for the JSON schema; falls back to JSON mode")
     min_frames: Annotated[int, Field(ge=2, le=16)] = 6
     max_frames: Annotated[int, Field(ge=2, le=16)] = 10
     openai: OpenAIClient

@@ -227,13 +227,7 @@ class OpenAIPlanner:
         problem = ""
         for _attempt in range(2):
             try:
-                reply = self.client.chat.completions.create(
-                    model=cfg.model,
-                    temperature=cfg.temperature,
-                    max_tokens=cfg.max_tokens,
-                    response_format={"type": "json_object"},
-                    messages=messages,
-                )
+                reply = self._ask(messages)
             except openai.APIConnectionError as e:
                 raise PlanError(
                     f"the planner endpoint is unreachable ({e}); plan offline with `-S plan.backend=offline`"
@@ -254,7 +248,10 @@ class OpenAIPlanner:
                 )
             text = choices[0].message.content or ""
             try:
-                frames = FrameList.model_validate_json(text).frames
+                data = _with_known_poses(text)
+                frames = (
+                    FrameList.model_validate_json(text) if data is None else FrameList.model_validate(data)
+                ).frames
             except ValidationError as e:
                 # The model is told which field was wrong and why, not only that something was.
                 problem = _field_errors(e)
@@ -268,6 +265,41 @@ class OpenAIPlanner:
                 {"role": "user", "content": f"That reply was invalid: {problem}. Reply again with valid JSON only."},
             ]
         raise PlanError(f"the planner returned no valid plan for story {story.id!r} after 2 tries: {problem}")
+
+    def _ask(self, messages: list[dict]):
+        """Structured output (the JSON schema enforced by the endpoint) where it is supported, else JSON mode;
+        either way the reply is validated here too."""
+        import openai
+
+        cfg = self.settings.openai
+        kwargs = dict(model=cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, messages=messages)
+        if self.settings.structured_output and not getattr(self, "_no_schema", False):
+            schema = {"name": "storyboard_plan", "schema": FrameList.model_json_schema(), "strict": False}
+            try:
+                return self.client.chat.completions.create(
+                    **kwargs, response_format={"type": "json_schema", "json_schema": schema}
+                )
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+                logger.info("the planner endpoint takes no JSON schema (%s); using JSON mode", e.status_code)
+                self._no_schema = True
+        return self.client.chat.completions.create(**kwargs, response_format={"type": "json_object"})
+
+
+def _with_known_poses(text: str):
+    """Parse the reply and map free-text poses ("riding a horse") onto the pose library instead of failing.
+
+    Plan files that people edit are validated strictly; an LLM's near-miss is worth a mapping, not a retry.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # not JSON: pydantic's own parser reports where
+    for frame in data.get("frames", []) if isinstance(data, dict) else []:
+        if isinstance(frame, dict) and isinstance(frame.get("pose"), str) and frame["pose"] not in POSE_NAMES:
+            mapped = normalise_pose_label(frame["pose"])
+            logger.info("planner pose %r mapped to %r", frame["pose"], mapped)
+            frame["pose"] = mapped
+    return data
 
 
 _NOT_OPENAI = "is plan.openai.base_url an OpenAI-compatible API? Or plan offline with `-S plan.backend=offline`"

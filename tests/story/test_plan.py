@@ -147,7 +147,15 @@ def test_openai_planner_request_and_valid_reply(
     assert len(frames) == 7 and frames[1].pose == "walking"
     [request] = openai_server.requests
     assert request.model == plan_settings.openai.model
-    assert request.body["response_format"] == {"type": "json_object"}
+    # structured output: the endpoint gets the plan's JSON schema
+    response_format = request.body["response_format"]
+    assert response_format["type"] == "json_schema"
+    assert set(response_format["json_schema"]["schema"]["$defs"]["Frame"]["properties"]) == {
+        "scene",
+        "shot",
+        "pose",
+        "setting",
+    }
     assert request.body["temperature"] == plan_settings.openai.temperature
     assert request.body["max_tokens"] == plan_settings.openai.max_tokens
     system, user = request.messages
@@ -176,13 +184,40 @@ def test_openai_planner_retries_invalid_json_with_the_error(
 def test_openai_planner_tells_the_model_which_field_was_wrong(
     openai_key: str, openai_server: OpenAIServer, params: Settings, plan_settings: Plan
 ) -> None:
-    openai_server.push(Completion(frames_json(6, pose="flying")), Completion(frames_json(6)))
+    bad = json.loads(frames_json(6))
+    bad["frames"][2]["shot"] = "extreme close-up"
+    openai_server.push(Completion(json.dumps(bad)), Completion(frames_json(6)))
 
     frames = planner_for(openai_server, plan_settings).frames(params.stories[0], params.character)
 
     assert [f.pose for f in frames][1:] == ["walking"] * 5
     feedback = last_user_text(openai_server.requests[1])
-    assert "frames.1.pose" in feedback and "unknown pose 'flying'" in feedback
+    assert "frames.2.shot" in feedback and "close-up" in feedback
+
+
+def test_openai_planner_maps_free_text_poses_instead_of_retrying(
+    openai_key: str, openai_server: OpenAIServer, params: Settings, plan_settings: Plan
+) -> None:
+    openai_server.push(Completion(frames_json(6, pose="riding a horse across the steppe")))
+
+    frames = planner_for(openai_server, plan_settings).frames(params.stories[0], params.character)
+
+    assert [f.pose for f in frames][1:] == ["riding"] * 5 and len(openai_server.requests) == 1
+
+
+def test_openai_planner_falls_back_to_json_mode_without_schema_support(
+    openai_key: str, openai_server: OpenAIServer, params: Settings, plan_settings: Plan
+) -> None:
+    from openai_server import HTTPError
+
+    openai_server.push(HTTPError(400, "response_format json_schema is not supported", "invalid_request_error"))
+    openai_server.push(Completion(frames_json(6)), Completion(frames_json(6)))
+    planner = planner_for(openai_server, plan_settings)
+
+    assert len(planner.frames(params.stories[0], params.character)) == 6
+    assert len(planner.frames(params.stories[1], params.character)) == 6
+    formats = [r.body["response_format"]["type"] for r in openai_server.requests]
+    assert formats == ["json_schema", "json_object", "json_object"]  # asked once, remembered
 
 
 def test_openai_planner_wrong_frame_count_twice_is_a_plan_error(
