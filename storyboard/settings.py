@@ -195,8 +195,17 @@ class Generate(_Section):
     clip_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
         0.25, description="CLIP cosine similarity of frame and scene text below which a frame is redone"
     )
+    likeness_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.70, description="CLIP image cosine (frame vs frame 1 and the training images) below which it is redone"
+    )
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    reference: Literal["face", "frame"] = Field("face", description="ref_guided: IP-Adapter gets frame 1's face crop")
     contact_sheet_columns: PositiveInt = 4
+    gif_frame_ms: PositiveInt = 900
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    cpu_offload: bool = Field(False, description="model CPU offload for small GPUs (slower)")
+    compile: bool = Field(False, description="torch.compile the UNet (and ControlNet)")
 
     @field_validator("resolution")
     @classmethod

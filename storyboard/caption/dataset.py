@@ -228,3 +228,11 @@ def read_manifest(dataset_dir: Path) -> list[ManifestRecord]:
         raise CaptionError(f"{path} missing: run the caption stage first (`dvc repro caption`)")
     with open(path, encoding="utf-8") as f:
         return [ManifestRecord(**json.loads(line)) for line in f if line.strip()]
+
+
+def load_references(dataset_dir: Path | None) -> list[Image.Image]:
+    """The training images: the character as the user drew it, for likeness checks and cross figures."""
+    if dataset_dir is None or not (Path(dataset_dir) / "manifest.jsonl").exists():
+        return []
+    records = [r for r in read_manifest(dataset_dir) if r.status == "ok"]
+    return [Image.open(Path(dataset_dir) / "images" / r.image).convert("RGB") for r in records]

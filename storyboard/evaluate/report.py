@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from storyboard import TINY_NOTICE
-from storyboard.caption.dataset import read_manifest
-from storyboard.evaluate.faces import load_face_backend
+from storyboard.caption.dataset import load_references
 from storyboard.evaluate.html import write_html_report
 from storyboard.evaluate.scores import reference_features, score_mode, summarise, summarise_by_story
 from storyboard.fsutil import atomic_path, write_json, write_text
 from storyboard.generate.render import MODES
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
+from storyboard.models.faces import load_face_backend
 from storyboard.models.loading import Device, model_set
 from storyboard.settings import Settings
 
@@ -56,14 +55,6 @@ def results_markdown(metrics: dict, settings: Settings, face_backend: str, clip_
     for story in settings.stories:
         lines += [f"## {story.id}: {story.text}", "", _table({m: metrics[m]["stories"][story.id] for m in MODES}), ""]
     return "\n".join(lines)
-
-
-def load_references(dataset_dir: Path | None, limit: int = 64) -> list[Image.Image]:
-    """The training images, for the cross figure (frames vs the character as the user drew it)."""
-    if dataset_dir is None or not (Path(dataset_dir) / "manifest.jsonl").exists():
-        return []
-    records = [r for r in read_manifest(dataset_dir) if r.status == "ok"][:limit]
-    return [Image.open(Path(dataset_dir) / "images" / r.image).convert("RGB") for r in records]
 
 
 def evaluate_outputs(

@@ -23,8 +23,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from storyboard.errors import StoryboardError
-from storyboard.evaluate.faces import Face, FaceBackend, cosine_similarity, largest_face
 from storyboard.models.clip import ClipScorer
+from storyboard.models.faces import Face, FaceBackend, cosine_similarity, largest_face
 
 
 class EvaluateError(StoryboardError):

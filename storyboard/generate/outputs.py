@@ -37,14 +37,23 @@ def contact_sheet(frames: list[RenderedFrame], title: str, columns: int, notice:
         y = header + (n // cols) * cell_h
         sheet.paste(f.image.resize((size, size * f.image.height // f.image.width), Image.Resampling.NEAREST), (x, y))
         tries = f"{len(f.attempts)} {'try' if len(f.attempts) == 1 else 'tries'}"
-        caption = f"{f.index}. [{f.frame.shot}, {f.frame.pose}] CLIP {f.score:.2f} ({tries}) {f.frame.scene}"
+        likeness = f" like {f.likeness:.2f}" if f.likeness is not None else ""
+        caption = f"{f.index}. [{f.frame.shot}, {f.frame.pose}] text {f.score:.2f}{likeness} ({tries}) {f.frame.scene}"
         for k, line in enumerate(textwrap.wrap(caption, wrap)[:CAPTION_LINES]):
             draw.text((x, y + size + 4 + k * line_h), line, fill="black", font=font)
     return sheet
 
 
-def write_story_outputs(out_dir: Path, frames: list[RenderedFrame], metadata: dict, sheet: Image.Image) -> None:
-    """Write one story's folder atomically: frame_01.png..., metadata.json, contact_sheet.png."""
+def story_gif(frames: list[RenderedFrame], frame_ms: int) -> list[Image.Image]:
+    """The kept frames at a viewable size, for an animated preview of the story."""
+    size = max(THUMB_MIN, frames[0].image.width)
+    return [f.image.resize((size, size * f.image.height // f.image.width), Image.Resampling.NEAREST) for f in frames]
+
+
+def write_story_outputs(
+    out_dir: Path, frames: list[RenderedFrame], metadata: dict, sheet: Image.Image, gif_frame_ms: int = 900
+) -> None:
+    """Write one story's folder atomically: frame_01.png..., metadata.json, contact_sheet.png, story.gif."""
     with atomic_path(out_dir) as staged:
         staged.mkdir(parents=True)
         records = []
@@ -62,6 +71,7 @@ def write_story_outputs(out_dir: Path, frames: list[RenderedFrame], metadata: di
                     "prompt": f.prompt,
                     "seed": f.attempts[f.best].seed,
                     "clip_text_score": f.score,
+                    "likeness": f.likeness,
                     "attempts": [asdict(a) for a in f.attempts],
                     "kept_attempt": f.best + 1,
                     "seconds": round(sum(a.seconds for a in f.attempts), 3),
@@ -69,3 +79,5 @@ def write_story_outputs(out_dir: Path, frames: list[RenderedFrame], metadata: di
             )
         write_json(staged / "metadata.json", {**metadata, "frames": records})
         sheet.save(staged / "contact_sheet.png")
+        gif = story_gif(frames, gif_frame_ms)
+        gif[0].save(staged / "story.gif", save_all=True, append_images=gif[1:], duration=gif_frame_ms, loop=0)

@@ -1,12 +1,17 @@
-"""Render a story plan in one of three modes, with a CLIP check per frame and retries for the weak ones.
+"""Render a story plan in one of three modes, with a two-part CLIP check per frame and retries for the weak ones.
 
 - baseline:   SDXL alone (no LoRA), the same prompts: what the character looks like without our training.
-- lora:       SDXL + our LoRA.
-- ref_guided: frame 1 from the LoRA alone; every later frame with the LoRA, an IP-Adapter fed frame 1 and a
-              ControlNet OpenPose condition drawn from the planner's pose label.
+- lora:       SDXL + our LoRA (fused into the UNet: no per-step LoRA cost).
+- ref_guided: frame 1 from the LoRA alone; every later frame with the LoRA, an IP-Adapter fed frame 1 (its face
+              crop when a face is found) and a ControlNet OpenPose condition drawn from the planner's pose label.
 
-Frames of a story go through the pipeline as one batch, each with its own seeded generator, so a frame
-is the same whether rendered alone or in a batch. Retries are batched too.
+The check: each attempt gets a text score (CLIP cosine of frame and scene text) and a likeness score (CLIP image
+cosine to frame 1, averaged with the mean cosine to the training images when they are given). A frame below
+either threshold is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse
+margin, min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
+
+Frames of a story go through the pipeline as one batch, each with its own seeded generator, so a frame is the
+same whether rendered alone or in a batch. Retries are batched too.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from PIL import Image
 
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
+from storyboard.models.faces import FaceBackend, largest_face
 from storyboard.models.loading import Device, attach_ip_adapter, attach_lora, load_pipeline, native_resolution
 from storyboard.settings import Character, Generate, ModelSet
 from storyboard.story.plan import Frame, StoryPlan
@@ -29,12 +35,14 @@ from storyboard.story.poses import get_pose, render_openpose
 Mode = Literal["baseline", "lora", "ref_guided"]
 MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided")
 SEED_STRIDE = 1000  # attempt k of frame i uses seed + k * SEED_STRIDE + i
+FACE_MARGIN = 0.4  # the IP-Adapter reference: the face box grown by this share on each side
 
 
 @dataclass
 class Attempt:
     seed: int
     clip_text_score: float
+    likeness: float | None
     seconds: float
 
 
@@ -46,10 +54,16 @@ class RenderedFrame:
     attempts: list[Attempt] = field(default_factory=list)
     image: Image.Image | None = None
     best: int = 0  # index into attempts of the kept one
+    images: list[Image.Image] = field(default_factory=list, repr=False)  # every attempt, until settled
+    features: list[torch.Tensor] = field(default_factory=list, repr=False)  # CLIP image features per attempt
 
     @property
     def score(self) -> float:
         return self.attempts[self.best].clip_text_score
+
+    @property
+    def likeness(self) -> float | None:
+        return self.attempts[self.best].likeness
 
 
 def frame_prompt(frame: Frame, character: Character, style: str) -> str:
@@ -82,6 +96,23 @@ def warn_if_truncated(pipe, prompts: list[str]) -> None:
         )
 
 
+def face_crop(image: Image.Image, faces: FaceBackend | None) -> Image.Image:
+    """A square crop around the largest face with a margin, or the whole frame when no face is found."""
+    face = largest_face(faces.detect(image)) if faces is not None else None
+    if face is None:
+        return image
+    x0, y0, x1, y1 = face.bbox
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * FACE_MARGIN)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    box = (
+        max(0, cx - side / 2),
+        max(0, cy - side / 2),
+        min(image.width, cx + side / 2),
+        min(image.height, cy + side / 2),
+    )
+    return image.crop(tuple(round(v) for v in box))
+
+
 class StoryRenderer:
     """Holds the loaded pipeline(s) for one mode; renders any number of plans with them."""
 
@@ -94,18 +125,36 @@ class StoryRenderer:
         device: Device,
         scorer: ClipScorer,
         lora_dir: Path | None,
+        references: torch.Tensor | None = None,
+        faces: FaceBackend | None = None,
     ):
         self.mode, self.settings, self.character, self.scorer = mode, settings, character, scorer
-        self.device = device
+        self.device, self.references, self.faces = device, references, faces
         self.pipe = load_pipeline(models, device, controlnet=mode == "ref_guided")
         if mode != "baseline":
             if lora_dir is None:
                 raise ValueError(f"mode {mode} needs a LoRA folder")
             attach_lora(self.pipe, lora_dir)
-            self.pipe.set_adapters(["character"], adapter_weights=[settings.lora_scale])
+            # Fused into the UNet weights: the same result as a live adapter, without its cost in every step.
+            self.pipe.fuse_lora(adapter_names=["character"], lora_scale=settings.lora_scale)
+            self.pipe.unload_lora_weights()
         if mode == "ref_guided":
             attach_ip_adapter(self.pipe, models, settings.ip_adapter_scale)
+        self._memory_knobs()
         self.resolution = settings.resolution or native_resolution(self.pipe)
+
+    def _memory_knobs(self) -> None:
+        s, pipe = self.settings, self.pipe
+        if s.vae_tiling:
+            pipe.vae.enable_tiling()
+        if s.vae_slicing:
+            pipe.vae.enable_slicing()
+        if s.cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.device.device)
+        if s.compile:
+            pipe.unet = torch.compile(pipe.unet)
+            if getattr(pipe, "controlnet", None) is not None:
+                pipe.controlnet = torch.compile(pipe.controlnet)
 
     def _run(
         self, prompts: list[str], seeds: list[int], poses: list[str] | None, reference: Image.Image | None
@@ -134,32 +183,50 @@ class StoryRenderer:
                 )
         return self.pipe(**kwargs).images
 
-    def _render_with_retries(self, frames: list[RenderedFrame], reference: Image.Image | None) -> None:
-        """Render `frames` as one batch; redo those below the CLIP threshold, batched, keeping each one's best."""
+    def _attempt(self, frames: list[RenderedFrame], attempt: int, reference: Image.Image | None) -> None:
+        """Render one attempt of `frames` as a batch and record their text scores and image features."""
+        seeds = [self.settings.seed + attempt * SEED_STRIDE + f.index for f in frames]
+        t0 = time.perf_counter()
+        images = self._run([f.prompt for f in frames], seeds, [f.frame.pose for f in frames], reference)
+        seconds = (time.perf_counter() - t0) / len(frames)
+        texts = self.scorer.text_scores(images, [f.frame.scene for f in frames])
+        features = self.scorer.image_features(images)
+        for f, image, seed, text, feat in zip(frames, images, seeds, texts, features, strict=True):
+            f.attempts.append(
+                Attempt(seed=seed, clip_text_score=round(text, 5), likeness=None, seconds=round(seconds, 3))
+            )
+            f.images.append(image)
+            f.features.append(feat)
+
+    def _likeness(self, feature: torch.Tensor, anchor: torch.Tensor | None) -> float | None:
+        parts = []
+        if anchor is not None:
+            parts.append(float(feature @ anchor))
+        if self.references is not None:
+            parts.append(float((self.references @ feature).mean()))
+        return round(sum(parts) / len(parts), 5) if parts else None
+
+    def _margin(self, a: Attempt) -> float:
+        s = self.settings
+        text = a.clip_text_score - s.clip_threshold
+        return text if a.likeness is None else min(text, a.likeness - s.likeness_threshold)
+
+    def _settle(self, frames: list[RenderedFrame], anchor: torch.Tensor | None, reference: Image.Image | None) -> None:
+        """Score every attempt so far for likeness, redo the frames that fail, keep each one's best attempt."""
         s = self.settings
         pending = frames
-        for attempt in range(s.max_retries + 1):
+        while True:
+            for f in pending:
+                for a, feat in zip(f.attempts, f.features, strict=True):
+                    a.likeness = self._likeness(feat, anchor)
+                f.best = max(range(len(f.attempts)), key=lambda k, f=f: (self._margin(f.attempts[k]), -k))
+                f.image = f.images[f.best]
+            pending = [f for f in pending if self._margin(f.attempts[f.best]) < 0 and len(f.attempts) <= s.max_retries]
             if not pending:
-                break
-            seeds = [s.seed + attempt * SEED_STRIDE + f.index for f in pending]
-            t0 = time.perf_counter()
-            images = self._run([f.prompt for f in pending], seeds, [f.frame.pose for f in pending], reference)
-            scores = self.scorer.text_scores(images, [f.frame.scene for f in pending])
-            seconds = (time.perf_counter() - t0) / len(pending)
-            for f, image, seed, score in zip(pending, images, seeds, scores, strict=True):
-                f.attempts.append(Attempt(seed=seed, clip_text_score=round(score, 5), seconds=round(seconds, 3)))
-                # Keep the best-scoring attempt; ties keep the earlier one.
-                if f.image is None or score > f.score:
-                    f.image, f.best = image, len(f.attempts) - 1
-            pending = [f for f in pending if f.score < s.clip_threshold]
-            if pending and attempt < s.max_retries:
-                logger.info(
-                    "%d frame(s) below CLIP %.2f; retry %d of %d",
-                    len(pending),
-                    s.clip_threshold,
-                    attempt + 1,
-                    s.max_retries,
-                )
+                return
+            attempt = len(pending[0].attempts)
+            logger.info("%d frame(s) below the CLIP checks; retry %d of %d", len(pending), attempt, s.max_retries)
+            self._attempt(pending, attempt, reference)
 
     def render(self, plan: StoryPlan) -> list[RenderedFrame]:
         frames = [
@@ -167,9 +234,20 @@ class StoryRenderer:
             for i, f in enumerate(plan.frames, start=1)
         ]
         warn_if_truncated(self.pipe, [f.prompt for f in frames])
+        first, rest = frames[0], frames[1:]
         if self.mode == "ref_guided":
-            self._render_with_retries(frames[:1], reference=None)
-            self._render_with_retries(frames[1:], reference=frames[0].image)
+            # Later frames are conditioned on frame 1, so it is settled first, alone.
+            self._attempt([first], 0, None)
+            self._settle([first], None, None)
+            reference = first.image if self.settings.reference == "frame" else face_crop(first.image, self.faces)
+            self._attempt(rest, 0, reference)
         else:
-            self._render_with_retries(frames, reference=None)
+            # One batch for the whole story; frame 1 settles first because the others are judged against it.
+            reference = None
+            self._attempt(frames, 0, None)
+            self._settle([first], None, None)
+        anchor = first.features[first.best]
+        self._settle(rest, anchor, reference)
+        for f in frames:
+            f.images, f.features = [], []  # only the kept image leaves the renderer
         return frames

@@ -9,10 +9,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from storyboard import TINY_NOTICE
+from storyboard.caption.dataset import load_references
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.render import Mode, StoryRenderer
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
+from storyboard.models.faces import load_face_backend
 from storyboard.models.loading import Device, model_set
 from storyboard.settings import Settings
 from storyboard.story.plan import StoryPlan
@@ -31,12 +33,20 @@ def render_plans(
     plans: list[StoryPlan],
     out_root: Path,
     lora_dir: Path | None,
+    dataset_dir: Path | None = None,
 ) -> list[Path]:
     """Load the mode's models once, render each plan into out_root/<story_id>/, return those folders."""
     models = model_set(settings)
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
-    renderer = StoryRenderer(mode, settings.generate, settings.character, models, device, scorer, lora_dir)
+    reference_images = load_references(dataset_dir)
+    references = scorer.image_features(reference_images) if reference_images else None
+    faces = None
+    if mode == "ref_guided" and settings.generate.reference == "face":
+        faces = load_face_backend(models, settings.evaluate.face_min_score)
+    renderer = StoryRenderer(
+        mode, settings.generate, settings.character, models, device, scorer, lora_dir, references, faces
+    )
     notice = TINY_NOTICE if settings.is_tiny else None
     written = []
     for plan in tqdm(plans, desc=f"generate {mode}", unit="story"):
@@ -46,6 +56,7 @@ def render_plans(
         metadata = {
             "story_id": plan.story_id,
             "story": plan.story,
+            "plan": plan.model_dump(mode="json"),
             "mode": mode,
             "profile": settings.profile,
             "notice": notice,
@@ -62,7 +73,7 @@ def render_plans(
         title = f"{plan.story_id} | {mode} | {plan.story}"
         sheet = contact_sheet(frames, title, settings.generate.contact_sheet_columns, notice)
         out_dir = Path(out_root) / plan.story_id
-        write_story_outputs(out_dir, frames, metadata, sheet)
+        write_story_outputs(out_dir, frames, metadata, sheet, settings.generate.gif_frame_ms)
         logger.info("%s/%s: %d frames in %.1f s -> %s", mode, plan.story_id, len(frames), seconds, out_dir)
         written.append(out_dir)
     return written

@@ -64,7 +64,10 @@ def _fake_run(root: Path, stories: list[Story], scene_extra: str = "") -> tuple[
                     pose=POSES[i - 1],
                     setting="steppe",
                 )
-                attempts = [Attempt(seed=1000 * k + i, clip_text_score=0.2 + 0.01 * k, seconds=0.5) for k in range(i)]
+                attempts = [
+                    Attempt(seed=1000 * k + i, clip_text_score=0.2 + 0.01 * k, likeness=0.8, seconds=0.5)
+                    for k in range(i)
+                ]
                 rendered.append(
                     RenderedFrame(i, plan, f"prompt {i}", attempts, _image(mode, s, i), best=len(attempts) - 1)
                 )

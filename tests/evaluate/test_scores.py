@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from storyboard.evaluate.faces import DlibFaceBackend
 from storyboard.evaluate.report import evaluate_outputs
 from storyboard.evaluate.scores import EvaluateError, score_story, summarise
 from storyboard.generate.render import MODES
 from storyboard.models.clip import ClipScorer
+from storyboard.models.faces import DlibFaceBackend
 
 IMAGES = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data" / "images"
 
@@ -80,8 +80,8 @@ def test_cross_figure_against_references(tmp_path, faces, scorer):
 
 
 def test_character_crop_is_head_and_torso():
-    from storyboard.evaluate.faces import Face
     from storyboard.evaluate.scores import character_crop
+    from storyboard.models.faces import Face
 
     image = Image.new("RGB", (400, 400))
     face = Face(bbox=(180, 50, 220, 100), score=1.0, embedding=np.ones(4, dtype=np.float32) / 2)

@@ -68,7 +68,9 @@ def test_batch_gives_the_same_frames_as_one_by_one(tiny_settings, tiny_models, c
 
 
 def test_retry_rule_keeps_the_best_attempt(tiny_settings, tiny_models, cpu, scorer, lora_dir):
-    never = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0)
+    never = _renderer(
+        "lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0, likeness_threshold=-1.0
+    )
     frames = never.render(PLAN)
     assert [len(f.attempts) for f in frames] == [1, 1, 1]
 
@@ -76,15 +78,58 @@ def test_retry_rule_keeps_the_best_attempt(tiny_settings, tiny_models, cpu, scor
     frames = always.render(PLAN)
     for f in frames:
         assert len(f.attempts) == 3
-        scores = [a.clip_text_score for a in f.attempts]
-        assert f.best == int(np.argmax(scores))
+        margins = [always._margin(a) for a in f.attempts]
+        assert f.best == int(np.argmax(margins))  # the attempt closest to passing both checks
         assert [a.seed for a in f.attempts] == [1234 + k * SEED_STRIDE + f.index for k in range(3)]
         # the kept image is the one that scored best
-        assert scorer.text_scores([f.image], [f.frame.scene])[0] == pytest.approx(max(scores), abs=1e-3)
+        best = f.attempts[f.best].clip_text_score
+        assert scorer.text_scores([f.image], [f.frame.scene])[0] == pytest.approx(best, abs=1e-3)
+    # frame 1 has nothing to be like (no training images given); later frames are judged against frame 1
+    assert frames[0].likeness is None and all(f.likeness is not None for f in frames[1:])
+
+
+def test_likeness_alone_triggers_retries(tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    picky = _renderer(
+        "lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0, likeness_threshold=1.0
+    )
+    frames = picky.render(PLAN)
+    assert len(frames[0].attempts) == 1  # text passes, nothing to be like
+    assert all(len(f.attempts) == 3 for f in frames[1:])
+
+
+def test_training_images_join_the_likeness(tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    refs = scorer.image_features([Image.new("RGB", (64, 64), c) for c in ("red", "blue")])
+    r = _renderer(
+        "lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0, likeness_threshold=-1.0
+    )
+    r.references = refs
+    frames = r.render(PLAN)
+    assert frames[0].likeness is not None
+    first = scorer.image_features([frames[0].image])[0]
+    feat = scorer.image_features([frames[1].image])[0]
+    expected = (float(feat @ first) + float((refs @ feat).mean())) / 2
+    assert frames[1].likeness == pytest.approx(expected, abs=1e-3)
+
+
+def test_face_crop_for_the_reference():
+    import importlib.util
+    from pathlib import Path
+
+    from storyboard.generate.render import face_crop
+    from storyboard.models.faces import DlibFaceBackend
+
+    images = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data/images"
+    photo = Image.new("RGB", (600, 400), "grey")
+    photo.paste(Image.open(images / "Tom_Hanks_54745.png").convert("RGB").resize((200, 200)), (300, 100))
+    crop = face_crop(photo, DlibFaceBackend())
+    assert crop.width < 300 and abs(crop.width - crop.height) <= 2
+    assert face_crop(Image.new("RGB", (64, 64)), DlibFaceBackend()).size == (64, 64)  # no face: whole frame
 
 
 def test_modes_differ_and_ref_guided_uses_the_reference(tiny_settings, tiny_models, cpu, scorer, lora_dir):
-    kw = dict(clip_threshold=-1.0, ip_adapter_scale=1.0, controlnet_scale=1.0)
+    kw = dict(
+        clip_threshold=-1.0, likeness_threshold=-1.0, ip_adapter_scale=1.0, controlnet_scale=1.0, reference="frame"
+    )
     base = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, lora_dir, **kw).render(PLAN)
     lora = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, **kw).render(PLAN)
     ref_renderer = _renderer("ref_guided", tiny_settings, tiny_models, cpu, scorer, lora_dir, **kw)
@@ -97,8 +142,8 @@ def test_modes_differ_and_ref_guided_uses_the_reference(tiny_settings, tiny_mode
     assert np.abs(_pixels(lora[1].image) - _pixels(ref[1].image)).mean() > 0.1
     # ...and another reference image gives other frames (IP-Adapter really applied)
     other = [RenderedFrame(index=f.index, frame=f.frame, prompt=f.prompt) for f in ref[1:]]
-    ref_renderer._render_with_retries(other, reference=Image.new("RGB", (64, 64), "white"))
-    assert np.abs(_pixels(other[0].image) - _pixels(ref[1].image)).mean() > 0.1
+    ref_renderer._attempt(other, 0, reference=Image.new("RGB", (64, 64), "white"))
+    assert np.abs(_pixels(other[0].images[0]) - _pixels(ref[1].image)).mean() > 0.1
 
 
 def test_story_outputs(tmp_path, tiny_settings, tiny_models, cpu, scorer, lora_dir):
@@ -106,8 +151,18 @@ def test_story_outputs(tmp_path, tiny_settings, tiny_models, cpu, scorer, lora_d
     sheet = contact_sheet(frames, "test | lora", columns=2, notice="tiny profile: plumbing only")
     write_story_outputs(tmp_path / "story", frames, {"story_id": "test", "mode": "lora"}, sheet)
     names = sorted(p.name for p in (tmp_path / "story").iterdir())
-    assert names == ["contact_sheet.png", "frame_01.png", "frame_02.png", "frame_03.png", "metadata.json"]
+    assert names == ["contact_sheet.png", "frame_01.png", "frame_02.png", "frame_03.png", "metadata.json", "story.gif"]
+    gif = Image.open(tmp_path / "story/story.gif")
+    assert gif.n_frames == 3 and gif.width >= 256
     meta = json.loads((tmp_path / "story/metadata.json").read_text())
     assert [f["index"] for f in meta["frames"]] == [1, 2, 3]
     assert all(f["prompt"] and f["seed"] and f["attempts"] for f in meta["frames"])
     assert Image.open(tmp_path / "story/contact_sheet.png").width >= 2 * 256
+
+
+def test_same_params_and_seed_give_the_same_frames(tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    a = _renderer("ref_guided", tiny_settings, tiny_models, cpu, scorer, lora_dir).render(PLAN)
+    b = _renderer("ref_guided", tiny_settings, tiny_models, cpu, scorer, lora_dir).render(PLAN)
+    for x, y in zip(a, b, strict=True):
+        assert [t.seed for t in x.attempts] == [t.seed for t in y.attempts]
+        assert np.array_equal(_pixels(x.image), _pixels(y.image))

@@ -13,7 +13,7 @@ import requests
 import skimage.data
 from PIL import Image, ImageEnhance, ImageOps
 
-from storyboard.evaluate.faces import (
+from storyboard.models.faces import (
     DlibFaceBackend,
     Face,
     FaceBackend,
