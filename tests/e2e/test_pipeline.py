@@ -37,11 +37,15 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+def _run(args: list[str], cwd: Path, env: dict[str, str], stdout_only: bool = False) -> str:
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{output[-6000:]}"
-    return output
+    return proc.stdout if stdout_only else output
+
+
+def _json(args: list[str], cwd: Path, env: dict[str, str]):
+    return json.loads(_run(args, cwd, env, stdout_only=True))
 
 
 def _ran_stages(output: str) -> set[str]:
@@ -128,10 +132,13 @@ def test_tiny_pipeline_end_to_end(repo):
     ) * len(MODES)
     shown = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env)
     assert "clip_text_score" in shown and "face_detection_rate" in shown
-    plots = json.loads(_run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env))["data"]
+    shown_plots = _json([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env)
+    assert not shown_plots.get("errors"), shown_plots["errors"]
+    plots = shown_plots["data"]
     loss_points = plots["training loss"][0]["content"]["data"]["values"]
     assert len(loss_points) == params["train"]["max_steps"] and "loss" in loss_points[0]
     assert "CLIP text score per frame" in plots
+    assert any(name.endswith(".png") for name in plots)  # validation samples from training
 
     # nothing reached for a hub: the tiny models were built here
     assert list((root / ".cache/tiny-models").glob("*/BUILT.json"))
@@ -147,6 +154,5 @@ def test_tiny_pipeline_end_to_end(repo):
     _run(["git", "commit", "-qm", "tiny run"], root, env)
     changed = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "generate.guidance_scale=2.0"], root, env)
     assert _ran_stages(changed) == {"evaluate", *(f"generate@{m}" for m in MODES)}, changed
-    diff = _run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], root, env)
-    changed_metrics = json.loads(diff)["metrics/eval.json"]
+    changed_metrics = _json([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], root, env)["metrics/eval.json"]
     assert any(k.endswith("clip_text_score") for k in changed_metrics), changed_metrics
