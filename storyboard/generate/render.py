@@ -119,6 +119,24 @@ class StoryRenderer:
     def __init__(
         self,
         mode: Mode,
+        pipe,
+        settings: Generate,
+        character: Character,
+        scorer: ClipScorer,
+        device: Device,
+        references: torch.Tensor | None = None,
+        faces: FaceBackend | None = None,
+    ):
+        """Wrap a ready pipeline (see `load` for the usual way to get one)."""
+        self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
+        self.device, self.references, self.faces = device, references, faces
+        self._memory_knobs()
+        self.resolution = settings.resolution or native_resolution(self.pipe)
+
+    @classmethod
+    def load(
+        cls,
+        mode: Mode,
         settings: Generate,
         character: Character,
         models: ModelSet,
@@ -127,21 +145,19 @@ class StoryRenderer:
         lora_dir: Path | None,
         references: torch.Tensor | None = None,
         faces: FaceBackend | None = None,
-    ):
-        self.mode, self.settings, self.character, self.scorer = mode, settings, character, scorer
-        self.device, self.references, self.faces = device, references, faces
-        self.pipe = load_pipeline(models, device, controlnet=mode == "ref_guided")
+    ) -> StoryRenderer:
+        """Load the mode's models once: the pipeline, the LoRA fused into it, the IP-Adapter for ref_guided."""
+        pipe = load_pipeline(models, device, controlnet=mode == "ref_guided")
         if mode != "baseline":
             if lora_dir is None:
                 raise ValueError(f"mode {mode} needs a LoRA folder")
-            attach_lora(self.pipe, lora_dir)
+            attach_lora(pipe, lora_dir)
             # Fused into the UNet weights: the same result as a live adapter, without its cost in every step.
-            self.pipe.fuse_lora(adapter_names=["character"], lora_scale=settings.lora_scale)
-            self.pipe.unload_lora_weights()
+            pipe.fuse_lora(adapter_names=["character"], lora_scale=settings.lora_scale)
+            pipe.unload_lora_weights()
         if mode == "ref_guided":
-            attach_ip_adapter(self.pipe, models, settings.ip_adapter_scale)
-        self._memory_knobs()
-        self.resolution = settings.resolution or native_resolution(self.pipe)
+            attach_ip_adapter(pipe, models, settings.ip_adapter_scale)
+        return cls(mode, pipe, settings, character, scorer, device, references, faces)
 
     def _memory_knobs(self) -> None:
         s, pipe = self.settings, self.pipe

@@ -44,7 +44,7 @@ def render_plans(
     faces = None
     if mode == "ref_guided" and settings.generate.reference == "face":
         faces = load_face_backend(models, settings.evaluate.face_min_score)
-    renderer = StoryRenderer(
+    renderer = StoryRenderer.load(
         mode, settings.generate, settings.character, models, device, scorer, lora_dir, references, faces
     )
     notice = TINY_NOTICE if settings.is_tiny else None

@@ -32,7 +32,7 @@ def scorer(tiny_models, cpu):
 
 def _renderer(mode, tiny_settings, tiny_models, cpu, scorer, lora_dir, **generate):
     settings = tiny_settings.generate.model_copy(update={"steps": 3, **generate})
-    return StoryRenderer(
+    return StoryRenderer.load(
         mode, settings, tiny_settings.character, tiny_models, cpu, scorer, None if mode == "baseline" else lora_dir
     )
 
