@@ -54,13 +54,11 @@ def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    try:
-        import torch._dynamo
+    # Compiled graphs hold references to the old modules' parameters. (`from torch import` so that `torch`
+    # stays the module-level name in this function.)
+    from torch import _dynamo
 
-        # Compiled graphs hold references to the old modules' parameters.
-        torch._dynamo.reset()
-    except Exception:  # noqa: BLE001 - dynamo is optional in CPU builds
-        pass
+    _dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -96,9 +94,17 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
+def save_partial(result: dict[str, Any], out: Path | None) -> None:
+    """Write what is measured so far to `out` ("complete": false), so a run killed at a time limit keeps it."""
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**result, "complete": False}) + "\n")
+
+
 def emit(result: dict[str, Any], out: Path | None) -> None:
     """The single stdout line (the machine-readable result); the same line to `out` when given."""
-    line = json.dumps(result, sort_keys=False)
+    line = json.dumps({**result, "complete": True})
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,3 +115,28 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
 
 def parse_list(text: str, kind: type = str) -> list:
     return [kind(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def gpu_kernel_seconds(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Seconds the GPU spent in kernels and copies during fn(), from the profiler's device trace.
+
+    Against the wall time of the same work this says where the time goes: near 1 the GPU is the bottleneck;
+    well below 1 the GPU waits for the host (Python, kernel launches, syncs), and batching, fusing (LoRA) or
+    compiling gains more than faster kernels. None on a CPU or where the profiler fails.
+    """
+    if device.type != "cuda":
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        synchronize(device)
+        # CUDA activity only: the trace then holds kernels and memcpy/memset, whose self times add up to the
+        # GPU's busy time (one stream, so they don't overlap).
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            synchronize(device)
+        total_us = sum(e.self_device_time_total for e in prof.key_averages())
+        return total_us / 1e6
+    except Exception as e:  # noqa: BLE001 - a diagnostic; never lose the benchmark over it
+        logger.warning("GPU kernel time not measured: %s", e)
+        return None

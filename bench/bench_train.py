@@ -6,14 +6,12 @@ Two implementations of one training step, same LoRA (rank 64 on to_q/to_k/to_v/t
   with --mixed_precision bf16 and --pretrained_vae_model_name_or_path (the fp16-fix VAE, which the project uses):
   every step VAE-encodes the pixel batch and runs both text encoders on the captions, frozen parts in bf16
   (weight_dtype), the UNet forward under autocast (accelerate's bf16), LoRA params in fp32
-  (cast_training_params), torch.optim.AdamW (foreach), clip_grad_norm_(1.0), constant LR scheduler,
-  loss.item() once per step for the logged train_loss.
-- ours: the recipe of storyboard/train/lora.py: latents and text embeddings computed once and cached (no VAE or
-  text encoder in the step), UNet under autocast bf16, fp32 LoRA params, fused AdamW, SDPA attention,
-  loss.item() once per step (the project logs it); optionally torch.compile and channels_last.
-
-The project's step is inline in `train_lora` (not a function), so `OursTrainer` below re-implements it; it is
-the one place to swap for a call into storyboard.train once the step is factored out.
+  (cast_training_params; the script itself upcasts only under fp16 and trains bf16 LoRA params under bf16,
+  fp32 here so both impls do the same optimizer work), torch.optim.AdamW (foreach), clip_grad_norm_(1.0),
+  constant LR scheduler, loss.item() once per step for the logged train_loss.
+- ours: the project's own `storyboard.train.lora.LoraTrainer.step()` on a latent cache built as the stage
+  builds it (latents and text embeddings computed once; no VAE or text encoder in the step), bf16 frozen weights,
+  fp32 LoRA params, fused AdamW, gradient clipping, no host sync in the step; optionally torch.compile.
 
     python bench/bench_train.py --out bench/results/train.json          # on the GPU
     python bench/bench_train.py --small                                  # CPU check, seconds
@@ -38,11 +36,13 @@ from _common import (  # noqa: E402
     emit,
     environment,
     free_memory,
+    gpu_kernel_seconds,
     is_oom,
     memory,
     parse_list,
     pick_device,
     reset_peak,
+    save_partial,
     synchronize,
     timed,
 )
@@ -79,14 +79,17 @@ def add_lora(unet, rank: int) -> list[torch.nn.Parameter]:
     from peft import LoraConfig
 
     unet.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES)
-    )
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGET_MODULES))
     # peft creates the adapter in the base layer's dtype (bf16 here); train it in fp32, with bf16 compute
     # under autocast, so small updates are not rounded away.
     cast_training_params(unet, dtype=torch.float32)
     params = [p for p in unet.parameters() if p.requires_grad]
-    logger.info("LoRA rank %d: %.1f M trainable parameters in %d tensors", rank, sum(p.numel() for p in params) / 1e6, len(params))
+    logger.info(
+        "LoRA rank %d: %.1f M trainable parameters in %d tensors",
+        rank,
+        sum(p.numel() for p in params) / 1e6,
+        len(params),
+    )
     return params
 
 
@@ -182,20 +185,27 @@ class BaselineTrainer:
 
 
 class OursTrainer:
-    """The step of storyboard/train/lora.py `train_lora`, with the caching it does before the loop.
+    """The project's own `storyboard.train.lora.LoraTrainer`, on a latent cache built the way the stage builds it.
 
-    Replace with a call into storyboard.train once the project's step is a reusable function.
+    The caching pass (VAE on the pixels, both text encoders on the captions) runs once before timing, as in the
+    stage; then every timed step is exactly `LoraTrainer.step()`: the shipped code, no re-implementation.
     """
 
     # How many images the cache holds; steps draw random batches from it, as the project does from its dataset.
     CACHED_IMAGES = 16
 
     def __init__(self, cfg: Config):
+        from types import SimpleNamespace
+
+        from accelerate import Accelerator
         from diffusers import DDPMScheduler
+
+        from storyboard.settings import Train
+        from storyboard.train.buckets import Bucket
+        from storyboard.train.lora import BucketTensors, LatentCache, LoraTrainer
 
         self.cfg = cfg
         device = cfg.device
-        # Caching pass: VAE and text encoders only live for it (the project moves them to the CPU afterwards).
         vae = sdxl.build_vae(cfg.dtype, device, small=cfg.small, seed=cfg.seed).requires_grad_(False)
         te1, te2, tok1, tok2 = sdxl.build_text_encoders(cfg.dtype, device, small=cfg.small, seed=cfg.seed)
         n = max(self.CACHED_IMAGES, cfg.batch)
@@ -205,58 +215,50 @@ class OursTrainer:
             for i in range(0, n, 4):  # the project encodes 4 images at a time
                 pixels = torch.rand(min(4, n - i), 3, cfg.resolution, cfg.resolution, generator=g) * 2 - 1
                 chunks.append(vae.encode(pixels.to(device, cfg.dtype)).latent_dist.sample() * vae.config.scaling_factor)
-            # fp32 caches, as the project holds them (its VAE and text encoders run in fp32).
-            self.latents = torch.cat(chunks).float()
-            captions = [CAPTION] * n
-            embeds, pooled = encode_prompt([te1, te2], [tokenize(tok1, captions), tokenize(tok2, captions)])
-            self.prompt_embeds, self.pooled_embeds = embeds.float(), pooled.float()
+            latents = torch.cat(chunks).to(cfg.dtype)
+            tokens = torch.stack([tokenize(tok1, [CAPTION] * n), tokenize(tok2, [CAPTION] * n)], dim=1)
+            embeds, pooled = encode_prompt([te1, te2], [tokens[:, 0], tokens[:, 1]])
+            empty = torch.stack([tokenize(tok1, [""]), tokenize(tok2, [""])], dim=1)
+            empty_embeds, empty_pooled = encode_prompt([te1, te2], [empty[:, 0], empty[:, 1]])
         del vae, te1, te2
         free_memory(device)
-        self.n = n
-        self.time_ids = torch.tensor(
-            [cfg.resolution, cfg.resolution, 0, 0, cfg.resolution, cfg.resolution], dtype=torch.float32, device=device
-        )
-
+        r = cfg.resolution
+        time_ids = torch.tensor([[r, r, 0, 0, r, r]] * n, dtype=cfg.dtype, device=device)
+        bucket = BucketTensors(Bucket(r, r), latents, None, tokens, embeds, pooled, time_ids)
+        cache = LatentCache([bucket], empty, empty_embeds, empty_pooled)
         unet = sdxl.build_unet(cfg.ours_unet_dtype, device, small=cfg.small, seed=cfg.seed)
-        self.params = add_lora(unet, cfg.rank)
-        if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        if cfg.channels_last:
-            unet.to(memory_format=torch.channels_last)
-            self.latents = self.latents.contiguous(memory_format=torch.channels_last)
-        unet.train()
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, fused=device.type == "cuda")
-        self.unet = torch.compile(unet, mode=cfg.compile_mode) if cfg.compile else unet
-        self.scheduler = DDPMScheduler.from_config(sdxl.SCHEDULER_CONFIG)
+        parts = SimpleNamespace(
+            unet=unet,
+            text_encoders=[],
+            device=device,
+            weight_dtype=cfg.dtype,
+            scheduler=DDPMScheduler.from_config(sdxl.SCHEDULER_CONFIG),
+        )
+        settings = Train(
+            rank=cfg.rank,
+            alpha=cfg.rank,
+            target_modules=TARGET_MODULES,
+            batch_size=cfg.batch,
+            mixed_precision="bf16" if device.type == "cuda" else "no",
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            compile=cfg.compile,
+            seed=cfg.seed,
+        )
+        accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=device.type != "cuda")
+        self.trainer = LoraTrainer(parts, cache, settings, accelerator, total_steps=10_000)
 
-    def step(self) -> float:
-        cfg, device, scheduler = self.cfg, self.cfg.device, self.scheduler
-        idx = torch.randint(0, self.n, (cfg.batch,))
-        x0 = self.latents[idx]
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), device=device)
-        noisy = scheduler.add_noise(x0, noise, t)
-        with autocast(cfg):
-            pred = self.unet(
-                noisy,
-                t,
-                encoder_hidden_states=self.prompt_embeds[idx],
-                added_cond_kwargs={"text_embeds": self.pooled_embeds[idx], "time_ids": self.time_ids.expand(len(idx), -1)},
-            ).sample
-        loss = F.mse_loss(pred.float(), noise.float())
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()  # the project logs every step's loss
+    def step(self) -> torch.Tensor:
+        # The loss stays on the device, as in the stage's loop (read back in windows, not every step).
+        return self.trainer.step()
 
 
 TRAINERS = {"baseline": BaselineTrainer, "ours": OursTrainer}
 
 
-def run_config(cfg: Config, warmup: int, steps: int) -> dict[str, Any]:
+def run_config(cfg: Config, warmup: int, steps: int, profile: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"impl": cfg.impl, "batch": cfg.batch, "resolution": cfg.resolution}
     if cfg.impl == "ours":
-        result.update(compile=cfg.compile, channels_last=cfg.channels_last, unet_dtype=str(cfg.ours_unet_dtype))
+        result.update(compile=cfg.compile, unet_dtype=str(cfg.ours_unet_dtype))
     trainer = None
     try:
         free_memory(cfg.device)
@@ -271,7 +273,13 @@ def run_config(cfg: Config, warmup: int, steps: int) -> dict[str, Any]:
         # Peak from here on: the steady state (weights, optimizer state, one step's activations).
         reset_peak(cfg.device)
         seconds, losses = timed(lambda: [trainer.step() for _ in range(steps)], cfg.device)
+        losses = [float(x) for x in losses]  # after the timed region: ours keeps losses on the device
         mem = memory(cfg.device)
+        if profile:
+            # One extra step under the profiler (outside the timed region: profiling slows the host side).
+            kernel_s = gpu_kernel_seconds(trainer.step, cfg.device)
+            if kernel_s is not None:
+                result.update(gpu_kernel_s_per_step=round(kernel_s, 4), gpu_busy=round(kernel_s * steps / seconds, 3))
         result.update(
             steps=steps,
             s_per_step=round(seconds / steps, 4),
@@ -282,8 +290,13 @@ def run_config(cfg: Config, warmup: int, steps: int) -> dict[str, Any]:
             finite=all(x == x and abs(x) != float("inf") for x in losses),
         )
         logger.info(
-            "%s batch %d: %.3f s/step, %.2f images/s, peak %s GiB",
-            cfg.impl, cfg.batch, seconds / steps, cfg.batch * steps / seconds, mem["peak_allocated_gib"],
+            "%s batch %d: %.3f s/step, %.2f images/s, peak %s GiB, GPU busy %s",
+            cfg.impl,
+            cfg.batch,
+            seconds / steps,
+            cfg.batch * steps / seconds,
+            mem["peak_allocated_gib"],
+            result.get("gpu_busy"),
         )
     except Exception as e:  # noqa: BLE001 - an OOM at batch 4 must not lose the batch 1 numbers
         if not is_oom(e):
@@ -291,7 +304,7 @@ def run_config(cfg: Config, warmup: int, steps: int) -> dict[str, Any]:
         logger.warning("%s batch %d: out of memory (%s)", cfg.impl, cfg.batch, str(e).splitlines()[0][:200])
         result.update(oom=True, peak_allocated_gib=memory(cfg.device)["peak_allocated_gib"])
     finally:
-        del trainer
+        trainer = None  # the last reference: frees the models before the next config is built
         free_memory(cfg.device)
     return result
 
@@ -304,18 +317,24 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per config (3; 8 with --compile)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per config (10; 2 with --small)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="frozen weights / autocast")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="frozen weights, autocast")
     parser.add_argument(
         "--ours-unet-dtype",
         default=None,
         choices=["bfloat16", "float32"],
-        help="ours: UNet weight dtype (default --dtype). float32 is what storyboard/train/lora.py does today "
-        "(fp32 UNet under bf16 autocast)",
+        help="ours: UNet weight dtype (default --dtype; float32: fp32 frozen UNet under bf16 autocast)",
     )
     parser.add_argument("--compile", action="store_true", help="ours: torch.compile the UNet")
-    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
-    parser.add_argument("--channels-last", action="store_true", help="ours: channels_last UNet and latents")
+    parser.add_argument(
+        "--compile-mode", default="default", help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)"
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="both impls (the script's flag)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one extra step per config under the profiler: gpu_kernel_s_per_step, gpu_busy (GPU only). Can slow "
+        "the configs timed after it in the same process: use with one config per command",
+    )
     parser.add_argument("--small", action="store_true", help="tiny models, 64 px, 2 timed steps: the CPU check")
     parser.add_argument("--device", default=None, help="default cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -333,7 +352,23 @@ def main() -> None:
     # Fixed shapes per config, so the timed steps reuse the cuDNN/inductor choices made in warmup.
     torch.backends.cudnn.benchmark = True
 
-    results = []
+    results: list[dict[str, Any]] = []
+    payload = {
+        "bench": "train",
+        **environment(device),
+        "small": args.small,
+        "settings": {
+            "resolution": resolution,
+            "rank": args.rank,
+            "target_modules": TARGET_MODULES,
+            "dtype": args.dtype,
+            "warmup_steps": warmup,
+            "timed_steps": steps,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "compile_mode": args.compile_mode if args.compile else None,
+        },
+        "results": results,
+    }
     for impl in parse_list(args.impl):
         if impl not in TRAINERS:
             parser.error(f"unknown impl {impl!r}")
@@ -349,31 +384,13 @@ def main() -> None:
                 seed=args.seed,
                 compile=args.compile and impl == "ours",
                 compile_mode=args.compile_mode,
-                channels_last=args.channels_last and impl == "ours",
+                channels_last=False,
                 gradient_checkpointing=args.gradient_checkpointing,
                 ours_unet_dtype=getattr(torch, args.ours_unet_dtype) if args.ours_unet_dtype else dtype,
             )
-            results.append(run_config(cfg, warmup, steps))
-
-    emit(
-        {
-            "bench": "train",
-            **environment(device),
-            "small": args.small,
-            "settings": {
-                "resolution": resolution,
-                "rank": args.rank,
-                "target_modules": TARGET_MODULES,
-                "dtype": args.dtype,
-                "warmup_steps": warmup,
-                "timed_steps": steps,
-                "gradient_checkpointing": args.gradient_checkpointing,
-                "compile_mode": args.compile_mode if args.compile else None,
-            },
-            "results": results,
-        },
-        args.out,
-    )
+            results.append(run_config(cfg, warmup, steps, profile=args.profile))
+            save_partial(payload, args.out)
+    emit(payload, args.out)
 
 
 if __name__ == "__main__":

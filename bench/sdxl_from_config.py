@@ -71,7 +71,8 @@ EXPECTED_PARAMS: dict[str, int] = {
     "vae": 83_653_863,
     "text_encoder": 123_060_480,
     "text_encoder_2": 694_659_840,
-    "controlnet": 1_251_014_160,  # ControlNetModel.from_unet of the UNet above (xinsir/controlnet-openpose-sdxl-1.0 size)
+    # ControlNetModel.from_unet of the UNet above; the size of xinsir/controlnet-openpose-sdxl-1.0
+    "controlnet": 1_251_014_160,
     "image_encoder": 1_844_907_264,  # OpenCLIP ViT-bigG/14 vision + projection
 }
 
@@ -370,7 +371,9 @@ def build_image_encoder(
     config._attn_implementation = "sdpa"
     with materialise_on(device, dtype):
         encoder = CLIPVisionModelWithProjection(config)
-    _log_built("IP-Adapter image encoder" + (" (small)" if small else ""), encoder, expect=None if small else "image_encoder")
+    _log_built(
+        "IP-Adapter image encoder" + (" (small)" if small else ""), encoder, expect=None if small else "image_encoder"
+    )
     return encoder
 
 
@@ -439,7 +442,9 @@ def build_lora_files(folder: Path, *, rank: int, target_modules: list[str], smal
     """A random rank-`rank` LoRA for the UNet, saved as `save_lora_weights` writes it (what training produces).
 
     Key names and shapes come from peft itself (`add_adapter` on a UNet on the meta device, which costs no
-    memory); the values are random, lora_B included (peft's init makes it zero, which would be a no-op LoRA).
+    memory); the values are random, lora_B included: peft's init makes it zero, a no-op LoRA that would not
+    show whether loading/fusing works. With lora_B at 0.3/sqrt(rank) the delta is about 0.3x the scale of the
+    base weights, which changes the output visibly without blowing it up.
     """
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -458,7 +463,7 @@ def build_lora_files(folder: Path, *, rank: int, target_modules: list[str], smal
     g = torch.Generator().manual_seed(seed + 20)
     state = {}
     for key, meta in get_peft_model_state_dict(unet).items():
-        scale = meta.shape[-1] ** -0.5 if "lora_A" in key else 0.01 * rank**-0.5
+        scale = meta.shape[-1] ** -0.5 if "lora_A" in key else 0.3 * rank**-0.5
         state[key] = (torch.randn(*meta.shape, generator=g) * scale).to(torch.bfloat16)
     folder.mkdir(parents=True, exist_ok=True)
     StableDiffusionXLPipeline.save_lora_weights(
@@ -551,3 +556,36 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def build_clip_scorer_model(device: torch.device, *, small: bool = False, seed: int = 0):
+    """CLIP ViT-L/14 (openai/clip-vit-large-patch14: text 768 x 12, vision 1024 x 24, patch 14, 224 px,
+    projection 768) with random weights, and a processor: the scoring model of generate's CLIP check."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    if small:
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8)
+        image_size, projection = 32, 32
+    else:
+        text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+        vision = dict(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14
+        )
+        image_size, projection = 224, 768
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=77, hidden_act="quick_gelu", **text),
+        vision_config=dict(image_size=image_size, hidden_act="quick_gelu", **vision),
+        projection_dim=projection,
+    )
+    with torch.device(device):
+        model = CLIPModel(config)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        ),
+        tokenizer=tokenizer,
+    )
+    return model, processor

@@ -22,6 +22,14 @@ class ClipScorer:
         self.model = load("CLIP scoring model", source, CLIPModel.from_pretrained).to(self.device).eval()
         self.processor = load("CLIP processor", source, CLIPProcessor.from_pretrained)
 
+    @classmethod
+    def from_model(cls, model, processor, device: Device, source: str = "in-memory") -> ClipScorer:
+        """Wrap a model built elsewhere (the GPU benchmarks build full-size CLIP from its config)."""
+        scorer = cls.__new__(cls)
+        scorer.source, scorer.device = source, device.device
+        scorer.model, scorer.processor = model.to(device.device).eval(), processor
+        return scorer
+
     @torch.no_grad()
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
