@@ -10,7 +10,8 @@ Implementations:
 - baseline: plain diffusers usage, one frame per pipeline call, LoRA loaded with load_lora_weights (not fused),
   the IP-Adapter via load_ip_adapter, a random condition image and a random reference image.
 - ours: the project's own StoryRenderer.render (CLIP check included, thresholds at -1 so nothing is redone):
-  all frames of the story in one call, a batch of prompts with one seeded CPU generator per frame; ref_guided renders frame 1 alone (ControlNet and IP-Adapter present but
+  all frames of the story in one call, a batch of prompts with one seeded CPU generator per frame;
+  ref_guided renders frame 1 alone (ControlNet and IP-Adapter present but
   scaled to 0) and then frames 2-8 in one call, guided by frame 1 and OpenPose images of the planned poses.
   On top: the LoRA fused into the UNet (fuse_lora + unload_lora_weights, as StoryRenderer.load does; --no-fuse
   keeps it as separate peft layers for comparison), optional torch.compile of UNet and ControlNet, optional
