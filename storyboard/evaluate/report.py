@@ -35,7 +35,8 @@ def _table(rows: dict[str, dict]) -> str:
     table = pd.DataFrame(
         {name: {label: row.get(key) for key, label in TABLE_COLUMNS.items()} for name, row in rows.items()}
     ).T
-    return table.to_markdown(floatfmt=".3f", missingval="n/a")
+    # None survives as None (not NaN) so tabulate prints it as n/a
+    return table.astype(object).where(table.notna(), None).to_markdown(floatfmt=".3f", missingval="n/a")
 
 
 def results_markdown(metrics: dict, settings: Settings, face_backend: str, clip_model: str) -> str:
