@@ -276,27 +276,12 @@ def build_vae(
 
 
 def padded_vocab() -> dict[str, int]:
-    """A byte-level BPE vocab with no merges, padded to CLIP's 49408 entries with the specials last.
+    """The tiny profile's byte-level vocab padded to CLIP's 49408 entries, specials at CLIP's ids 49406/49407
+    (the text encoders pool at the highest id). Prompts tokenise to one token per character, so any prompt of
+    38+ characters fills all 77 positions, as the storyboard's real prompts do."""
+    from storyboard.models.tiny import byte_level_vocab
 
-    No real CLIP vocab is available offline (as in storyboard/models/tiny.py `_vocab`). Every printable byte is a
-    token, alone or word-final; fillers take the ids up to 49405 so the embedding tables have the real size, and
-    <|startoftext|>/<|endoftext|> get CLIP's ids 49406/49407 (the text encoders pool at the highest id).
-    Prompts tokenise to one token per character, so any prompt of 38+ characters fills all 77 positions, as real
-    prompts of the storyboard do; the encoders always see 77 positions anyway (padding="max_length").
-    """
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    symbols = sorted(ByteLevel.alphabet())
-    vocab: dict[str, int] = {}
-    for s in symbols:
-        vocab[s] = len(vocab)
-    for s in symbols:
-        vocab[s + "</w>"] = len(vocab)
-    while len(vocab) < VOCAB_SIZE - 2:
-        vocab[f"<|filler{len(vocab)}|>"] = len(vocab)
-    vocab["<|startoftext|>"] = VOCAB_SIZE - 2
-    vocab["<|endoftext|>"] = VOCAB_SIZE - 1
-    return vocab
+    return byte_level_vocab(VOCAB_SIZE)
 
 
 def build_tokenizer():

@@ -32,11 +32,12 @@ IMAGE_SIZE = 32  # CLIP vision input for the IP-Adapter encoder and the scoring 
 NATIVE_RESOLUTION = 64  # unet sample_size (32) x VAE scale (2)
 
 
-def _vocab() -> dict[str, int]:
+def byte_level_vocab(size: int | None = None) -> dict[str, int]:
     """A byte-level BPE vocab with no merges: every printable byte is a token, alone or word-final.
 
     No installed package ships a CLIP vocab, so we write one. Character-level tokens are enough for
-    plumbing: prompts tokenise, truncate at 77 and embed like real ones.
+    plumbing: prompts tokenise, truncate at 77 and embed like real ones. With `size`, filler tokens pad the
+    vocab to that many entries (the full-size benchmarks use CLIP's 49408), the two specials last.
     """
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -46,6 +47,8 @@ def _vocab() -> dict[str, int]:
         vocab[s] = len(vocab)
     for s in symbols:
         vocab[s + "</w>"] = len(vocab)
+    while size is not None and len(vocab) < size - 2:
+        vocab[f"<|filler{len(vocab)}|>"] = len(vocab)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     return vocab
@@ -54,7 +57,7 @@ def _vocab() -> dict[str, int]:
 def _tokenizer(folder: Path) -> None:
     from transformers import CLIPTokenizer
 
-    tok = CLIPTokenizer(vocab=_vocab(), merges=[], model_max_length=77)
+    tok = CLIPTokenizer(vocab=byte_level_vocab(), merges=[], model_max_length=77)
     # A constructor that silently ignores its vocab yields 2 tokens; check before anything trains on it.
     ids = tok("abc xyz").input_ids
     if len(tok) < 400 or len(ids) != 2 + len("abc") + len("xyz"):
@@ -65,7 +68,7 @@ def _tokenizer(folder: Path) -> None:
 def _text_config(**extra):
     from transformers import CLIPTextConfig
 
-    vocab_size = len(_vocab())
+    vocab_size = len(byte_level_vocab())
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=TEXT_DIM,

@@ -8,17 +8,14 @@ folder in $STORYBOARD_TEST_ARTIFACTS when set) for a person to look at.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pandas as pd
 import pytest
+from browser import chromium, keep_artifact
 from PIL import Image
 
 from storyboard import TINY_NOTICE
@@ -183,46 +180,6 @@ def test_missing_story_is_shown_not_fatal(tmp_path, params):
 # --- the real page in headless Chromium -------------------------------------------------------------------------
 
 
-def _unavailable(reason: str) -> NoReturn:
-    """Skip on a developer machine without a browser; fail in CI, which must run this test."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so the browser test must run", pytrace=False)
-    pytest.skip(reason)
-
-
-@contextmanager
-def _chromium(tmp_path: Path) -> Iterator:
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        _unavailable("selenium is not installed (pip install -e '.[dev]')")
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not chromedriver:
-        _unavailable("chromium and chromedriver must be on PATH (Debian: apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium  # with both paths given, selenium-manager is never run (no downloads)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,900",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    try:
-        driver.set_page_load_timeout(20)
-        yield driver
-    finally:
-        driver.quit()
-
-
 def _full_page_png(driver) -> bytes:
     """The whole page, not just the viewport: Chrome's DevTools capture beyond the viewport."""
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
@@ -242,7 +199,7 @@ def test_report_renders_in_chromium(tmp_path, params):
     moved = shutil.move(index.parent, tmp_path / "moved" / "report")
     shutil.rmtree(tmp_path / "outputs")
 
-    with _chromium(tmp_path) as driver:
+    with chromium(tmp_path) as driver:
         driver.get((Path(moved) / "index.html").as_uri())
         page = driver.execute_script(
             """
@@ -264,9 +221,7 @@ def test_report_renders_in_chromium(tmp_path, params):
 
     shot = tmp_path / "html_report.png"
     shot.write_bytes(png)
-    if artifacts := os.environ.get("STORYBOARD_TEST_ARTIFACTS"):
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(artifacts) / shot.name)
+    keep_artifact(shot)
 
     assert page["images"] == len(MODES) * len(STORIES) * FRAMES_PER_STORY
     assert page["broken"] == []

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import sqlite3
 import urllib.error
 import urllib.request
@@ -13,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import chromium, keep_artifact
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from storyboard.evaluate.study import (
@@ -305,57 +304,16 @@ def test_foreign_host_header_is_refused(server):
 # -- a real browser ------------------------------------------------------------------------------------------
 
 
-def _browser_or_skip():
-    """Headless Chromium through the system chromedriver; skipped when missing, unless CI is set."""
-    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package (pip install -e '.[dev]')")
-    if missing:
-        message = f"browser test needs {', '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def _keep_artifact(path: Path) -> None:
-    target = os.environ.get("STORYBOARD_TEST_ARTIFACTS")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, Path(target) / path.name)
-
-
 @pytest.mark.timeout(60)
 def test_a_rater_completes_the_study_in_chromium(outputs, tmp_path, monkeypatch):
-    _browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager reach for the network
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1100,1000",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
     db = tmp_path / "study.sqlite"
     answers: dict[str, tuple[int, str]] = {}  # label -> what we clicked
     with StudyServer(outputs, db, story_ids=["s1", "s2"]) as server:
-        driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=options)
-        try:
+        with chromium(tmp_path, window=(1100, 1000)) as driver:
             wait = WebDriverWait(driver, 10)
             driver.get(server.url)
             driver.find_element(By.ID, "rater").send_keys("Alice")
@@ -374,7 +332,7 @@ def test_a_rater_completes_the_study_in_chromium(outputs, tmp_path, monkeypatch)
                 if i == 0:
                     shot = tmp_path / "study_rating.png"
                     driver.save_screenshot(str(shot))
-                    _keep_artifact(shot)
+                    keep_artifact(shot)
                 driver.find_element(By.ID, "submit").click()
                 wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), f"{i + 1} of 6 rated"))
                 wait.until(ec.text_to_be_present_in_element((By.ID, "count"), f"{i + 1} rating"))
@@ -387,9 +345,7 @@ def test_a_rater_completes_the_study_in_chromium(outputs, tmp_path, monkeypatch)
                 assert mode not in driver.page_source
             shot = tmp_path / "study_done.png"
             driver.save_screenshot(str(shot))
-            _keep_artifact(shot)
-        finally:
-            driver.quit()
+            keep_artifact(shot)
         # Map what the page showed back to (story, mode) through the rater's order, as the server sees it.
         expected = {
             (item.story_id, item.mode): answers[f"Storyboard {label_for(i)}"]
