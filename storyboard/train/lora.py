@@ -352,8 +352,12 @@ class LoraTrainer:
 
     # --- checkpoints ---
 
+    def plain(self, model):
+        """The model without DDP or torch.compile wrappers: its state-dict keys are the module names."""
+        return self.accelerator.unwrap_model(model, keep_torch_compile=False)
+
     def state(self, step: int) -> dict:
-        unwrap = self.accelerator.unwrap_model
+        unwrap = self.plain
         return {
             "step": step,
             "lora": [_lora_tensors(unwrap(m)) for m in (self.unet, *self.text_encoders)],
@@ -370,7 +374,7 @@ class LoraTrainer:
 
     def load_state(self, state: dict) -> int:
         for model, lora in zip((self.unet, *self.text_encoders), state["lora"], strict=True):
-            result = self.accelerator.unwrap_model(model).load_state_dict(lora, strict=False)
+            result = self.plain(model).load_state_dict(lora, strict=False)
             if result.unexpected_keys:
                 raise TrainError(f"checkpoint does not fit the model: {result.unexpected_keys[:3]}...")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -383,7 +387,7 @@ class LoraTrainer:
         return int(state["step"])
 
     def lora_layers(self) -> dict[str, dict[str, torch.Tensor]]:
-        unwrap = self.accelerator.unwrap_model
+        unwrap = self.plain
         s = self.settings
         layers = {"unet_lora_layers": _lora_state(unwrap(self.unet), s.alpha, s.rank)}
         if self.text_encoders:
@@ -424,7 +428,7 @@ def _validation_images(trainer: LoraTrainer, settings: Train) -> list[Image.Imag
     """Fixed-seed samples from the LoRA as it is now, with the frozen parts already in memory."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    parts, unwrap = trainer.parts, trainer.accelerator.unwrap_model
+    parts, unwrap = trainer.parts, trainer.plain
     v = settings.validation
     pipe = StableDiffusionXLPipeline(
         vae=parts.vae,
