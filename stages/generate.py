@@ -1,12 +1,14 @@
-"""generate stage: render every planned story in one mode (baseline | lora | ref_guided)."""
+"""generate stage: render every planned story in one mode (baseline | lora | ref_guided).
+
+Several GPUs: `accelerate launch -m stages.generate <same arguments>` shards the stories across processes.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from storyboard.fsutil import atomic_path
 from storyboard.generate.render import MODES
-from storyboard.generate.run import render_plans
+from storyboard.generate.run import render_to
 from storyboard.stage import run_stage
 from storyboard.story.plan import read_plan
 
@@ -21,15 +23,14 @@ def arguments(parser) -> None:
 
 def main(args, settings) -> None:
     plans = [read_plan(Path(args.plans) / f"{story.id}.json") for story in settings.stories]
-    with atomic_path(Path(args.out)) as staged:
-        render_plans(
-            settings,
-            args.mode,
-            plans,
-            staged,
-            Path(args.lora) if args.lora else None,
-            Path(args.dataset) if args.dataset else None,
-        )
+    render_to(
+        settings,
+        args.mode,
+        plans,
+        Path(args.out),
+        Path(args.lora) if args.lora else None,
+        Path(args.dataset) if args.dataset else None,
+    )
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from storyboard import TINY_NOTICE
 from storyboard.caption.dataset import load_references
+from storyboard.fsutil import atomic_path
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.render import Mode, StoryRenderer
 from storyboard.log import logger
@@ -77,3 +80,37 @@ def render_plans(
         logger.info("%s/%s: %d frames in %.1f s -> %s", mode, plan.story_id, len(frames), seconds, out_dir)
         written.append(out_dir)
     return written
+
+
+def render_to(
+    settings: Settings,
+    mode: Mode,
+    plans: list[StoryPlan],
+    out: Path,
+    lora_dir: Path | None,
+    dataset_dir: Path | None = None,
+) -> None:
+    """Render all plans into `out`, atomically; under `accelerate launch`, the stories shard across processes.
+
+    Every process renders its share into one shared staging folder; when all are done, the main process renames
+    it into place, so `out` appears complete or not at all, whatever the number of processes.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes == 1:
+        with atomic_path(out) as staged:
+            render_plans(settings, mode, plans, staged, lora_dir, dataset_dir)
+        return
+    staging = out.parent / f".{out.name}.shards"
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    state.wait_for_everyone()
+    with state.split_between_processes(plans) as mine:
+        logger.info("process %d of %d: %d stories", state.process_index, state.num_processes, len(mine))
+        render_plans(settings, mode, list(mine), staging, lora_dir, dataset_dir)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        with atomic_path(out) as staged:
+            staging.rename(staged)

@@ -5,6 +5,7 @@ Nothing here knows which profile is active beyond `model_set()`, which turns the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ class Device:
             device = torch.device(runtime.device)
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ModelLoadError("runtime.device is cuda but no CUDA GPU is visible; set runtime.device: auto")
+        if device.type == "cuda":
+            # Under `accelerate launch`, each process takes the GPU of its local rank.
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if runtime.dtype == "auto":
             # bf16 on GPUs (SDXL's fp16 VAE overflows without the fp16-fix VAE); fp32 on CPUs, where
             # half precision is slower, not faster.
