@@ -208,3 +208,42 @@ def test_clear_errors(tmp_path, tiny_settings, tiny_models, cpu):
     )
     with pytest.raises(ModelLoadError, match="no-model"):
         _train(tmp_path, tmp_path / "d", tiny_settings, missing, cpu)
+
+
+def test_two_processes_train_with_ddp(tmp_path, tiny_dataset, tiny_settings):
+    """`accelerate launch` runs the stage on torchrun; two CPU processes exercise the same multi-process path."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    settings = tiny_settings.model_dump(mode="json")
+    settings["train"].update(max_steps=4, checkpoint_every=2, rank=4)
+    settings["train"]["validation"]["every"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    args += [
+        "-m",
+        "stages.train",
+        "--dataset",
+        str(tiny_dataset),
+        "--out",
+        "lora",
+        "--live",
+        "live",
+        "--checkpoints",
+        "ck",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_file(tmp_path / "lora/pytorch_lora_weights.safetensors")
+    assert len((tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()) == 5  # logged once, by rank 0
+    (run_dir,) = (tmp_path / "ck").iterdir()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["step-0000002", "step-0000004"]
