@@ -156,3 +156,7 @@ def test_tiny_pipeline_end_to_end(repo):
     assert _ran_stages(changed) == {"evaluate", *(f"generate@{m}" for m in MODES)}, changed
     changed_metrics = _json([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], root, env)["metrics/eval.json"]
     assert any(k.endswith("clip_text_score") for k in changed_metrics), changed_metrics
+
+    # changing a LoRA param retrains and reruns what uses the LoRA, and nothing else (not the baseline)
+    retrained = _run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.rank=8"], root, env)
+    assert _ran_stages(retrained) == {"train", "generate@lora", "generate@ref_guided", "evaluate"}, retrained
