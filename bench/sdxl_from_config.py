@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from storyboard.log import logger, setup_logging
+from storyboard.models.tiny import attention_hidden_size
 
 # ---------------------------------------------------------------------------------------------------------------
 # Published configs, written out. Keys are those of the config.json files; only keys the classes read are kept.
@@ -334,17 +335,6 @@ def build_controlnet(unet, *, small: bool = False):
     return controlnet
 
 
-def _hidden_size(unet_config, processor_name: str) -> int:
-    """The channel count of the block an attention processor sits in (tiny.py `_hidden_size`)."""
-    channels = unet_config.block_out_channels
-    if processor_name.startswith("mid_block"):
-        return channels[-1]
-    block = int(processor_name.split(".")[1])
-    if processor_name.startswith("up_blocks"):
-        return list(reversed(channels))[block]
-    return channels[block]
-
-
 def build_image_encoder(
     dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cuda", *, small: bool = False, seed: int = 0
 ):
@@ -413,7 +403,7 @@ def build_ip_adapter_files(
     for index, name in enumerate(unet.attn_processors):
         if name.endswith("attn1.processor"):
             continue
-        hidden = _hidden_size(unet.config, name)
+        hidden = attention_hidden_size(unet.config, name)
         tensors[f"ip_adapter.{index}.to_k_ip.weight"] = rand(hidden, cross)
         tensors[f"ip_adapter.{index}.to_v_ip.weight"] = rand(hidden, cross)
     save_file(tensors, folder / "ip-adapter.safetensors")

@@ -188,14 +188,15 @@ def _build_ip_adapter(unet, folder: Path) -> None:
     for index, name in enumerate(unet.attn_processors):
         if name.endswith("attn1.processor"):
             continue
-        hidden = _hidden_size(unet, name)
+        hidden = attention_hidden_size(unet.config, name)
         tensors[f"ip_adapter.{index}.to_k_ip.weight"] = torch.randn(hidden, CROSS_DIM) / CROSS_DIM**0.5
         tensors[f"ip_adapter.{index}.to_v_ip.weight"] = torch.randn(hidden, CROSS_DIM) / CROSS_DIM**0.5
     save_file(tensors, root / "ip-adapter.safetensors")
 
 
-def _hidden_size(unet, processor_name: str) -> int:
-    channels = unet.config.block_out_channels
+def attention_hidden_size(unet_config, processor_name: str) -> int:
+    """The channel count of the block an attention processor sits in: the width of its IP-Adapter projections."""
+    channels = unet_config.block_out_channels
     if processor_name.startswith("mid_block"):
         return channels[-1]
     block = int(processor_name.split(".")[1])
