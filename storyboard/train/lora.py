@@ -60,10 +60,13 @@ def load_examples(dataset_dir: Path) -> list[TrainExample]:
 
 
 def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution: int) -> str:
+    """Everything that shapes the weights: params, base model, data, and this package's code (a fixed bug must not
+    resume from checkpoints the bug made)."""
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
     # What only changes how often we look (logging, validation) does not change the weights.
     shaping = settings.model_dump(mode="json", exclude={"log_every", "validation", "checkpoints_keep"})
-    blob = json.dumps([shaping, models.base, hashlib.sha256(manifest).hexdigest(), resolution], sort_keys=True)
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
+    blob = json.dumps([shaping, models.base, hashlib.sha256(manifest).hexdigest(), resolution, code], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -491,46 +494,56 @@ def train_lora(
     run_dir = Path(checkpoint_root) / fingerprint(settings, models, dataset_dir, resolution)
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
+    # Per-step log (loss, step time, LR), kept in every checkpoint: DVC empties dvclive/ before a rerun, so a
+    # resumed run replays it and the plots cover the whole run, not just the part after the kill.
+    history: list[dict[str, float]] = []
     if (latest := _latest_checkpoint(run_dir)) is not None:
-        start_step = trainer.load_state(torch.load(latest / "state.pt", weights_only=False, map_location="cpu"))
+        state = torch.load(latest / "state.pt", weights_only=False, map_location="cpu")
+        start_step = trainer.load_state(state)
+        history = list(state.get("history", []))
         logger.info("resuming from %s (step %d of %d)", latest, start_step, steps)
 
     main = accelerator.is_main_process
-    losses: list[float] = []
-    live = (
-        Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=start_step > 0, report=None) if main else None
-    )
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) if main else None
+    for entry in history:
+        _log_step(live, entry)
     pending: list[torch.Tensor] = []
     window_start = time.perf_counter()
+    validated: set[int] = set()
+
+    def flush() -> None:
+        """The one host sync of the loop: read back the window of losses at once."""
+        nonlocal pending, window_start
+        if not pending:
+            return
+        values = torch.stack(pending).float().cpu().tolist()
+        step_time = (time.perf_counter() - window_start) / len(values)
+        lr = trainer.lr_scheduler.get_last_lr()[0]
+        for value in values:
+            history.append({"loss": value, "step_time_s": step_time, "learning_rate": lr})
+            _log_step(live, history[-1])
+        pending, window_start = [], time.perf_counter()
+        bar.set_postfix(loss=f"{values[-1]:.4f}", s_per_step=f"{step_time:.3f}")
+
+    def validate(step: int) -> None:
+        if main and settings.validation.every and settings.validation.prompts and step not in validated:
+            for i, image in enumerate(_validation_images(trainer, settings)):
+                live.log_image(f"validation/step{step:06d}_{i}.png", image)
+            validated.add(step)
+
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
     try:
         for step in bar:
             pending.append(trainer.step())
             done = step + 1
             if len(pending) == settings.log_every or done == steps:
-                # The one host sync: read back a window of losses at once.
-                values = torch.stack(pending).float().cpu().tolist()
-                step_time = (time.perf_counter() - window_start) / len(values)
-                pending, window_start = [], time.perf_counter()
-                losses += values
-                if live is not None:
-                    lr = trainer.lr_scheduler.get_last_lr()[0]
-                    for value in values:
-                        live.log_metric("loss", value)
-                        live.log_metric("step_time_s", step_time)
-                        live.log_metric("learning_rate", lr)
-                        live.next_step()
-                bar.set_postfix(loss=f"{values[-1]:.4f}", s_per_step=f"{step_time:.3f}")
-            if (
-                main
-                and settings.validation.every
-                and settings.validation.prompts
-                and done % settings.validation.every == 0
-            ):
-                for i, image in enumerate(_validation_images(trainer, settings)):
-                    live.log_image(f"validation/step{done:06d}_{i}.png", image)
+                flush()
+            if settings.validation.every and done % settings.validation.every == 0:
+                validate(done)
             if done % settings.checkpoint_every == 0 and done < steps and main:
-                _save_checkpoint(run_dir, trainer.state(done), settings.checkpoints_keep)
+                flush()  # the checkpoint carries the history up to its own step
+                _save_checkpoint(run_dir, {**trainer.state(done), "history": history}, settings.checkpoints_keep)
+        validate(steps)  # the final weights always get samples, also when a resume had nothing left to train
     except torch.cuda.OutOfMemoryError:
         raise TrainError(
             f"out of GPU memory at batch {settings.batch_size}, {resolution} px: lower train.batch_size (raise "
@@ -547,7 +560,7 @@ def train_lora(
         "images": len(examples),
         "buckets": {f"{b.bucket.width}x{b.bucket.height}": len(b.latents) for b in cache.buckets},
         "resolution": resolution,
-        "final_loss": losses[-1] if losses else None,
+        "final_loss": history[-1]["loss"] if history else None,
         "base_model": models.base,
         "rank": settings.rank,
         "alpha": settings.alpha,
@@ -558,9 +571,17 @@ def train_lora(
             StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **layers)
             export_kohya(staged / LORA_WEIGHTS, staged / KOHYA_WEIGHTS)
             write_json(staged / "training.json", summary)
-        _save_checkpoint(run_dir, trainer.state(steps), settings.checkpoints_keep)
+        _save_checkpoint(run_dir, {**trainer.state(steps), "history": history}, settings.checkpoints_keep)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _log_step(live, entry: dict[str, float]) -> None:
+    if live is None:
+        return
+    for name, value in entry.items():
+        live.log_metric(name, value)
+    live.next_step()
 
 
 def export_kohya(diffusers_file: Path, kohya_file: Path) -> None:

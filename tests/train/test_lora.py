@@ -58,6 +58,11 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, tiny_dataset, ti
         tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="resumed", checkpoints_keep=10
     )
     assert summary["resumed_from"] == 4
+    # the loss curve covers the whole run: steps 1-4 replayed from the checkpoint, 5-6 trained now
+    full_loss = (tmp_path / "full/live/plots/metrics/loss.tsv").read_text().splitlines()
+    resumed_loss = (tmp_path / "resumed/live/plots/metrics/loss.tsv").read_text().splitlines()
+    assert len(resumed_loss) == len(full_loss) == 7
+    assert resumed_loss[1:5] == full_loss[1:5]
     a = load_file(full / "pytorch_lora_weights.safetensors")
     b = load_file(resumed / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys()
@@ -247,3 +252,21 @@ def test_two_processes_train_with_ddp(tmp_path, tiny_dataset, tiny_settings):
     assert len((tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()) == 5  # logged once, by rank 0
     (run_dir,) = (tmp_path / "ck").iterdir()
     assert sorted(p.name for p in run_dir.iterdir()) == ["step-0000002", "step-0000004"]
+
+
+def test_a_rerun_of_a_finished_run_keeps_its_plots(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    """DVC empties dvclive/ before rerunning train; the finished run's checkpoint still yields every plot."""
+    validation = tiny_settings.train.validation.model_copy(
+        update={"every": 4, "prompts": ["aldar_kose_man"], "steps": 2}
+    )
+    first, _ = _train(
+        tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="a", max_steps=4, validation=validation
+    )
+    again, summary = _train(
+        tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="b", max_steps=4, validation=validation
+    )
+    assert summary["resumed_from"] == 4  # nothing left to train
+    assert len((tmp_path / "b/live/plots/metrics/loss.tsv").read_text().splitlines()) == 5
+    assert (tmp_path / "b/live/plots/images/validation/step000004_0.png").exists()
+    a, b = load_file(first / "pytorch_lora_weights.safetensors"), load_file(again / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
