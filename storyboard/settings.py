@@ -243,12 +243,6 @@ class Settings(_Section):
     def is_tiny(self) -> bool:
         return self.profile == "tiny"
 
-    def story(self, story_id: str) -> Story:
-        for story in self.stories:
-            if story.id == story_id:
-                return story
-        raise SettingsError(f"no story with id {story_id!r} in params.yaml stories ({self.story_ids()})")
-
     def story_ids(self) -> str:
         return ", ".join(s.id for s in self.stories)
 

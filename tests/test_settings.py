@@ -54,7 +54,6 @@ def test_repo_params_load() -> None:
     assert len(settings.stories) >= 3
     ids = [s.id for s in settings.stories]
     assert len(set(ids)) == len(ids)
-    assert settings.story(ids[0]).text
     assert settings.caption.background == (255, 255, 255)
     assert "{trigger}" in settings.caption.template
 
@@ -69,13 +68,6 @@ def test_profile_defaults_to_sdxl(tmp_path: Path, raw: dict[str, Any]) -> None:
 
 def test_copy_written_with_safe_dump_still_loads(tmp_path: Path, raw: dict[str, Any]) -> None:
     assert load_settings(_write(tmp_path, raw)) == load_settings(REPO_PARAMS)
-
-
-def test_unknown_story_id_lists_known_ids() -> None:
-    settings = load_settings(REPO_PARAMS)
-    with pytest.raises(SettingsError, match="no story with id 'nope'") as exc:
-        settings.story("nope")
-    assert settings.stories[0].id in str(exc.value)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def contact_sheet(frames: list[RenderedFrame], title: str, columns: int, notice:
     return sheet
 
 
-def story_gif(frames: list[RenderedFrame], frame_ms: int) -> list[Image.Image]:
+def story_gif(frames: list[RenderedFrame]) -> list[Image.Image]:
     """The kept frames at a viewable size, for an animated preview of the story."""
     size = max(THUMB_MIN, frames[0].image.width)
     return [f.image.resize((size, size * f.image.height // f.image.width), Image.Resampling.NEAREST) for f in frames]
@@ -79,5 +79,5 @@ def write_story_outputs(
             )
         write_json(staged / "metadata.json", {**metadata, "frames": records})
         sheet.save(staged / "contact_sheet.png")
-        gif = story_gif(frames, gif_frame_ms)
+        gif = story_gif(frames)
         gif[0].save(staged / "story.gif", save_all=True, append_images=gif[1:], duration=gif_frame_ms, loop=0)

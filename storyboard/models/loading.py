@@ -62,7 +62,7 @@ def load(what: str, source: str, loader: Callable[..., T], /, **kwargs) -> T:
     """Call `loader(source, **kwargs)`, turning "not found / no network" into one actionable message."""
     try:
         return loader(source, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         local = Path(source).exists()
         hint = (
             f"the folder {source} exists but does not hold a loadable {what}; delete it to rebuild"
