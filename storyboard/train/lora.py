@@ -507,9 +507,16 @@ def train_lora(
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) if main else None
     for entry in history:
         _log_step(live, entry)
+    # Validation samples are kept beside the checkpoints for the same reason, and logged again on resume.
+    samples_dir = run_dir / "validation"
+    validated: set[int] = set()  # steps whose samples are logged
+    if live is not None:
+        for sample in sorted(samples_dir.glob("step*.png")):
+            if (step := int(sample.name[4:10])) <= start_step:
+                live.log_image(f"validation/{sample.name}", Image.open(sample).convert("RGB"))
+                validated.add(step)
     pending: list[torch.Tensor] = []
     window_start = time.perf_counter()
-    validated: set[int] = set()
 
     def flush() -> None:
         """The one host sync of the loop: read back the window of losses at once."""
@@ -527,8 +534,11 @@ def train_lora(
 
     def validate(step: int) -> None:
         if main and settings.validation.every and settings.validation.prompts and step not in validated:
+            samples_dir.mkdir(exist_ok=True)
             for i, image in enumerate(_validation_images(trainer, settings)):
-                live.log_image(f"validation/step{step:06d}_{i}.png", image)
+                name = f"step{step:06d}_{i}.png"
+                live.log_image(f"validation/{name}", image)
+                image.save(samples_dir / name)
             validated.add(step)
 
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
