@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 # The tiny profile: random-weight models built offline, the drawn sample set, offline captions and plans,
 # and fewer denoising steps (its frames are noise anyway: it checks plumbing, not quality).
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
-             -S generate.steps=10
+             -S generate.steps=10 -S train.compile=none
 
 .PHONY: install browser run tiny test lint print-tiny-flags
 

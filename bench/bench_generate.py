@@ -11,11 +11,12 @@ Implementations:
   the IP-Adapter via load_ip_adapter, a random condition image and a random reference image.
 - ours: the project's own StoryRenderer.render (CLIP check included, thresholds at -1 so nothing is redone):
   all frames of the story in one call, a batch of prompts with one seeded CPU generator per frame;
-  ref_guided renders frame 1 alone (ControlNet and IP-Adapter present but
-  scaled to 0) and then frames 2-8 in one call, guided by frame 1 and OpenPose images of the planned poses.
+  ref_guided renders frame 1 alone (a plain SDXL pipeline over the same components: no ControlNet pass, the
+  IP-Adapter at 0) and then frames 2-8 in one call, guided by frame 1 and OpenPose images of the planned poses.
   On top: the LoRA fused into the UNet (fuse_lora + unload_lora_weights, as StoryRenderer.load does; --no-fuse
-  keeps it as separate peft layers for comparison), optional torch.compile of UNet and ControlNet, optional
-  channels_last. The VAE decodes in bf16 (the fp16-fix VAE config; diffusers never upcasts a bf16 VAE).
+  keeps it as separate peft layers for comparison), optional torch.compile of UNet and ControlNet
+  (generate.compile, applied by StoryRenderer), optional channels_last. The VAE decodes in bf16 (the fp16-fix
+  VAE config; diffusers never upcasts a bf16 VAE).
 
 Both impls get the same negative prompt, steps, guidance and scales (params.yaml's generate section).
 
@@ -133,12 +134,6 @@ class Run:
                 pipe.unet.to(memory_format=torch.channels_last)
                 if mode == "ref_guided":
                     pipe.controlnet.to(memory_format=torch.channels_last)
-            if args.compile:
-                # dynamic=False: a story has two fixed batch shapes (1 and 7 frames in ref_guided); without it
-                # dynamo would compile a third, dynamic-shape graph after seeing the second.
-                pipe.unet = torch.compile(pipe.unet, mode=args.compile_mode, dynamic=False)
-                if mode == "ref_guided":
-                    pipe.controlnet = torch.compile(pipe.controlnet, mode=args.compile_mode, dynamic=False)
         self.pipe = pipe
         self.size = args.resolution
         self.prompts, self.poses = story(args.frames)
@@ -193,6 +188,8 @@ class Run:
             likeness_threshold=-1.0,
             max_retries=0,
             reference="frame",
+            compile=a.compile,  # applied by StoryRenderer, as in the stage
+            compile_mode=a.compile_mode,
         )
         device = Device(self.device, a.torch_dtype)
         model, processor = sdxl.build_clip_scorer_model(self.device, small=a.small, seed=a.seed)
@@ -327,7 +324,12 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=None, help="pixels (1024; 64 with --small)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--no-fuse", action="store_true", help="ours: keep the LoRA unfused (for comparison)")
-    parser.add_argument("--compile", action="store_true", help="ours: torch.compile UNet (and ControlNet)")
+    parser.add_argument(
+        "--compile",
+        default="none",
+        choices=["none", "blocks", "model"],
+        help="ours: generate.compile (torch.compile of UNet and ControlNet, applied by StoryRenderer)",
+    )
     parser.add_argument(
         "--compile-mode",
         default="default",
@@ -376,7 +378,7 @@ def main() -> None:
             "resolution": args.resolution,
             "dtype": args.dtype,
             "lora_rank": LORA_RANK,
-            "compile_mode": args.compile_mode if args.compile else None,
+            "compile_mode": args.compile_mode if args.compile != "none" else None,
         },
         "results": results,
     }

@@ -66,7 +66,7 @@ class Config:
     device: torch.device
     small: bool
     seed: int
-    compile: bool
+    compile: str
     compile_mode: str
     channels_last: bool
     gradient_checkpointing: bool
@@ -242,6 +242,7 @@ class OursTrainer:
             mixed_precision="bf16" if device.type == "cuda" else "no",
             gradient_checkpointing=cfg.gradient_checkpointing,
             compile=cfg.compile,
+            compile_mode=cfg.compile_mode,
             seed=cfg.seed,
         )
         accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=device.type != "cuda")
@@ -324,7 +325,9 @@ def main() -> None:
         choices=["bfloat16", "float32"],
         help="ours: UNet weight dtype (default --dtype; float32: fp32 frozen UNet under bf16 autocast)",
     )
-    parser.add_argument("--compile", action="store_true", help="ours: torch.compile the UNet")
+    parser.add_argument(
+        "--compile", default="none", choices=["none", "blocks", "model"], help="ours: train.compile (the UNet)"
+    )
     parser.add_argument(
         "--compile-mode", default="default", help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)"
     )
@@ -346,7 +349,7 @@ def main() -> None:
     if device.type != "cuda" and not args.small:
         parser.error("full-size SDXL training needs a GPU; use --small for the CPU check")
     resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
-    warmup = args.warmup if args.warmup is not None else (1 if args.small else 8 if args.compile else 3)
+    warmup = args.warmup if args.warmup is not None else (1 if args.small else 8 if args.compile != "none" else 3)
     steps = args.steps if args.steps is not None else (2 if args.small else 10)
     dtype = getattr(torch, args.dtype)
     # Fixed shapes per config, so the timed steps reuse the cuDNN/inductor choices made in warmup.
@@ -365,7 +368,8 @@ def main() -> None:
             "warmup_steps": warmup,
             "timed_steps": steps,
             "gradient_checkpointing": args.gradient_checkpointing,
-            "compile_mode": args.compile_mode if args.compile else None,
+            "compile": args.compile,
+            "compile_mode": args.compile_mode,
         },
         "results": results,
     }
@@ -382,7 +386,7 @@ def main() -> None:
                 device=device,
                 small=args.small,
                 seed=args.seed,
-                compile=args.compile and impl == "ours",
+                compile=args.compile if impl == "ours" else "none",
                 compile_mode=args.compile_mode,
                 channels_last=False,
                 gradient_checkpointing=args.gradient_checkpointing,

@@ -195,3 +195,15 @@ def test_settings_are_frozen() -> None:
     settings = load_settings(REPO_PARAMS)
     with pytest.raises(Exception, match="frozen"):
         settings.train.rank = 4  # type: ignore[misc]
+
+
+def test_generate_blocks_compile_refuses_cuda_graphs(tmp_path: Path, raw: dict[str, Any]) -> None:
+    data = _set(_set(raw, "generate.compile", "blocks"), "generate.compile_mode", "reduce-overhead")
+    message = _error(tmp_path, data)
+    assert "generate" in message and "compile_mode default, or compile model" in message
+    data = _set(_set(raw, "generate.compile", "model"), "generate.compile_mode", "reduce-overhead")
+    assert load_settings(_write(tmp_path, data)).generate.compile_mode == "reduce-overhead"
+
+
+def test_compile_scope_is_a_choice(tmp_path: Path, raw: dict[str, Any]) -> None:
+    assert "train.compile" in _error(tmp_path, _set(raw, "train.compile", True))

@@ -19,7 +19,9 @@ def tiny_settings(params: Settings, tmp_path_factory) -> Settings:
     """The repo's params on the tiny profile, with models built in a session temp folder."""
     root = tmp_path_factory.mktemp("tiny-models")
     models = params.models.model_copy(update={"tiny": params.models.tiny.model_copy(update={"root": root})})
-    return params.model_copy(update={"profile": "tiny", "models": models})
+    # Eager, as `make tiny` runs: compiling on a CPU only slows a plumbing check (compile has its own tests).
+    train = params.train.model_copy(update={"compile": "none"})
+    return params.model_copy(update={"profile": "tiny", "models": models, "train": train})
 
 
 @pytest.fixture(scope="session")

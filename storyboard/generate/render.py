@@ -16,6 +16,7 @@ same whether rendered alone or in a batch. Retries are batched too.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from PIL import Image
 
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
+from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend, largest_face
 from storyboard.models.loading import Device, attach_ip_adapter, attach_lora, load_pipeline, native_resolution
 from storyboard.settings import Character, Generate, ModelSet
@@ -130,6 +132,16 @@ class StoryRenderer:
         """Wrap a ready pipeline (see `load` for the usual way to get one)."""
         self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
         self.device, self.references, self.faces = device, references, faces
+        # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same components (no copies)
+        # renders it without running the ControlNet, which a ControlNet pipeline runs even at scale 0.
+        # (Built directly: `from_pipe` would cast the shared modules to its own dtype argument.)
+        self.first_pipe = None
+        if mode == "ref_guided":
+            from diffusers import StableDiffusionXLPipeline
+
+            wanted = inspect.signature(StableDiffusionXLPipeline.__init__).parameters
+            self.first_pipe = StableDiffusionXLPipeline(**{k: v for k, v in pipe.components.items() if k in wanted})
+            self.first_pipe.set_progress_bar_config(disable=True)
         self._memory_knobs()
         self.resolution = settings.resolution or native_resolution(self.pipe)
 
@@ -167,10 +179,10 @@ class StoryRenderer:
             pipe.vae.enable_slicing()
         if s.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device.device)
-        if s.compile:
-            pipe.unet = torch.compile(pipe.unet)
-            if getattr(pipe, "controlnet", None) is not None:
-                pipe.controlnet = torch.compile(pipe.controlnet)
+        # In place: the pipeline for ref_guided's frame 1 shares this UNet and gets the compiled one too.
+        compile_in_place(pipe.unet, s.compile, s.compile_mode)
+        if getattr(pipe, "controlnet", None) is not None:
+            compile_in_place(pipe.controlnet, s.compile, s.compile_mode)
 
     def _run(
         self, prompts: list[str], seeds: list[int], poses: list[str] | None, reference: Image.Image | None
@@ -186,17 +198,17 @@ class StoryRenderer:
             generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
         )
         if self.mode == "ref_guided":
-            conditions = [render_openpose(get_pose(p), self.resolution, self.resolution) for p in poses or []]
             if reference is None:
-                # Frame 1 is the LoRA alone: ControlNet and IP-Adapter are present in the pipeline but scaled to
-                # zero, which removes their contribution exactly.
+                # Frame 1 is the LoRA alone: no ControlNet, and the IP-Adapter scaled to zero, which its attention
+                # skips (the UNet still wants image embeddings, so the encoder sees a blank image once).
                 self.pipe.set_ip_adapter_scale(0.0)
-                kwargs.update(image=conditions, controlnet_conditioning_scale=0.0, ip_adapter_image=conditions[0])
-            else:
-                self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
-                kwargs.update(
-                    image=conditions, controlnet_conditioning_scale=s.controlnet_scale, ip_adapter_image=reference
-                )
+                blank = Image.new("RGB", (self.resolution, self.resolution))
+                return self.first_pipe(**kwargs, ip_adapter_image=blank).images
+            self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
+            conditions = [render_openpose(get_pose(p), self.resolution, self.resolution) for p in poses or []]
+            kwargs.update(
+                image=conditions, controlnet_conditioning_scale=s.controlnet_scale, ip_adapter_image=reference
+            )
         return self.pipe(**kwargs).images
 
     def _attempt(self, frames: list[RenderedFrame], attempt: int, reference: Image.Image | None) -> None:

@@ -12,6 +12,7 @@ fast, resumable and portable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ from storyboard.caption.dataset import read_manifest
 from storyboard.errors import StoryboardError
 from storyboard.fsutil import atomic_path, write_json
 from storyboard.log import logger
+from storyboard.models.compiling import compile_in_place, mark_step_begin
 from storyboard.models.loading import Device, load
 from storyboard.settings import ModelSet, Train
 from storyboard.train.buckets import Bucket, fit_to_bucket, make_buckets, nearest_bucket
@@ -260,6 +262,15 @@ class LoraTrainer:
         # LoRA weights train in fp32 on top of frozen low-precision weights: updates smaller than bf16's step
         # would otherwise vanish.
         cast_training_params(trained, dtype=torch.float32)
+        # peft casts each LoRA layer's input to the LoRA weights' dtype: under autocast that is a full fp32 copy
+        # of every projection's input, cast straight back to bf16 by the matmul. Autocast alone does it right.
+        self._contexts = contextlib.ExitStack()
+        if accelerator.mixed_precision != "no":
+            from peft.helpers import disable_input_dtype_casting
+
+            for model in trained:
+                self._contexts.enter_context(disable_input_dtype_casting(model))
+        compile_in_place(self.unet, s.compile, s.compile_mode)
         groups = [{"params": _trainable(self.unet), "lr": s.learning_rate}]
         groups += [{"params": _trainable(e), "lr": s.text_encoder_learning_rate} for e in self.text_encoders]
         if not groups[0]["params"]:
@@ -274,8 +285,6 @@ class LoraTrainer:
         )
         prepared = accelerator.prepare(self.unet, *self.text_encoders, self.optimizer, self.lr_scheduler)
         self.unet, *self.text_encoders, self.optimizer, self.lr_scheduler = prepared
-        if s.compile:
-            self.unet = torch.compile(self.unet)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.generator = torch.Generator(device=parts.device).manual_seed(s.seed + accelerator.process_index)
         # Bucket choice runs on the CPU (a multinomial draw on the GPU would sync); seeded alike.
@@ -301,17 +310,17 @@ class LoraTrainer:
         t = torch.randint(0, self.timesteps, (s.batch_size,), generator=gen, device=dev)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         drop = torch.rand(s.batch_size, generator=gen, device=dev) < s.caption_dropout if s.caption_dropout else None
-        if self.text_encoders:
-            tokens = bucket.tokens[idx]
-            if drop is not None:
-                tokens = torch.where(drop[:, None, None], cache.empty_tokens, tokens)
-            embeds, pooled = self.parts.encode_tokens(tokens)
-        else:
-            embeds, pooled = bucket.prompt_embeds[idx], bucket.pooled[idx]
-            if drop is not None:
-                embeds = torch.where(drop[:, None, None], cache.empty_embeds, embeds)
-                pooled = torch.where(drop[:, None], cache.empty_pooled, pooled)
         with self.accelerator.autocast():
+            if self.text_encoders:
+                tokens = bucket.tokens[idx]
+                if drop is not None:
+                    tokens = torch.where(drop[:, None, None], cache.empty_tokens, tokens)
+                embeds, pooled = self.parts.encode_tokens(tokens)
+            else:
+                embeds, pooled = bucket.prompt_embeds[idx], bucket.pooled[idx]
+                if drop is not None:
+                    embeds = torch.where(drop[:, None, None], cache.empty_embeds, embeds)
+                    pooled = torch.where(drop[:, None], cache.empty_pooled, pooled)
             pred = self.unet(
                 noisy,
                 t,
@@ -334,6 +343,7 @@ class LoraTrainer:
     def step(self) -> torch.Tensor:
         """One optimizer step (gradient_accumulation_steps micro-batches); returns the mean loss, on device."""
         total = None
+        mark_step_begin(self.settings.compile, self.settings.compile_mode)
         # Buckets for this step's micro-batches, drawn in proportion to their size.
         self.bucket_order = torch.multinomial(
             self.cache.bucket_weights,
@@ -444,7 +454,8 @@ def _validation_images(trainer: LoraTrainer, settings: Train) -> list[Image.Imag
     )
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(device=parts.device).manual_seed(v.seed)
-    with torch.no_grad(), trainer.accelerator.autocast():
+    # Eager, even with train.compile: a few samples now and then don't repay compiling inference graphs.
+    with torch.no_grad(), trainer.accelerator.autocast(), torch.compiler.set_stance("force_eager"):
         return pipe(v.prompts, num_inference_steps=v.steps, generator=generator).images
 
 

@@ -146,6 +146,20 @@ def test_modes_differ_and_ref_guided_uses_the_reference(tiny_settings, tiny_mode
     assert np.abs(_pixels(other[0].images[0]) - _pixels(ref[1].image)).mean() > 0.1
 
 
+def test_ref_guided_frame_1_skips_the_controlnet(tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    renderer = _renderer("ref_guided", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0)
+    batches = []  # the batch size of every ControlNet pass
+    renderer.pipe.controlnet.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    frames = [
+        RenderedFrame(index=i, frame=f, prompt=frame_prompt(f, tiny_settings.character, ""))
+        for i, f in enumerate(PLAN.frames, start=1)
+    ]
+    renderer._attempt(frames[:1], 0, None)
+    assert batches == []  # frame 1: the LoRA alone, no ControlNet pass at all
+    renderer._attempt(frames[1:], 0, reference=Image.new("RGB", (64, 64), "white"))
+    assert len(batches) == 3 and set(batches) == {2 * 2}  # frames 2-3 with classifier-free guidance, 3 steps
+
+
 def test_story_outputs(tmp_path, tiny_settings, tiny_models, cpu, scorer, lora_dir):
     frames = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0).render(PLAN)
     sheet = contact_sheet(frames, "test | lora", columns=2, notice="tiny profile: plumbing only")

@@ -273,3 +273,61 @@ def test_a_rerun_of_a_finished_run_keeps_its_plots(tmp_path, tiny_dataset, tiny_
     assert (tmp_path / "b/live/plots/images/validation/step000002_0.png").read_bytes() == a_png
     a, b = load_file(first / "pytorch_lora_weights.safetensors"), load_file(again / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; a test with other precision needs it reset, before and after."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+@pytest.mark.parametrize("text_encoder_lora", [False, True], ids=["unet", "unet+text"])
+def test_mixed_precision_step_keeps_lora_inputs_in_half_precision(
+    tiny_dataset, tiny_settings, tiny_models, text_encoder_lora
+):
+    """Under autocast, peft must not copy every LoRA input to fp32: the matmul casts it back anyway."""
+    from accelerate import Accelerator
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from storyboard.train.lora import LatentCache, LoraTrainer, SdxlParts, load_examples
+
+    settings = tiny_settings.train.model_copy(update={"rank": 4, "text_encoder_lora": text_encoder_lora})
+    accelerator = Accelerator(mixed_precision="bf16", cpu=True)  # CPU autocast: the GPU path's plumbing
+    parts = SdxlParts(tiny_models, accelerator.device, torch.bfloat16)
+    cache = LatentCache.build(parts, load_examples(tiny_dataset), settings, 64)
+    trainer = LoraTrainer(parts, cache, settings, accelerator, total_steps=2)
+    layers = [m for model in (trainer.unet, *trainer.text_encoders) for m in model.modules()]
+    layers = [m for m in layers if isinstance(m, BaseTunerLayer)]
+    assert layers and not any(m.cast_input_dtype_enabled for m in layers)
+    inputs = []
+    layers[0].lora_A["default"].register_forward_pre_hook(lambda module, args: inputs.append(args[0].dtype))
+    losses = [float(trainer.step()) for _ in range(2)]
+    assert inputs == [torch.bfloat16, torch.bfloat16] and all(torch.isfinite(torch.tensor(losses)))
+    assert trainer.params[0].dtype == torch.float32  # the LoRA weights themselves train in fp32
+
+
+def test_compiled_blocks_train_like_eager(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    """train.compile=blocks (the GPU default, here without CUDA graphs, which need a GPU) reaches eager's weights."""
+    eager, _ = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="eager", max_steps=2)
+    compiled, _ = _train(
+        tmp_path,
+        tiny_dataset,
+        tiny_settings,
+        tiny_models,
+        cpu,
+        name="blocks",
+        max_steps=2,
+        compile="blocks",
+        compile_mode="default",
+    )
+    a, b = (
+        load_file(eager / "pytorch_lora_weights.safetensors"),
+        load_file(compiled / "pytorch_lora_weights.safetensors"),
+    )
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
