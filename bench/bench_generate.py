@@ -209,7 +209,17 @@ class Run:
     def ours_story(self) -> list[Image.Image]:
         if not hasattr(self, "renderer"):
             self.renderer = self._ours_renderer()
-        return [f.image for f in self.renderer.render(self._plan())]
+        plan = self._plan()
+        first = None
+        if self.args.first_from_lora and self.mode == "ref_guided":
+            # What `storyboard generate --mode all` does: frame 1 comes from the lora mode of the same run (its
+            # cost is in the lora figure). A random image stands in for it: the cost of the rest is the same.
+            from storyboard.generate.render import Attempt, RenderedFrame, frame_prompt
+
+            prompt = frame_prompt(plan.frames[0], self.renderer.character, self.renderer.settings.style)
+            image = random_image(self.size, 7)
+            first = RenderedFrame(1, plan.frames[0], prompt, [Attempt(SEED + 1, 0.0, None, 0.0)], image)
+        return [f.image for f in self.renderer.render(plan, first=first)]
 
     # -- the measurement -----------------------------------------------------------------------------------
 
@@ -225,7 +235,7 @@ class Run:
         if self.impl == "baseline":
             return [self.baseline_frame(i) for i in range(len(self.prompts))], len(self.prompts)
         images = self.ours_story()
-        return images, (2 if self.mode == "ref_guided" and len(images) > 1 else 1)
+        return images, (2 if self.mode == "ref_guided" and len(images) > 1 and not self.args.first_from_lora else 1)
 
 
 def build_files(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Path]:
@@ -255,6 +265,7 @@ def run_one(
         result.update(
             fused_lora=mode != "baseline" and not args.no_fuse, compile=args.compile, channels_last=args.channels_last
         )
+        result.update(first_from_lora=args.first_from_lora and mode == "ref_guided")
     run = None
     try:
         free_memory(device)
@@ -336,6 +347,11 @@ def main() -> None:
         help="torch.compile mode: default, or max-autotune-no-cudagraphs (faster kernels, much longer compile)",
     )
     parser.add_argument("--channels-last", action="store_true", help="ours: channels_last UNet/ControlNet")
+    parser.add_argument(
+        "--first-from-lora",
+        action="store_true",
+        help="ours, ref_guided: frame 1 handed over from the lora mode, as in a run of all modes (timed: frames 2-8)",
+    )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where LoRA/IP-Adapter files go (kept; default a temp dir)"
     )

@@ -23,9 +23,11 @@ def _generate(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{story.id}.plan.json").write_text(plan_to_json(plan), encoding="utf-8")
     modes = MODES if args.mode == "all" else (args.mode,)
-    lora = Path(args.lora)
-    for mode in modes:
-        for folder in render_plans(settings, mode, [plan], out / mode, None if mode == "baseline" else lora):
+    lora = None if modes == ("baseline",) else Path(args.lora)
+    # One run for all modes: the models load once and ref_guided reuses lora's frame 1.
+    written = render_plans(settings, modes, [plan], {mode: out / mode for mode in modes}, lora)
+    for folders in written.values():
+        for folder in folders:
             logger.info("contact sheet: %s", folder / "contact_sheet.png")
 
 

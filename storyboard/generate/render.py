@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,7 +30,14 @@ from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend, largest_face
-from storyboard.models.loading import Device, attach_ip_adapter, attach_lora, load_pipeline, native_resolution
+from storyboard.models.loading import (
+    Device,
+    attach_ip_adapter,
+    attach_lora,
+    load_pipeline,
+    native_resolution,
+    with_controlnet,
+)
 from storyboard.settings import Character, Generate, ModelSet
 from storyboard.story.plan import Frame, StoryPlan
 from storyboard.story.poses import get_pose, render_openpose
@@ -158,18 +166,8 @@ class StoryRenderer:
         references: torch.Tensor | None = None,
         faces: FaceBackend | None = None,
     ) -> StoryRenderer:
-        """Load the mode's models once: the pipeline, the LoRA fused into it, the IP-Adapter for ref_guided."""
-        pipe = load_pipeline(models, device, controlnet=mode == "ref_guided")
-        if mode != "baseline":
-            if lora_dir is None:
-                raise ValueError(f"mode {mode} needs a LoRA folder")
-            attach_lora(pipe, lora_dir)
-            # Fused into the UNet weights: the same result as a live adapter, without its cost in every step.
-            pipe.fuse_lora(adapter_names=["character"], lora_scale=settings.lora_scale)
-            pipe.unload_lora_weights()
-        if mode == "ref_guided":
-            attach_ip_adapter(pipe, models, settings.ip_adapter_scale)
-        return cls(mode, pipe, settings, character, scorer, device, references, faces)
+        """Load one mode's models: the pipeline, the LoRA fused into it, the IP-Adapter for ref_guided."""
+        return next(load_renderers((mode,), settings, character, models, device, scorer, lora_dir, references, faces))
 
     def _memory_knobs(self) -> None:
         s, pipe = self.settings, self.pipe
@@ -256,26 +254,68 @@ class StoryRenderer:
             logger.info("%d frame(s) below the CLIP checks; retry %d of %d", len(pending), attempt, s.max_retries)
             self._attempt(pending, attempt, reference)
 
-    def render(self, plan: StoryPlan) -> list[RenderedFrame]:
+    def render(self, plan: StoryPlan, first: RenderedFrame | None = None) -> list[RenderedFrame]:
+        """Render a plan. ref_guided may be given `first`: frame 1 as the lora mode settled it, which is exactly
+        what ref_guided would render for it (the LoRA alone, same prompt and seeds), so it is not rendered again."""
         frames = [
             RenderedFrame(index=i, frame=f, prompt=frame_prompt(f, self.character, self.settings.style))
             for i, f in enumerate(plan.frames, start=1)
         ]
         warn_if_truncated(self.pipe, [f.prompt for f in frames])
-        first, rest = frames[0], frames[1:]
+        rest = frames[1:]
         if self.mode == "ref_guided":
             # Later frames are conditioned on frame 1, so it is settled first, alone.
-            self._attempt([first], 0, None)
-            self._settle([first], None, None)
+            if first is not None and first.prompt == frames[0].prompt:
+                frames[0] = first
+            else:
+                self._attempt(frames[:1], 0, None)
+                self._settle(frames[:1], None, None)
+            first = frames[0]
             reference = first.image if self.settings.reference == "frame" else face_crop(first.image, self.faces)
             self._attempt(rest, 0, reference)
         else:
             # One batch for the whole story; frame 1 settles first because the others are judged against it.
-            reference = None
+            first, reference = frames[0], None
             self._attempt(frames, 0, None)
             self._settle([first], None, None)
-        anchor = first.features[first.best]
+        anchor = self.scorer.image_features([first.image])[0] if not first.features else first.features[first.best]
         self._settle(rest, anchor, reference)
         for f in frames:
             f.images, f.features = [], []  # only the kept image leaves the renderer
         return frames
+
+
+def load_renderers(
+    modes: Sequence[Mode],
+    settings: Generate,
+    character: Character,
+    models: ModelSet,
+    device: Device,
+    scorer: ClipScorer,
+    lora_dir: Path | None,
+    references: torch.Tensor | None = None,
+    faces: FaceBackend | None = None,
+) -> Iterator[StoryRenderer]:
+    """One renderer per requested mode, in the order baseline, lora, ref_guided, over models loaded once.
+
+    The modes build on each other: the LoRA is fused into the UNet that baseline used, and ref_guided adds the
+    ControlNet and IP-Adapter around that same UNet. So a renderer is only valid until the next is yielded.
+    """
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    pipe = load_pipeline(models, device)
+    fused = False
+    for mode in (m for m in MODES if m in modes):
+        if mode != "baseline" and not fused:
+            if lora_dir is None:
+                raise ValueError(f"mode {mode} needs a LoRA folder")
+            attach_lora(pipe, lora_dir)
+            # Fused into the UNet weights: the same result as a live adapter, without its cost in every step.
+            pipe.fuse_lora(adapter_names=["character"], lora_scale=settings.lora_scale)
+            pipe.unload_lora_weights()
+            fused = True
+        if mode == "ref_guided":
+            pipe = with_controlnet(pipe, models, device)
+            attach_ip_adapter(pipe, models, settings.ip_adapter_scale)
+        yield StoryRenderer(mode, pipe, settings, character, scorer, device, references, faces)

@@ -23,11 +23,15 @@ def compile_in_place(module: torch.nn.Module, scope: CompileScope, mode: Compile
         return 0
     kwargs = {} if mode == "default" else {"mode": mode}
     if scope == "model":
+        if module._compiled_call_impl is not None:
+            return 0  # already compiled: modes that share a UNet compile it once
         module.compile(**kwargs)
         compiled = 1
     else:
         names = set(getattr(module, "_repeated_blocks", None) or DEFAULT_REPEATED_BLOCKS)
-        blocks = [m for m in module.modules() if type(m).__name__ in names]
+        blocks = [m for m in module.modules() if type(m).__name__ in names and m._compiled_call_impl is None]
+        if not blocks:
+            return 0
         for block in blocks:
             block.compile(**kwargs)
         compiled = len(blocks)

@@ -5,6 +5,7 @@ Nothing here knows which profile is active beyond `model_set()`, which turns the
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,22 +75,29 @@ def load(what: str, source: str, loader: Callable[..., T], /, **kwargs) -> T:
         raise ModelLoadError(f"could not load the {what} from {source}: {hint}. ({type(e).__name__}: {e})") from e
 
 
-def load_pipeline(models: ModelSet, device: Device, *, controlnet: bool = False):
-    """SDXL text-to-image pipeline, or the ControlNet variant, on `device`."""
-    from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+def load_pipeline(models: ModelSet, device: Device):
+    """The SDXL text-to-image pipeline on `device`."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
     extra = {}
     if models.vae:
         extra["vae"] = load("VAE", models.vae, AutoencoderKL.from_pretrained, dtype=device.dtype)
-    if controlnet:
-        extra["controlnet"] = load("ControlNet", models.controlnet, ControlNetModel.from_pretrained, dtype=device.dtype)
-        cls = StableDiffusionXLControlNetPipeline
-    else:
-        cls = StableDiffusionXLPipeline
-    logger.info("loading %s from %s (%s, %s)", cls.__name__, models.base, device.device, device.dtype)
-    pipe = load("SDXL base model", models.base, cls.from_pretrained, dtype=device.dtype, **extra)
+    logger.info("loading SDXL from %s (%s, %s)", models.base, device.device, device.dtype)
+    pipe = load("SDXL base model", models.base, StableDiffusionXLPipeline.from_pretrained, dtype=device.dtype, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device.device)
+
+
+def with_controlnet(pipe, models: ModelSet, device: Device):
+    """The ControlNet variant of `pipe`: its own modules (not copies) plus the ControlNet, loaded onto `device`."""
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    controlnet = load("ControlNet", models.controlnet, ControlNetModel.from_pretrained, dtype=device.dtype)
+    wanted = inspect.signature(StableDiffusionXLControlNetPipeline.__init__).parameters
+    shared = {k: v for k, v in pipe.components.items() if k in wanted and k != "controlnet"}
+    controlnet_pipe = StableDiffusionXLControlNetPipeline(**shared, controlnet=controlnet.to(device.device))
+    controlnet_pipe.set_progress_bar_config(disable=True)
+    return controlnet_pipe
 
 
 def attach_lora(pipe, lora_dir: Path, *, adapter_name: str = "character") -> None:

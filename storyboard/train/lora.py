@@ -3,7 +3,8 @@ fast, resumable and portable.
 
 - Speed: VAE latents and text embeddings are computed once (they don't change while only LoRA weights train), so a
   step is one UNet forward and backward; frozen weights in bf16 with fp32 LoRA weights, fused AdamW, SDPA
-  attention, optional torch.compile, and no host sync in the step loop (losses are read back every `log_every`).
+  attention, no host sync in the step loop (losses are read back every `log_every`), and by default the UNet's
+  transformer blocks compiled and replayed as CUDA graphs: the eager step is bound by kernel launches on the host.
 - Aspect-ratio buckets: each picture trains at the shape nearest its own.
 - Checkpoints hold LoRA weights, optimizer, LR schedule, RNG and step, under a folder named by a fingerprint of all
   that shapes the run, so a resumed run never mixes with one of other params; a half-written one never counts.

@@ -10,24 +10,7 @@ from PIL import Image
 
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.render import SEED_STRIDE, RenderedFrame, StoryRenderer, frame_prompt
-from storyboard.models.clip import ClipScorer
 from storyboard.story.plan import Frame, StoryPlan
-from storyboard.train.lora import train_lora
-
-
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory, tiny_dataset, tiny_settings, tiny_models, cpu):
-    root = tmp_path_factory.mktemp("lora")
-    settings = tiny_settings.train.model_copy(
-        update={"max_steps": 4, "checkpoint_every": 4, "rank": 4, "learning_rate": 0.05}
-    )
-    train_lora(tiny_dataset, root / "lora", root / "live", root / "ckpt", settings, tiny_models, cpu)
-    return root / "lora"
-
-
-@pytest.fixture(scope="module")
-def scorer(tiny_models, cpu):
-    return ClipScorer(tiny_models.clip, cpu)
 
 
 def _renderer(mode, tiny_settings, tiny_models, cpu, scorer, lora_dir, **generate):

@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from storyboard.models.loading import attach_ip_adapter, load_pipeline, native_resolution
+from storyboard.models.loading import attach_ip_adapter, load_pipeline, native_resolution, with_controlnet
 from storyboard.models.tiny import build_tiny_models
 
 
@@ -22,10 +22,10 @@ def test_tiny_models_load_through_from_pretrained(tiny_models, cpu):
     # our own vocab: hundreds of tokens, one per character, not a 2-token stub
     assert len(pipe.tokenizer) > 500
     assert len(pipe.tokenizer("ab c").input_ids) == 2 + 3
-    cn = load_pipeline(tiny_models, cpu, controlnet=True)
+    cn = with_controlnet(pipe, tiny_models, cpu)
     assert isinstance(cn, StableDiffusionXLControlNetPipeline)
     attach_ip_adapter(cn, tiny_models, 0.5)
-    assert cn.image_encoder is not None
+    assert cn.image_encoder is not None and cn.unet is pipe.unet  # the same modules, not copies
     assert any("IPAdapter" in type(p).__name__ for p in cn.unet.attn_processors.values())
 
 

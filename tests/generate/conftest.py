@@ -1,0 +1,23 @@
+"""Fixtures of the generate tests: a LoRA trained in a few steps, and the CLIP scorer."""
+
+from __future__ import annotations
+
+import pytest
+
+from storyboard.models.clip import ClipScorer
+from storyboard.train.lora import train_lora
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, tiny_dataset, tiny_settings, tiny_models, cpu):
+    root = tmp_path_factory.mktemp("lora")
+    settings = tiny_settings.train.model_copy(
+        update={"max_steps": 4, "checkpoint_every": 4, "rank": 4, "learning_rate": 0.05}
+    )
+    train_lora(tiny_dataset, root / "lora", root / "live", root / "ckpt", settings, tiny_models, cpu)
+    return root / "lora"
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_models, cpu):
+    return ClipScorer(tiny_models.clip, cpu)
