@@ -13,7 +13,7 @@ Implementations:
   all frames of the story in one call, a batch of prompts with one seeded CPU generator per frame;
   ref_guided renders frame 1 alone (a plain SDXL pipeline over the same components: no ControlNet pass, the
   IP-Adapter at 0) and then frames 2-8 in one call, guided by frame 1 and OpenPose images of the planned poses.
-  On top: the LoRA fused into the UNet (fuse_lora + unload_lora_weights, as StoryRenderer.load does; --no-fuse
+  On top: the LoRA fused into the UNet (fuse_lora + unload_lora_weights, as load_renderers does; --no-fuse
   keeps it as separate peft layers for comparison), optional torch.compile of UNet and ControlNet
   (generate.compile, applied by StoryRenderer), optional channels_last. The VAE decodes in bf16 (the fp16-fix
   VAE config; diffusers never upcasts a bf16 VAE).

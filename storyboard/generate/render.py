@@ -16,7 +16,6 @@ same whether rendered alone or in a batch. Retries are batched too.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from storyboard.models.loading import (
     attach_lora,
     load_pipeline,
     native_resolution,
+    over_same_modules,
     with_controlnet,
 )
 from storyboard.settings import Character, Generate, ModelSet
@@ -137,37 +137,18 @@ class StoryRenderer:
         references: torch.Tensor | None = None,
         faces: FaceBackend | None = None,
     ):
-        """Wrap a ready pipeline (see `load` for the usual way to get one)."""
+        """Wrap a ready pipeline (`load_renderers` is the usual way to get one)."""
         self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
         self.device, self.references, self.faces = device, references, faces
-        # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same components (no copies)
-        # renders it without running the ControlNet, which a ControlNet pipeline runs even at scale 0.
-        # (Built directly: `from_pipe` would cast the shared modules to its own dtype argument.)
+        # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same modules renders it without
+        # running the ControlNet, which a ControlNet pipeline runs even at scale 0.
         self.first_pipe = None
         if mode == "ref_guided":
             from diffusers import StableDiffusionXLPipeline
 
-            wanted = inspect.signature(StableDiffusionXLPipeline.__init__).parameters
-            self.first_pipe = StableDiffusionXLPipeline(**{k: v for k, v in pipe.components.items() if k in wanted})
-            self.first_pipe.set_progress_bar_config(disable=True)
+            self.first_pipe = over_same_modules(StableDiffusionXLPipeline, pipe)
         self._memory_knobs()
         self.resolution = settings.resolution or native_resolution(self.pipe)
-
-    @classmethod
-    def load(
-        cls,
-        mode: Mode,
-        settings: Generate,
-        character: Character,
-        models: ModelSet,
-        device: Device,
-        scorer: ClipScorer,
-        lora_dir: Path | None,
-        references: torch.Tensor | None = None,
-        faces: FaceBackend | None = None,
-    ) -> StoryRenderer:
-        """Load one mode's models: the pipeline, the LoRA fused into it, the IP-Adapter for ref_guided."""
-        return next(load_renderers((mode,), settings, character, models, device, scorer, lora_dir, references, faces))
 
     def _memory_knobs(self) -> None:
         s, pipe = self.settings, self.pipe

@@ -88,16 +88,24 @@ def load_pipeline(models: ModelSet, device: Device):
     return pipe.to(device.device)
 
 
+def over_same_modules(pipeline_class, pipe, **extra):
+    """A pipeline of another class over `pipe`'s own modules (not copies), plus `extra` ones.
+
+    Built directly: `from_pipe` would also cast every shared module to its dtype argument (float32 by default).
+    """
+    wanted = inspect.signature(pipeline_class.__init__).parameters
+    shared = {k: v for k, v in pipe.components.items() if k in wanted and k not in extra}
+    other = pipeline_class(**shared, **extra)
+    other.set_progress_bar_config(disable=True)
+    return other
+
+
 def with_controlnet(pipe, models: ModelSet, device: Device):
-    """The ControlNet variant of `pipe`: its own modules (not copies) plus the ControlNet, loaded onto `device`."""
+    """The ControlNet variant of `pipe`: its own modules plus the ControlNet, loaded onto `device`."""
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
     controlnet = load("ControlNet", models.controlnet, ControlNetModel.from_pretrained, dtype=device.dtype)
-    wanted = inspect.signature(StableDiffusionXLControlNetPipeline.__init__).parameters
-    shared = {k: v for k, v in pipe.components.items() if k in wanted and k != "controlnet"}
-    controlnet_pipe = StableDiffusionXLControlNetPipeline(**shared, controlnet=controlnet.to(device.device))
-    controlnet_pipe.set_progress_bar_config(disable=True)
-    return controlnet_pipe
+    return over_same_modules(StableDiffusionXLControlNetPipeline, pipe, controlnet=controlnet.to(device.device))
 
 
 def attach_lora(pipe, lora_dir: Path, *, adapter_name: str = "character") -> None:

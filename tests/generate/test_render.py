@@ -9,15 +9,14 @@ import pytest
 from PIL import Image
 
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
-from storyboard.generate.render import SEED_STRIDE, RenderedFrame, StoryRenderer, frame_prompt
+from storyboard.generate.render import SEED_STRIDE, RenderedFrame, frame_prompt, load_renderers
 from storyboard.story.plan import Frame, StoryPlan
 
 
 def _renderer(mode, tiny_settings, tiny_models, cpu, scorer, lora_dir, **generate):
     settings = tiny_settings.generate.model_copy(update={"steps": 3, **generate})
-    return StoryRenderer.load(
-        mode, settings, tiny_settings.character, tiny_models, cpu, scorer, None if mode == "baseline" else lora_dir
-    )
+    lora = None if mode == "baseline" else lora_dir
+    return next(load_renderers((mode,), settings, tiny_settings.character, tiny_models, cpu, scorer, lora))
 
 
 PLAN = StoryPlan(
