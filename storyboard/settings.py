@@ -33,6 +33,10 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 CompileScope = Literal["none", "blocks", "model"]
 # torch.compile's modes; reduce-overhead adds CUDA graphs, which remove the per-kernel launch cost.
 CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
+# Weight and activation quantization of the denoisers' Linear layers (torchao), for speed: int8 runs on any
+# device, fp8 needs a GPU of compute capability 8.9 or newer (H100, L4, RTX 40xx). Both change the frames a
+# little; none keeps the model's own precision.
+Quantize = Literal["none", "int8", "fp8"]
 
 
 class Character(_Section):
@@ -214,6 +218,7 @@ class Generate(_Section):
     cpu_offload: bool = Field(False, description="model CPU offload for small GPUs (slower)")
     compile: CompileScope = Field("none", description="torch.compile the UNet (and ControlNet)")
     compile_mode: CompileMode = "default"
+    quantize: Quantize = Field("none", description="int8 | fp8 Linear layers of the UNet/ControlNet (torchao)")
 
     @field_validator("resolution")
     @classmethod

@@ -207,3 +207,9 @@ def test_generate_blocks_compile_refuses_cuda_graphs(tmp_path: Path, raw: dict[s
 
 def test_compile_scope_is_a_choice(tmp_path: Path, raw: dict[str, Any]) -> None:
     assert "train.compile" in _error(tmp_path, _set(raw, "train.compile", True))
+
+
+def test_quantize_is_a_choice_and_off_by_default(tmp_path: Path, raw: dict[str, Any]) -> None:
+    assert load_settings(REPO_PARAMS).generate.quantize == "none"
+    assert "generate.quantize" in _error(tmp_path, _set(raw, "generate.quantize", "int4"))
+    assert load_settings(_write(tmp_path, _set(raw, "generate.quantize", "fp8"))).generate.quantize == "fp8"

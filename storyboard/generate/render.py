@@ -16,6 +16,7 @@ same whether rendered alone or in a batch. Retries are batched too.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from storyboard.models.loading import (
     over_same_modules,
     with_controlnet,
 )
+from storyboard.models.quantizing import check_quantize_supported, quantize_in_place
 from storyboard.settings import Character, Generate, ModelSet
 from storyboard.story.plan import Frame, StoryPlan
 from storyboard.story.poses import get_pose, render_openpose
@@ -158,10 +160,22 @@ class StoryRenderer:
             pipe.vae.enable_slicing()
         if s.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device.device)
-        # In place: the pipeline for ref_guided's frame 1 shares this UNet and gets the compiled one too.
-        compile_in_place(pipe.unet, s.compile, s.compile_mode)
-        if getattr(pipe, "controlnet", None) is not None:
-            compile_in_place(pipe.controlnet, s.compile, s.compile_mode)
+        # Quantized, then compiled (so the quantizing fuses into the compiled kernels), both in place: the pipeline
+        # for ref_guided's frame 1 shares these modules and gets the same ones.
+        denoisers = [pipe.unet] + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
+        for module in denoisers:
+            quantize_in_place(module, s.quantize)
+            compile_in_place(module, s.compile, s.compile_mode)
+        if s.quantize != "none" and s.compile == "none":
+            logger.warning(
+                "generate.quantize: %s without generate.compile: torchao's quantized layers are fast only when "
+                "compiled (the quantizing is fused into the matmuls); set generate.compile: model",
+                s.quantize,
+            )
+        if s.compile != "none":
+            # The VAE decoder too, whole and without CUDA graphs (it runs once per batch): at 1024 px its
+            # eager kernels spend most of their time converting layouts, which compiling removes.
+            compile_in_place(pipe.vae.decoder, "model", "default")
 
     def _run(
         self, prompts: list[str], seeds: list[int], poses: list[str] | None, reference: Image.Image | None
@@ -285,6 +299,7 @@ def load_renderers(
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    check_quantize_supported(settings.quantize, device.device)
     pipe = load_pipeline(models, device)
     fused = False
     for mode in (m for m in MODES if m in modes):
@@ -299,4 +314,10 @@ def load_renderers(
         if mode == "ref_guided":
             pipe = with_controlnet(pipe, models, device)
             attach_ip_adapter(pipe, models, settings.ip_adapter_scale)
-        yield StoryRenderer(mode, pipe, settings, character, scorer, device, references, faces)
+        own = pipe
+        if mode == "baseline" and settings.quantize != "none" and len(set(modes)) > 1:
+            # Quantizing can't be undone, and the LoRA is fused into these weights next: baseline quantizes a copy.
+            from diffusers import StableDiffusionXLPipeline
+
+            own = over_same_modules(StableDiffusionXLPipeline, pipe, unet=copy.deepcopy(pipe.unet))
+        yield StoryRenderer(mode, own, settings, character, scorer, device, references, faces)

@@ -51,3 +51,30 @@ def test_one_run_of_all_modes_gives_the_frames_of_separate_runs(tmp_path, tiny_s
     lora_meta = json.loads((together["lora"] / plan.story_id / "metadata.json").read_text())
     assert meta["frame_1_from"] == "lora" and lora_meta["frame_1_from"] is None
     assert meta["frames"][0]["attempts"] == lora_meta["frames"][0]["attempts"]
+
+
+def test_quantized_modes_in_one_run_give_the_frames_of_separate_runs(tmp_path, tiny_settings, lora_dir):
+    settings = _settings(tiny_settings)
+    quantized = settings.model_copy(update={"generate": settings.generate.model_copy(update={"quantize": "int8"})})
+    plan = plan_story(OfflinePlanner(settings.plan), settings.stories[0], settings.character)
+    modes = ("baseline", "lora")
+    together = {mode: tmp_path / "together" / mode for mode in modes}
+    render_plans(quantized, list(modes), [plan], together, lora_dir)
+    for mode in modes:
+        # baseline quantizes a copy of the UNet, so the LoRA is still fused into the unquantized weights
+        alone = {mode: tmp_path / "alone" / mode}
+        render_plans(quantized, [mode], [plan], alone, lora_dir)
+        assert all(
+            np.array_equal(x, y)
+            for x, y in zip(_frames(together[mode] / plan.story_id), _frames(alone[mode] / plan.story_id), strict=True)
+        ), mode
+    # close to the frames of the unquantized model, not the same
+    plain = {"lora": tmp_path / "plain"}
+    render_plans(settings, ["lora"], [plan], plain, lora_dir)
+    diffs = [
+        np.abs(x - y).mean()
+        for x, y in zip(_frames(together["lora"] / plan.story_id), _frames(plain["lora"] / plan.story_id), strict=True)
+    ]
+    assert 0 < max(diffs) < 2  # of 255
+    meta = json.loads((together["lora"] / plan.story_id / "metadata.json").read_text())
+    assert meta["generate"]["quantize"] == "int8"
