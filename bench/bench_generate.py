@@ -15,8 +15,9 @@ Implementations:
   IP-Adapter at 0) and then frames 2-8 in one call, guided by frame 1 and OpenPose images of the planned poses.
   On top: the LoRA fused into the UNet (fuse_lora + unload_lora_weights, as load_renderers does; --no-fuse
   keeps it as separate peft layers for comparison), optional torch.compile of UNet and ControlNet
-  (generate.compile, applied by StoryRenderer), optional channels_last. The VAE decodes in bf16 (the fp16-fix
-  VAE config; diffusers never upcasts a bf16 VAE).
+  (generate.compile, applied by StoryRenderer; it compiles the VAE decoder too), optional quantization of their
+  Linear layers (generate.quantize: int8 or fp8 with torchao), optional channels_last. The VAE decodes in bf16
+  (the fp16-fix VAE config; diffusers never upcasts a bf16 VAE).
 
 Both impls get the same negative prompt, steps, guidance and scales (params.yaml's generate section).
 
@@ -190,6 +191,7 @@ class Run:
             reference="frame",
             compile=a.compile,  # applied by StoryRenderer, as in the stage
             compile_mode=a.compile_mode,
+            quantize=a.quantize,  # applied by StoryRenderer too
         )
         device = Device(self.device, a.torch_dtype)
         model, processor = sdxl.build_clip_scorer_model(self.device, small=a.small, seed=a.seed)
@@ -263,7 +265,10 @@ def run_one(
     result: dict[str, Any] = {"impl": impl, "mode": mode, "frames": args.frames}
     if impl == "ours":
         result.update(
-            fused_lora=mode != "baseline" and not args.no_fuse, compile=args.compile, channels_last=args.channels_last
+            fused_lora=mode != "baseline" and not args.no_fuse,
+            compile=args.compile,
+            quantize=args.quantize,
+            channels_last=args.channels_last,
         )
         result.update(first_from_lora=args.first_from_lora and mode == "ref_guided")
     run = None
@@ -345,6 +350,12 @@ def main() -> None:
         "--compile-mode",
         default="default",
         help="torch.compile mode: default, or max-autotune-no-cudagraphs (faster kernels, much longer compile)",
+    )
+    parser.add_argument(
+        "--quantize",
+        default="none",
+        choices=["none", "int8", "fp8"],
+        help="ours: generate.quantize (torchao, the denoisers' Linear layers; changes the numbers a little)",
     )
     parser.add_argument("--channels-last", action="store_true", help="ours: channels_last UNet/ControlNet")
     parser.add_argument(

@@ -1,0 +1,270 @@
+"""Milliseconds per call of the pieces of one story render, full-size SDXL with random weights, under kernel options.
+
+A story of 8 frames at 1024 px with guidance runs the UNet 30 times on a batch of 16 latents (128x128), the
+ControlNet (ref_guided) 30 times on 14, and the VAE decoder once on 8. This times each piece alone, so an option
+(attention backend, channels_last, fused QKV projections, torch.compile modes) can be judged before it is wired
+into the project, and says where the time goes (kernel families under the profiler).
+
+Variants are `+`-joined options: eager, cudnn (SDPA's cuDNN backend first), cl (channels_last), fqkv
+(fuse_qkv_projections), fp8 (torchao: every nn.Linear as fp8 e4m3 with row-wise scales, dynamic activations;
+changes the numbers, unlike the others), compile / compile-ro / compile-mat (torch.compile default / reduce-overhead /
+max-autotune-no-cudagraphs, whole module), flags (diffusers' inductor flags for max-autotune).
+
+    python bench/bench_components.py --parts unet,vae --variants eager,cudnn,compile+cudnn --out $OUT/parts.json
+    python bench/bench_components.py --small --device cpu     # CPU check, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sdxl_from_config as sdxl  # noqa: E402
+from _common import (  # noqa: E402
+    emit,
+    environment,
+    free_memory,
+    is_oom,
+    memory,
+    parse_list,
+    pick_device,
+    reset_peak,
+    save_partial,
+    synchronize,
+)
+
+from storyboard.log import logger, setup_logging  # noqa: E402
+
+PARTS = ("unet", "controlnet", "vae")
+OPTIONS = ("eager", "cudnn", "cl", "fqkv", "fp8", "compile", "compile-ro", "compile-mat", "flags")
+# diffusers' "accelerate inference" guide sets these for max-autotune.
+INDUCTOR_FLAGS = dict(
+    conv_1x1_as_mm=True,
+    coordinate_descent_tuning=True,
+    epilogue_fusion=False,
+    coordinate_descent_check_all_directions=True,
+)
+COMPILE_MODES = {"compile": None, "compile-ro": "reduce-overhead", "compile-mat": "max-autotune-no-cudagraphs"}
+KERNEL_FAMILIES = (  # first match wins; names as the profiler shows CUDA kernels
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")),
+    ("conv", ("conv", "fprop", "dgrad", "implicit_gemm", "nhwc", "nchw")),
+    ("gemm", ("gemm", "xmma", "cutlass", "sm90_", "matmul", "mm_")),
+    ("norm", ("norm", "welford")),
+)
+
+
+def kernel_family(name: str) -> str:
+    lowered = name.lower()
+    for family, keys in KERNEL_FAMILIES:
+        if any(k in lowered for k in keys):
+            return family
+    return "other (elementwise, copies, triton fusions)"
+
+
+class Part:
+    """One module and the inputs of its call in a story render."""
+
+    def __init__(self, part: str, options: set[str], args: argparse.Namespace, device: torch.device):
+        dtype, small = args.torch_dtype, args.small
+        frames, latent = args.frames, args.resolution // 8
+        self.part = part
+        self.unet = None
+        if part in ("unet", "controlnet"):
+            unet = sdxl.build_unet(dtype, device, small=small, seed=args.seed)
+            batch = 2 * (frames if part == "unet" else frames - 1)  # guidance doubles the batch
+            cfg = unet.config
+            text_dim = cfg.cross_attention_dim
+            pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            self.inputs = dict(
+                sample=torch.randn(batch, cfg.in_channels, latent, latent, device=device, dtype=dtype),
+                timestep=torch.tensor(500.0, device=device),
+                encoder_hidden_states=torch.randn(batch, 77, text_dim, device=device, dtype=dtype),
+                added_cond_kwargs={
+                    "text_embeds": torch.randn(batch, pooled, device=device, dtype=dtype),
+                    "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=dtype),
+                },
+                return_dict=False,
+            )
+            if part == "controlnet":
+                self.module = sdxl.build_controlnet(unet, small=small)
+                del unet
+                # The condition image is as large as the latents times the condition embedding's downsampling.
+                side = latent * 2 ** (len(self.module.config.conditioning_embedding_out_channels) - 1)
+                self.inputs.update(
+                    controlnet_cond=torch.rand(batch, 3, side, side, device=device, dtype=dtype),
+                    conditioning_scale=0.8,
+                )
+            else:
+                self.module = unet
+        elif part == "vae":
+            vae = sdxl.build_vae(dtype, device, small=small, seed=args.seed)
+            self.module = vae
+            self.inputs = dict(
+                z=torch.randn(frames, vae.config.latent_channels, latent, latent, device=device, dtype=dtype),
+                return_dict=False,
+            )
+        else:
+            raise ValueError(part)
+        self.module.eval().requires_grad_(False)
+        if "fqkv" in options:
+            self.module.fuse_qkv_projections()
+        if "cl" in options:
+            self.module.to(memory_format=torch.channels_last)
+        if "fp8" in options:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+            quantize_(self.module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        self.call = self.module.decode if part == "vae" else self.module
+        compile_option = next((o for o in options if o in COMPILE_MODES), None)
+        if compile_option:
+            mode = COMPILE_MODES[compile_option]
+            target = self.module.decoder if part == "vae" else self.module
+            target.compile(**({"mode": mode} if mode else {}))
+        self.graphs = compile_option == "compile-ro"
+        self.attention = "cudnn" if "cudnn" in options else None
+
+    def sdpa(self):
+        if self.attention != "cudnn":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # Order = preference: cuDNN where it takes the shape, the usual backends where it doesn't.
+        return sdpa_kernel(
+            [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+            set_priority=True,
+        )
+
+    def __call__(self):
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad(), self.sdpa():
+            out = self.call(**self.inputs)
+        return out
+
+
+def kernel_breakdown(run: Part, device: torch.device) -> dict[str, Any]:
+    """GPU ms per call by kernel family, and the top kernels, from one profiled call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        synchronize(device)
+    families: dict[str, float] = defaultdict(float)
+    kernels = []
+    for e in prof.key_averages():
+        us = e.self_device_time_total
+        if us <= 0:
+            continue
+        families[kernel_family(e.key)] += us / 1e3
+        kernels.append((us / 1e3, e.count, e.key[:110]))
+    kernels.sort(reverse=True)
+    return {
+        "gpu_ms": round(sum(families.values()), 2),
+        "families_ms": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"ms": round(ms, 2), "calls": n, "name": name} for ms, n, name in kernels[:12]],
+    }
+
+
+def time_calls(run: Part, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Warm-up seconds (compiling included), then ms per call over `args.iters` calls and the peak memory."""
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        run()
+    synchronize(device)
+    warmup_s = time.perf_counter() - t0
+    reset_peak(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(args.iters):
+            run()
+        end.record()
+        synchronize(device)
+        ms = start.elapsed_time(end) / args.iters
+    else:
+        t0 = time.perf_counter()
+        for _ in range(args.iters):
+            run()
+        ms = (time.perf_counter() - t0) * 1e3 / args.iters
+    return dict(
+        warmup_s=round(warmup_s, 2), ms_per_call=round(ms, 2), peak_reserved_gib=memory(device)["peak_reserved_gib"]
+    )
+
+
+def measure(part: str, variant: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    options = set(variant.split("+"))
+    unknown = options - set(OPTIONS)
+    if unknown:
+        raise SystemExit(f"unknown options {sorted(unknown)} in variant {variant!r}; use {', '.join(OPTIONS)}")
+    result: dict[str, Any] = {"part": part, "variant": variant}
+    run = None
+    # Compiling happens at the first call, so the flags must hold through the warm-up.
+    flags = torch._inductor.config.patch(**INDUCTOR_FLAGS) if "flags" in options else contextlib.nullcontext()
+    try:
+        free_memory(device)
+        with flags:
+            run = Part(part, options, args, device)
+            result.update(time_calls(run, args, device))
+            if args.breakdown and device.type == "cuda" and not run.graphs:
+                result["kernels"] = kernel_breakdown(run, device)
+        logger.info(
+            "%s / %s: %.2f ms per call (warm-up %.1f s)", part, variant, result["ms_per_call"], result["warmup_s"]
+        )
+    except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
+        logger.warning("%s / %s failed: %s", part, variant, str(e).splitlines()[0][:300])
+        result.update(error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", oom=is_oom(e))
+    finally:
+        run = None
+        free_memory(device)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="unet,vae", help=f"comma list of {', '.join(PARTS)}")
+    parser.add_argument("--variants", default="eager,cudnn", help="comma list of +-joined options")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=None, help="pixels (1024; 64 with --small)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--breakdown", action="store_true", help="profile one call: GPU ms per kernel family")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--small", action="store_true", help="tiny models: the CPU check")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    setup_logging()
+    device = pick_device(args.device)
+    args.resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
+    args.torch_dtype = getattr(torch, args.dtype)
+    torch.backends.cudnn.benchmark = True
+    results: list[dict[str, Any]] = []
+    payload = {
+        "bench": "components",
+        **environment(device),
+        "small": args.small,
+        "settings": {"frames": args.frames, "resolution": args.resolution, "dtype": args.dtype},
+        "results": results,
+    }
+    for part in parse_list(args.parts):
+        if part not in PARTS:
+            parser.error(f"unknown part {part!r}; use {', '.join(PARTS)}")
+        for variant in parse_list(args.variants):
+            results.append(measure(part, variant, args, device))
+            save_partial(payload, args.out)
+    emit(payload, args.out)
+
+
+if __name__ == "__main__":
+    main()
