@@ -154,17 +154,19 @@ class StoryRenderer:
 
     def _memory_knobs(self) -> None:
         s, pipe = self.settings, self.pipe
+        # Quantized first (while the weights are on the device, before any offloading), compiled last (so the
+        # quantizing fuses into the compiled kernels); both in place: the pipeline for ref_guided's frame 1
+        # shares these modules and gets the same ones.
+        denoisers = [pipe.unet] + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
+        for module in denoisers:
+            quantize_in_place(module, s.quantize)
         if s.vae_tiling:
             pipe.vae.enable_tiling()
         if s.vae_slicing:
             pipe.vae.enable_slicing()
         if s.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device.device)
-        # Quantized, then compiled (so the quantizing fuses into the compiled kernels), both in place: the pipeline
-        # for ref_guided's frame 1 shares these modules and gets the same ones.
-        denoisers = [pipe.unet] + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
         for module in denoisers:
-            quantize_in_place(module, s.quantize)
             compile_in_place(module, s.compile, s.compile_mode)
         if s.quantize != "none" and s.compile == "none":
             logger.warning(
