@@ -6,8 +6,8 @@ ControlNet (ref_guided) 30 times on 14, and the VAE decoder once on 8. This time
 into the project, and says where the time goes (kernel families under the profiler).
 
 Variants are `+`-joined options: eager, cudnn (SDPA's cuDNN backend first), cl (channels_last), fqkv
-(fuse_qkv_projections), fp8 (torchao: every nn.Linear as fp8 e4m3 with row-wise scales, dynamic activations;
-changes the numbers, unlike the others), compile / compile-ro / compile-mat (torch.compile default / reduce-overhead /
+(fuse_qkv_projections), int8 / fp8 (generate.quantize's torchao quantization of the Linear layers; changes the
+numbers, unlike the others), compile / compile-ro / compile-mat (torch.compile default / reduce-overhead /
 max-autotune-no-cudagraphs, whole module), flags (diffusers' inductor flags for max-autotune).
 
     python bench/bench_components.py --parts unet,vae --variants eager,cudnn,compile+cudnn --out $OUT/parts.json
@@ -45,7 +45,7 @@ from _common import (  # noqa: E402
 from storyboard.log import logger, setup_logging  # noqa: E402
 
 PARTS = ("unet", "controlnet", "vae")
-OPTIONS = ("eager", "cudnn", "cl", "fqkv", "fp8", "compile", "compile-ro", "compile-mat", "flags")
+OPTIONS = ("eager", "cudnn", "cl", "fqkv", "int8", "fp8", "compile", "compile-ro", "compile-mat", "flags")
 # diffusers' "accelerate inference" guide sets these for max-autotune.
 INDUCTOR_FLAGS = dict(
     conv_1x1_as_mm=True,
@@ -119,10 +119,11 @@ class Part:
             self.module.fuse_qkv_projections()
         if "cl" in options:
             self.module.to(memory_format=torch.channels_last)
-        if "fp8" in options:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        for kind in ("int8", "fp8"):
+            if kind in options:
+                from storyboard.models.quantizing import quantize_in_place
 
-            quantize_(self.module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+                quantize_in_place(self.module, kind)  # as generate.quantize does it
         self.call = self.module.decode if part == "vae" else self.module
         compile_option = next((o for o in options if o in COMPILE_MODES), None)
         if compile_option:
