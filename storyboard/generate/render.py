@@ -149,10 +149,10 @@ class StoryRenderer:
             from diffusers import StableDiffusionXLPipeline
 
             self.first_pipe = over_same_modules(StableDiffusionXLPipeline, pipe)
-        self._memory_knobs()
+        self._apply_knobs()
         self.resolution = settings.resolution or native_resolution(self.pipe)
 
-    def _memory_knobs(self) -> None:
+    def _apply_knobs(self) -> None:
         s, pipe = self.settings, self.pipe
         # Quantized first (while the weights are on the device, before any offloading), compiled last (so the
         # quantizing fuses into the compiled kernels); both in place: the pipeline for ref_guided's frame 1
@@ -170,8 +170,8 @@ class StoryRenderer:
             compile_in_place(module, s.compile, s.compile_mode)
         if s.quantize != "none" and s.compile == "none":
             logger.warning(
-                "generate.quantize: %s without generate.compile: torchao's quantized layers are fast only when "
-                "compiled (the quantizing is fused into the matmuls); set generate.compile: model",
+                "generate.quantize: %s without generate.compile: torchao's quantized layers are meant to run "
+                "compiled (which fuses the quantizing into the matmuls); set generate.compile: model",
                 s.quantize,
             )
         if s.compile != "none":

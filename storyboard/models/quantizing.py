@@ -5,8 +5,9 @@ matmuls are (about 45% of the UNet's GPU time at a story's batch on an H100). La
 and added-condition embeddings, the IP-Adapter's projections) stay as they are: their matmuls are tiny, and
 int8's GPU kernel refuses matrices of 16 rows or fewer. Convolutions stay as they are too.
 
-Activations are quantized on the fly per row (dynamic), weights once; torch.compile then fuses the quantizing
-into the neighbouring kernels, so without compile the gain is small or negative.
+Activations are quantized on the fly per row (dynamic), weights once. torchao's layers are meant to run under
+torch.compile, which fuses the quantizing into the neighbouring kernels; eager, it runs as kernels of its own
+(the eager speed was not measured).
 """
 
 from __future__ import annotations

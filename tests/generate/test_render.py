@@ -162,3 +162,19 @@ def test_same_params_and_seed_give_the_same_frames(tiny_settings, tiny_models, c
     for x, y in zip(a, b, strict=True):
         assert [t.seed for t in x.attempts] == [t.seed for t in y.attempts]
         assert np.array_equal(_pixels(x.image), _pixels(y.image))
+
+
+@pytest.mark.parametrize("compile_scope", ["none", "model"])
+def test_speed_knobs_reach_every_denoiser_and_the_vae_decoder(
+    compile_scope, tiny_settings, tiny_models, cpu, scorer, lora_dir
+):
+    settings = tiny_settings.generate.model_copy(update={"compile": compile_scope, "quantize": "int8"})
+    (renderer,) = load_renderers(("ref_guided",), settings, tiny_settings.character, tiny_models, cpu, scorer, lora_dir)
+    pipe = renderer.pipe
+    compiled = compile_scope == "model"
+    for module in (pipe.unet, pipe.controlnet):
+        assert module._storyboard_quantized == "int8"
+        assert (module._compiled_call_impl is not None) == compiled
+    assert (pipe.vae.decoder._compiled_call_impl is not None) == compiled  # whole decoder, with the denoisers
+    assert pipe.vae.encoder._compiled_call_impl is None and pipe.text_encoder._compiled_call_impl is None
+    assert renderer.first_pipe.unet is pipe.unet  # ref_guided's frame 1 uses the same quantized, compiled UNet
