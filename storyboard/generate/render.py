@@ -212,8 +212,8 @@ class StoryRenderer:
         t0 = time.perf_counter()
         images = self._run([f.prompt for f in frames], seeds, [f.frame.pose for f in frames], reference)
         seconds = (time.perf_counter() - t0) / len(frames)
-        texts = self.scorer.text_scores(images, [f.frame.scene for f in frames])
         features = self.scorer.image_features(images)
+        texts = self.scorer.text_scores(images, [f.frame.scene for f in frames], features)
         for f, image, seed, text, feat in zip(frames, images, seeds, texts, features, strict=True):
             f.attempts.append(
                 Attempt(seed=seed, clip_text_score=round(text, 5), likeness=None, seconds=round(seconds, 3))

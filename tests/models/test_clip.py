@@ -28,3 +28,10 @@ def test_long_text_is_truncated_not_rejected(scorer):
 def test_mismatched_lengths_fail(scorer):
     with pytest.raises(ValueError, match="2 images but 1 texts"):
         scorer.text_scores([Image.new("RGB", (8, 8))] * 2, ["x"])
+
+
+def test_text_scores_from_given_features_equal_those_from_the_images(scorer):
+    images = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
+    texts = ["a red square", "a blue square"]
+    given = scorer.text_scores(images, texts, scorer.image_features(images))
+    assert given == pytest.approx(scorer.text_scores(images, texts), abs=1e-6)
