@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import platform
@@ -140,3 +141,23 @@ def gpu_kernel_seconds(fn: Callable[[], Any], device: torch.device) -> float | N
     except Exception as e:  # noqa: BLE001 - a diagnostic; never lose the benchmark over it
         logger.warning("GPU kernel time not measured: %s", e)
         return None
+
+
+@contextlib.contextmanager
+def gpu_turn(lock: Path | None, *, measuring: bool):
+    """Turns on the GPU for bench processes run side by side (`--gpu-lock FILE`; no lock: no waiting).
+
+    Compiling and warming up hold the lock shared, measuring holds it alone: the processes compile in parallel on
+    the host's cores, and no measurement runs while another process uses the GPU.
+    """
+    if lock is None:
+        yield
+        return
+    import fcntl
+
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if measuring else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -7,8 +7,10 @@ into the project, and says where the time goes (kernel families under the profil
 
 Variants are `+`-joined options: eager, cudnn (SDPA's cuDNN backend first), cl (channels_last), fqkv
 (fuse_qkv_projections), int8 / fp8 (generate.quantize's torchao quantization of the Linear layers; changes the
-numbers, unlike the others), compile / compile-ro / compile-mat (torch.compile default / reduce-overhead /
-max-autotune-no-cudagraphs, whole module), flags (diffusers' inductor flags for max-autotune).
+numbers, unlike the others; the layers fed by a norm, as the project does), fp8all (fp8 of every wide Linear
+layer), fp8t (fp8 with one scale per tensor instead of per row), compile / compile-ro /
+compile-mat (torch.compile default / reduce-overhead / max-autotune-no-cudagraphs, whole module), flags
+(diffusers' inductor flags for max-autotune).
 
     python bench/bench_components.py --parts unet,vae --variants eager,cudnn,compile+cudnn --out $OUT/parts.json
     python bench/bench_components.py --small --device cpu     # CPU check, seconds
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -33,6 +36,7 @@ from _common import (  # noqa: E402
     emit,
     environment,
     free_memory,
+    gpu_turn,
     is_oom,
     memory,
     parse_list,
@@ -45,7 +49,20 @@ from _common import (  # noqa: E402
 from storyboard.log import logger, setup_logging  # noqa: E402
 
 PARTS = ("unet", "controlnet", "vae")
-OPTIONS = ("eager", "cudnn", "cl", "fqkv", "int8", "fp8", "compile", "compile-ro", "compile-mat", "flags")
+OPTIONS = (
+    "eager",
+    "cudnn",
+    "cl",
+    "fqkv",
+    "int8",
+    "fp8",
+    "fp8t",
+    "fp8n",
+    "compile",
+    "compile-ro",
+    "compile-mat",
+    "flags",
+)
 # diffusers' "accelerate inference" guide sets these for max-autotune.
 INDUCTOR_FLAGS = dict(
     conv_1x1_as_mm=True,
@@ -119,11 +136,17 @@ class Part:
             self.module.fuse_qkv_projections()
         if "cl" in options:
             self.module.to(memory_format=torch.channels_last)
-        for kind in ("int8", "fp8"):
-            if kind in options:
+        for option, kind in (("int8", "int8"), ("fp8", "fp8"), ("fp8all", "fp8"), ("fp8t", "fp8")):
+            if option in options:
                 from storyboard.models.quantizing import quantize_in_place
 
-                quantize_in_place(self.module, kind)  # as generate.quantize does it
+                # int8 and fp8 as generate.quantize does it
+                quantize_in_place(
+                    self.module,
+                    kind,
+                    fp8_scaling="tensor" if option == "fp8t" else "row",
+                    layers="all" if option == "fp8all" else "norm_fed",
+                )
         self.call = self.module.decode if part == "vae" else self.module
         compile_option = next((o for o in options if o in COMPILE_MODES), None)
         if compile_option:
@@ -172,34 +195,47 @@ def kernel_breakdown(run: Part, device: torch.device) -> dict[str, Any]:
     return {
         "gpu_ms": round(sum(families.values()), 2),
         "families_ms": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
-        "top_kernels": [{"ms": round(ms, 2), "calls": n, "name": name} for ms, n, name in kernels[:12]],
+        "top_kernels": [{"ms": round(ms, 2), "calls": n, "name": name} for ms, n, name in kernels[:30]],
     }
 
 
 def time_calls(run: Part, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Warm-up seconds (compiling included), then ms per call over `args.iters` calls and the peak memory."""
+    """Seconds of the first call (compiling included), then ms per call over `args.iters` calls (median and
+    mean, CUDA events per call) and the peak memory. With --gpu-lock, processes started side by side compile in
+    parallel but measure one at a time."""
     t0 = time.perf_counter()
-    for _ in range(args.warmup):
+    with gpu_turn(args.gpu_lock, measuring=False):
         run()
-    synchronize(device)
-    warmup_s = time.perf_counter() - t0
-    reset_peak(device)
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(args.iters):
-            run()
-        end.record()
         synchronize(device)
-        ms = start.elapsed_time(end) / args.iters
-    else:
-        t0 = time.perf_counter()
-        for _ in range(args.iters):
+    first_call_s = time.perf_counter() - t0
+    with gpu_turn(args.gpu_lock, measuring=True):
+        for _ in range(args.warmup - 1):
             run()
-        ms = (time.perf_counter() - t0) * 1e3 / args.iters
-    return dict(
-        warmup_s=round(warmup_s, 2), ms_per_call=round(ms, 2), peak_reserved_gib=memory(device)["peak_reserved_gib"]
-    )
+        synchronize(device)
+        reset_peak(device)
+        per_call = []
+        for _ in range(args.iters):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run()
+                end.record()
+                synchronize(device)
+                per_call.append(start.elapsed_time(end))
+            else:
+                t1 = time.perf_counter()
+                run()
+                per_call.append((time.perf_counter() - t1) * 1e3)
+        result = dict(
+            first_call_s=round(first_call_s, 2),
+            ms_per_call=round(statistics.median(per_call), 2),
+            ms_mean=round(statistics.fmean(per_call), 2),
+            ms_min=round(min(per_call), 2),
+            peak_reserved_gib=memory(device)["peak_reserved_gib"],
+        )
+        if args.breakdown and device.type == "cuda" and not run.graphs:
+            result["kernels"] = kernel_breakdown(run, device)
+    return result
 
 
 def measure(part: str, variant: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -216,10 +252,12 @@ def measure(part: str, variant: str, args: argparse.Namespace, device: torch.dev
         with flags:
             run = Part(part, options, args, device)
             result.update(time_calls(run, args, device))
-            if args.breakdown and device.type == "cuda" and not run.graphs:
-                result["kernels"] = kernel_breakdown(run, device)
         logger.info(
-            "%s / %s: %.2f ms per call (warm-up %.1f s)", part, variant, result["ms_per_call"], result["warmup_s"]
+            "%s / %s: %.2f ms per call (first call %.1f s)",
+            part,
+            variant,
+            result["ms_per_call"],
+            result["first_call_s"],
         )
     except Exception as e:  # noqa: BLE001 - one failing variant must not lose the others
         logger.warning("%s / %s failed: %s", part, variant, str(e).splitlines()[0][:300])
@@ -239,6 +277,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--breakdown", action="store_true", help="profile one call: GPU ms per kernel family")
+    parser.add_argument(
+        "--gpu-lock", type=Path, default=None, help="lock file shared by bench processes run side by side"
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--small", action="store_true", help="tiny models: the CPU check")
     parser.add_argument("--device", default=None)

@@ -47,6 +47,7 @@ from _common import (  # noqa: E402
     environment,
     free_memory,
     gpu_kernel_seconds,
+    gpu_turn,
     is_oom,
     memory,
     parse_list,
@@ -280,14 +281,16 @@ def run_one(
         synchronize(device)  # random init runs asynchronously on the GPU; count it in setup, not warmup
         result["setup_s"] = round(time.perf_counter() - t0, 2)
         result["setup_memory"] = memory(device)
-        warmup_s, _ = timed(run.warmup, device)
+        with gpu_turn(args.gpu_lock, measuring=False):
+            warmup_s, _ = timed(run.warmup, device)
         result["warmup_s"] = round(warmup_s, 2)
-        reset_peak(device)
-        total, calls, images = 0.0, 0, []
-        for _ in range(args.stories):
-            seconds, (images, n) = timed(run.timed_story, device)
-            total += seconds
-            calls += n
+        with gpu_turn(args.gpu_lock, measuring=True):
+            reset_peak(device)
+            total, calls, images = 0.0, 0, []
+            for _ in range(args.stories):
+                seconds, (images, n) = timed(run.timed_story, device)
+                total += seconds
+                calls += n
         frames = args.frames * args.stories
         mem = memory(device)
         if args.profile:
@@ -376,6 +379,9 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
+    parser.add_argument(
+        "--gpu-lock", type=Path, default=None, help="lock file shared by bench processes run side by side"
+    )
     args = parser.parse_args()
     setup_logging()
 
