@@ -61,6 +61,9 @@ class ModelSet(_Section):
     ip_adapter_image_encoder: str = Field(
         "image_encoder", description="image encoder folder, relative to the IP-Adapter subfolder"
     )
+    faceid_adapter: str | None = Field(None, description="IP-Adapter FaceID (generate.reference: faceid)")
+    faceid_adapter_subfolder: str = ""
+    faceid_adapter_weight: str | None = None
     controlnet: str
     clip: str
     face_backend: Literal["insightface", "dlib"]
@@ -210,7 +213,11 @@ class Generate(_Section):
         0.70, description="CLIP image cosine (frame vs frame 1 and the training images) below which it is redone"
     )
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    reference: Literal["face", "frame"] = Field("face", description="ref_guided: IP-Adapter gets frame 1's face crop")
+    reference: Literal["face", "frame", "faceid"] = Field(
+        "face",
+        description="ref_guided: the IP-Adapter gets frame 1's face crop, or the whole frame; faceid: the IP-Adapter "
+        "FaceID gets the face-recognition embedding of frame 1's face",
+    )
     contact_sheet_columns: PositiveInt = 4
     gif_frame_ms: PositiveInt = 900
     vae_tiling: bool = False

@@ -213,3 +213,11 @@ def test_quantize_is_a_choice_and_off_by_default(tmp_path: Path, raw: dict[str, 
     assert load_settings(REPO_PARAMS).generate.quantize == "none"
     assert "generate.quantize" in _error(tmp_path, _set(raw, "generate.quantize", "int4"))
     assert load_settings(_write(tmp_path, _set(raw, "generate.quantize", "fp8"))).generate.quantize == "fp8"
+
+
+def test_reference_accepts_faceid_and_rejects_junk(tmp_path: Path, raw: dict[str, Any]) -> None:
+    settings = load_settings(_write(tmp_path, _set(raw, "generate.reference", "faceid")))
+    assert settings.generate.reference == "faceid"
+    assert settings.models.sdxl.faceid_adapter and settings.models.sdxl.faceid_adapter_weight
+    message = _error(tmp_path, _set(raw, "generate.reference", "face_id"))
+    assert "generate.reference" in message and "'face_id'" in message

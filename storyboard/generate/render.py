@@ -4,6 +4,8 @@
 - lora:       SDXL + our LoRA (fused into the UNet: no per-step LoRA cost).
 - ref_guided: frame 1 from the LoRA alone; every later frame with the LoRA, an IP-Adapter fed frame 1 (its face
               crop when a face is found) and a ControlNet OpenPose condition drawn from the planner's pose label.
+              With generate.reference: faceid, an IP-Adapter FaceID fed the face-recognition embedding of frame 1's
+              face instead (the training images' mean face when frame 1 has none).
 
 The check: each attempt gets a text score (CLIP cosine of frame and scene text) and a likeness score (CLIP image
 cosine to frame 1, averaged with the mean cosine to the training images when they are given). A frame below
@@ -19,21 +21,28 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
+from storyboard.errors import StoryboardError
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
-from storyboard.models.faces import FaceBackend, largest_face
+from storyboard.models.faces import FaceBackend, largest_face, mean_embedding
 from storyboard.models.loading import (
     Device,
     attach_ip_adapter,
     attach_lora,
+    check_faceid_fits,
+    faceid_input_size,
+    faceid_weights_input_size,
     load_pipeline,
     native_resolution,
     over_same_modules,
@@ -48,6 +57,14 @@ Mode = Literal["baseline", "lora", "ref_guided"]
 MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided")
 SEED_STRIDE = 1000  # attempt k of frame i uses seed + k * SEED_STRIDE + i
 FACE_MARGIN = 0.4  # the IP-Adapter reference: the face box grown by this share on each side
+# What the IP-Adapter of ref_guided's later frames gets: an image (frame 1, or its face crop), or for FaceID an
+# identity embedding (1-d, the face backend's size).
+Reference = Image.Image | torch.Tensor
+IdentitySource = Literal["frame_1", "training_images"]
+
+
+class NoFaceIdentity(StoryboardError):
+    """generate.reference: faceid found no face to take the identity from; the message says what to set instead."""
 
 
 @dataclass
@@ -138,10 +155,14 @@ class StoryRenderer:
         device: Device,
         references: torch.Tensor | None = None,
         faces: FaceBackend | None = None,
+        training_images: Sequence[Image.Image] = (),
     ):
-        """Wrap a ready pipeline (`load_renderers` is the usual way to get one)."""
+        """Wrap a ready pipeline (`load_renderers` is the usual way to get one). `training_images` are the
+        fallback identity of generate.reference: faceid."""
         self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
-        self.device, self.references, self.faces = device, references, faces
+        self.device, self.references, self.faces, self.training_images = device, references, faces, training_images
+        self.faceid = mode == "ref_guided" and settings.reference == "faceid"
+        self.identity_from: IdentitySource | None = None  # where the last render's FaceID identity came from
         # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same modules renders it without
         # running the ControlNet, which a ControlNet pipeline runs even at scale 0.
         self.first_pipe = None
@@ -195,18 +216,50 @@ class StoryRenderer:
         if self.mode == "ref_guided":
             if reference is None:
                 # Frame 1 is the LoRA alone: no ControlNet, and the IP-Adapter scaled to zero, which its attention
-                # skips (the UNet still wants image embeddings, so the encoder sees a blank image once).
+                # skips (the UNet still wants its input, so the encoder sees a blank image once; FaceID: zeros).
                 self.pipe.set_ip_adapter_scale(0.0)
-                blank = Image.new("RGB", (self.resolution, self.resolution))
-                return self.first_pipe(**kwargs, ip_adapter_image=blank).images
+                with self._faceid_lora_off():
+                    return self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images
             self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
             conditions = [render_openpose(get_pose(p), self.resolution, self.resolution) for p in poses or []]
             kwargs.update(
-                image=conditions, controlnet_conditioning_scale=s.controlnet_scale, ip_adapter_image=reference
+                image=conditions, controlnet_conditioning_scale=s.controlnet_scale, **self._ip_adapter_input(reference)
             )
         return self.pipe(**kwargs).images
 
-    def _attempt(self, frames: list[RenderedFrame], attempt: int, reference: Image.Image | None) -> None:
+    def _ip_adapter_input(self, reference: Reference | None) -> dict:
+        """The pipeline argument that feeds the IP-Adapter; None: an input that its scale of 0 ignores.
+
+        FaceID takes embeddings, not images, in the layout of diffusers' SDXL pipelines: one tensor per adapter,
+        (negative, positive) stacked on dim 0 when classifier-free guidance runs, each (1 image, embedding size);
+        the pipeline repeats it for every prompt of the batch. The negative is zeros, as in h94's own code.
+        """
+        if not self.faceid:
+            blank = Image.new("RGB", (self.resolution, self.resolution))
+            return {"ip_adapter_image": blank if reference is None else reference}
+        unet = self.pipe.unet
+        identity = torch.zeros(faceid_input_size(self.pipe)) if reference is None else reference
+        embeds = identity.reshape(1, 1, -1)
+        # The pipelines' do_classifier_free_guidance, which they only set during a call.
+        if self.settings.guidance_scale > 1 and unet.config.time_cond_proj_dim is None:
+            embeds = torch.cat([torch.zeros_like(embeds), embeds])
+        return {"ip_adapter_image_embeds": [embeds.to(self.device.device, unet.dtype)]}
+
+    @contextmanager
+    def _faceid_lora_off(self):
+        """h94's FaceID checkpoints carry a LoRA, which diffusers loads as live adapters (faceid_0, ...) beside the
+        IP-Adapter: it belongs to the identity frames, so frame 1 (the LoRA alone) renders without it."""
+        unet = self.pipe.unet
+        live = self.faceid and any(name.startswith("faceid_") for name in getattr(unet, "peft_config", {}))
+        if live:
+            unet.disable_lora()
+        try:
+            yield
+        finally:
+            if live:
+                unet.enable_lora()
+
+    def _attempt(self, frames: list[RenderedFrame], attempt: int, reference: Reference | None) -> None:
         """Render one attempt of `frames` as a batch and record their text scores and image features."""
         seeds = [self.settings.seed + attempt * SEED_STRIDE + f.index for f in frames]
         t0 = time.perf_counter()
@@ -234,7 +287,7 @@ class StoryRenderer:
         text = a.clip_text_score - s.clip_threshold
         return text if a.likeness is None else min(text, a.likeness - s.likeness_threshold)
 
-    def _settle(self, frames: list[RenderedFrame], anchor: torch.Tensor | None, reference: Image.Image | None) -> None:
+    def _settle(self, frames: list[RenderedFrame], anchor: torch.Tensor | None, reference: Reference | None) -> None:
         """Score every attempt so far for likeness, redo the frames that fail, keep each one's best attempt."""
         s = self.settings
         pending = frames
@@ -268,7 +321,7 @@ class StoryRenderer:
                 self._attempt(frames[:1], 0, None)
                 self._settle(frames[:1], None, None)
             first = frames[0]
-            reference = first.image if self.settings.reference == "frame" else face_crop(first.image, self.faces)
+            reference = self._reference(first.image, plan.story_id)
             self._attempt(rest, 0, reference)
         else:
             # One batch for the whole story; frame 1 settles first because the others are judged against it.
@@ -281,6 +334,34 @@ class StoryRenderer:
             f.images, f.features = [], []  # only the kept image leaves the renderer
         return frames
 
+    def _reference(self, first: Image.Image, story_id: str) -> Reference:
+        """What the IP-Adapter gets for the later frames, as generate.reference says."""
+        if self.settings.reference == "frame":
+            return first
+        if self.settings.reference == "face":
+            return face_crop(first, self.faces)
+        face = largest_face(self.faces.detect(first))
+        if face is not None:
+            self.identity_from, identity = "frame_1", face.embedding
+        elif self._training_identity is not None:
+            logger.warning(
+                "%s: no face found in frame 1; the IP-Adapter FaceID gets the mean face of the training images",
+                story_id,
+            )
+            self.identity_from, identity = "training_images", self._training_identity
+        else:
+            raise NoFaceIdentity(
+                f"{story_id}: generate.reference: faceid needs a face, and the {self.faces.name} face backend found "
+                f"none in frame 1 nor in the {len(self.training_images)} training images: set generate.reference: "
+                "face (the IP-Adapter then gets the whole frame 1)"
+            )
+        return torch.from_numpy(np.array(identity))
+
+    @cached_property
+    def _training_identity(self) -> np.ndarray | None:
+        """The training images' mean face embedding, found once, on first need."""
+        return mean_embedding(self.faces, self.training_images) if self.training_images else None
+
 
 def load_renderers(
     modes: Sequence[Mode],
@@ -292,6 +373,7 @@ def load_renderers(
     lora_dir: Path | None,
     references: torch.Tensor | None = None,
     faces: FaceBackend | None = None,
+    training_images: Sequence[Image.Image] = (),
 ) -> Iterator[StoryRenderer]:
     """One renderer per requested mode, in the order baseline, lora, ref_guided, over models loaded once.
 
@@ -302,6 +384,11 @@ def load_renderers(
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     check_quantize_supported(settings.quantize, device.device)
+    faceid = "ref_guided" in modes and settings.reference == "faceid"
+    if faceid:
+        if faces is None:
+            raise ValueError("generate.reference: faceid needs a face backend")
+        check_faceid_fits(faceid_weights_input_size(models), faces, models)  # before loading, where it can
     pipe = load_pipeline(models, device)
     fused = False
     for mode in (m for m in MODES if m in modes):
@@ -315,11 +402,13 @@ def load_renderers(
             fused = True
         if mode == "ref_guided":
             pipe = with_controlnet(pipe, models, device)
-            attach_ip_adapter(pipe, models, settings.ip_adapter_scale)
+            attach_ip_adapter(pipe, models, settings.ip_adapter_scale, faceid=faceid)
+            if faceid:
+                check_faceid_fits(faceid_input_size(pipe), faces, models)
         own = pipe
         if mode == "baseline" and settings.quantize != "none" and len(set(modes)) > 1:
             # Quantizing can't be undone, and the LoRA is fused into these weights next: baseline quantizes a copy.
             from diffusers import StableDiffusionXLPipeline
 
             own = over_same_modules(StableDiffusionXLPipeline, pipe, unet=copy.deepcopy(pipe.unet))
-        yield StoryRenderer(mode, own, settings, character, scorer, device, references, faces)
+        yield StoryRenderer(mode, own, settings, character, scorer, device, references, faces, training_images)

@@ -50,10 +50,19 @@ def render_plans(
     reference_images = load_references(dataset_dir)
     references = scorer.image_features(reference_images) if reference_images else None
     faces = None
-    if "ref_guided" in modes and settings.generate.reference == "face":
+    if "ref_guided" in modes and settings.generate.reference in ("face", "faceid"):
         faces = load_face_backend(models, settings.evaluate.face_min_score)
     renderers = load_renderers(
-        modes, settings.generate, settings.character, models, device, scorer, lora_dir, references, faces
+        modes,
+        settings.generate,
+        settings.character,
+        models,
+        device,
+        scorer,
+        lora_dir,
+        references,
+        faces,
+        reference_images,
     )
     notice = TINY_NOTICE if settings.is_tiny else None
     written: dict[Mode, list[Path]] = {}
@@ -83,6 +92,8 @@ def render_plans(
                 "dtype": str(device.dtype).removeprefix("torch."),
                 # frame 1 taken from the lora mode of the same run (its seconds are counted there)
                 "frame_1_from": "lora" if reused is not None and frames[0] is reused else None,
+                # generate.reference: faceid: whose face the identity embedding is (frame_1 | training_images)
+                "identity_from": renderer.identity_from,
                 "seconds_total": round(seconds, 3),
                 "seconds_per_frame": round(seconds / len(frames), 3),
             }

@@ -70,6 +70,7 @@ class Face:
 @runtime_checkable
 class FaceBackend(Protocol):
     name: str
+    embedding_size: int  # the length of Face.embedding: what an IP-Adapter FaceID must read
 
     def detect(self, image: Image.Image) -> list[Face]:
         """All faces in `image`, largest first."""
@@ -94,6 +95,13 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
 def largest_face(faces: Iterable[Face]) -> Face | None:
     """The face with the largest box (the character in a frame is usually the biggest face), or None."""
     return max(faces, key=lambda f: (f.area, f.score), default=None)
+
+
+def mean_embedding(backend: FaceBackend, images: Iterable[Image.Image]) -> np.ndarray | None:
+    """The L2-normalised mean embedding of the largest face of each image: one identity for a set of pictures of
+    one person; None when no image has a face."""
+    found = [face.embedding for face in (largest_face(backend.detect(image)) for image in images) if face is not None]
+    return _unit(np.mean(found, axis=0)) if found else None
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -165,6 +173,7 @@ class DlibFaceBackend:
     """
 
     name = "dlib"
+    embedding_size = 128
 
     def __init__(self, upsample: int = 1, adjust_threshold: float = 0.0) -> None:
         if upsample < 0:
@@ -262,6 +271,7 @@ class InsightFaceBackend:
     """
 
     name = "insightface"
+    embedding_size = 512  # ArcFace, in every InsightFace model pack (buffalo_l, antelopev2)
 
     def __init__(self, model_name: str = "buffalo_l", root: str | None = None, min_score: float = 0.5) -> None:
         self.model_name = model_name

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from storyboard.errors import StoryboardError
 from storyboard.log import logger
 from storyboard.settings import ModelSet, Runtime, Settings
+
+if TYPE_CHECKING:
+    from storyboard.models.faces import FaceBackend
 
 T = TypeVar("T")
 
@@ -122,17 +126,74 @@ def attach_lora(pipe, lora_dir: Path, *, adapter_name: str = "character") -> Non
         ) from e
 
 
-def attach_ip_adapter(pipe, models: ModelSet, scale: float) -> None:
-    logger.info("loading IP-Adapter %s/%s", models.ip_adapter, models.ip_adapter_weight)
-    load(
-        "IP-Adapter",
-        models.ip_adapter,
-        pipe.load_ip_adapter,
-        subfolder=models.ip_adapter_subfolder,
-        weight_name=models.ip_adapter_weight,
-        image_encoder_folder=models.ip_adapter_image_encoder,
-    )
+def attach_ip_adapter(pipe, models: ModelSet, scale: float, *, faceid: bool = False) -> None:
+    """The IP-Adapter onto `pipe`'s UNet; with `faceid`, the IP-Adapter FaceID instead: it reads face-recognition
+    embeddings (given as `ip_adapter_image_embeds`), so no CLIP image encoder is loaded."""
+    if faceid:
+        what, source, subfolder, weight = _faceid_weights(models)
+        encoder = None
+    else:
+        what, source, subfolder, weight = (
+            "IP-Adapter",
+            models.ip_adapter,
+            models.ip_adapter_subfolder,
+            models.ip_adapter_weight,
+        )
+        encoder = models.ip_adapter_image_encoder
+    logger.info("loading %s %s/%s", what, source, weight)
+    load(what, source, pipe.load_ip_adapter, subfolder=subfolder, weight_name=weight, image_encoder_folder=encoder)
     pipe.set_ip_adapter_scale(scale)
+
+
+def _faceid_weights(models: ModelSet) -> tuple[str, str, str, str]:
+    if not models.faceid_adapter or not models.faceid_adapter_weight:
+        raise ModelLoadError(
+            "generate.reference: faceid needs an IP-Adapter FaceID: set models.<profile>.faceid_adapter and "
+            "faceid_adapter_weight in params.yaml (e.g. h94/IP-Adapter-FaceID, ip-adapter-faceid_sdxl.bin), "
+            "or set generate.reference: face"
+        )
+    return "IP-Adapter FaceID", models.faceid_adapter, models.faceid_adapter_subfolder, models.faceid_adapter_weight
+
+
+def faceid_input_size(pipe) -> int:
+    """The size of the face embedding the loaded FaceID adapter reads (its first layer's in-features)."""
+    return pipe.unet.encoder_hid_proj.image_projection_layers[0].ff.net[0].proj.in_features
+
+
+def faceid_weights_input_size(models: ModelSet) -> int | None:
+    """The same, from the weights file (its `proj.0` in-features) when it is on this machine (a folder, or the
+    Hugging Face cache), read without loading any model; None when it is not at hand."""
+    _, source, subfolder, weight = _faceid_weights(models)
+    name = f"{subfolder}/{weight}" if subfolder else weight
+    path = Path(source) / name
+    try:
+        if not path.is_file():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, name)
+            if not isinstance(cached, str):
+                return None
+            path = Path(cached)
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                return f.get_slice("image_proj.proj.0.weight").get_shape()[1]
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mapped, not read
+        return state["image_proj"]["proj.0.weight"].shape[1]
+    except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError):
+        return None  # not a repo id or a layout read here: loading tells, or the check runs after it
+
+
+def check_faceid_fits(size: int | None, faces: FaceBackend, models: ModelSet) -> None:
+    """Fail with the fix when the face backend's embeddings are not `size`, what the FaceID adapter reads."""
+    if size is not None and size != faces.embedding_size:
+        raise ModelLoadError(
+            f"the IP-Adapter FaceID {models.faceid_adapter}/{models.faceid_adapter_weight} reads {size}-d face "
+            f"embeddings, but the {faces.name} face backend makes {faces.embedding_size}-d ones: set "
+            "models.<profile>.face_backend to a backend of that size (h94's FaceID adapters read InsightFace's "
+            "512-d ArcFace embeddings: models.sdxl.face_backend: insightface), or generate.reference: face"
+        )
 
 
 def native_resolution(pipe) -> int:

@@ -21,7 +21,7 @@ from storyboard.log import logger
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 # Sizes: the smallest that keep every SDXL mechanism (two text encoders, pooled + time ids conditioning,
 # cross-attention blocks, a 2-level VAE) while a 64 px frame takes milliseconds on a CPU.
@@ -30,6 +30,10 @@ CROSS_DIM = 2 * TEXT_DIM
 TIME_DIM = 8  # addition_time_embed_dim: 6 time ids -> 48 features
 IMAGE_SIZE = 32  # CLIP vision input for the IP-Adapter encoder and the scoring model
 NATIVE_RESOLUTION = 64  # unet sample_size (32) x VAE scale (2)
+IP_TOKENS = 4  # image tokens per IP-Adapter reference, as in the released SDXL adapters
+FACEID_EMBED_DIM = 128  # the FaceID adapter's input: an embedding of the tiny profile's face backend (dlib)
+FACEID_LORA_RANK = 4
+FACEID_LORA_STRENGTH = 4.0
 
 
 def byte_level_vocab(size: int | None = None) -> dict[str, int]:
@@ -174,24 +178,66 @@ def _build_ip_adapter(unet, folder: Path) -> None:
     root = folder / "ip_adapter"
     CLIPVisionModelWithProjection(_vision_config(projection_dim=embed_dim)).save_pretrained(root / "image_encoder")
     _image_processor().save_pretrained(root / "image_encoder")
-    num_tokens = 4
-    # Weights at the scale of a default-initialised linear layer (not near zero), so the reference image
-    # visibly moves the output and tests can tell an applied adapter from an ignored one.
     tensors = {
-        "image_proj.proj.weight": torch.randn(CROSS_DIM * num_tokens, embed_dim) / embed_dim**0.5,
-        "image_proj.proj.bias": torch.zeros(CROSS_DIM * num_tokens),
+        "image_proj.proj.weight": _linear_weight(CROSS_DIM * IP_TOKENS, embed_dim),
+        "image_proj.proj.bias": torch.zeros(CROSS_DIM * IP_TOKENS),
         "image_proj.norm.weight": torch.ones(CROSS_DIM),
         "image_proj.norm.bias": torch.zeros(CROSS_DIM),
+        **_ip_attention_weights(unet),
     }
-    # One to_k_ip/to_v_ip pair per cross-attention processor, numbered like the released checkpoints:
-    # processors are counted in unet.attn_processors order and the cross-attention ones are the odd ones.
+    save_file(tensors, root / "ip-adapter.safetensors")
+
+
+def _build_faceid_adapter(unet, folder: Path) -> None:
+    """An IP-Adapter FaceID: an MLP from a face-recognition embedding to IP_TOKENS tokens, no image encoder.
+
+    Laid out like h94's FaceID checkpoints, so diffusers takes it for one: `proj.0`, `proj.2` and `norm` (loaded
+    as `IPAdapterFaceIDImageProjection`), the to_k_ip/to_v_ip pairs, and a LoRA on every attention processor
+    (`to_{q,k,v,out}_lora`, loaded as a live peft adapter `faceid_0`). The input size is the tiny profile's face
+    backend's (dlib, 128-d); the real SDXL one reads InsightFace's 512-d ArcFace embeddings.
+    """
+    inner = 2 * FACEID_EMBED_DIM  # the released checkpoints' MLP is twice as wide as its input
+    tensors = {
+        "image_proj.proj.0.weight": _linear_weight(inner, FACEID_EMBED_DIM),
+        "image_proj.proj.0.bias": torch.zeros(inner),
+        "image_proj.proj.2.weight": _linear_weight(CROSS_DIM * IP_TOKENS, inner),
+        "image_proj.proj.2.bias": torch.zeros(CROSS_DIM * IP_TOKENS),
+        "image_proj.norm.weight": torch.ones(CROSS_DIM),
+        "image_proj.norm.bias": torch.zeros(CROSS_DIM),
+        **_ip_attention_weights(unet),
+    }
+    for index, name in enumerate(unet.attn_processors):
+        hidden = attention_hidden_size(unet.config, name)
+        context = hidden if name.endswith("attn1.processor") else CROSS_DIM
+        for projection, in_features in (("q", hidden), ("k", context), ("v", context), ("out", hidden)):
+            tensors[f"ip_adapter.{index}.to_{projection}_lora.down.weight"] = _linear_weight(
+                FACEID_LORA_RANK, in_features
+            )
+            # Stronger than a default layer, so a test can tell this LoRA on from off in the tiny frames.
+            up = FACEID_LORA_STRENGTH * _linear_weight(hidden, FACEID_LORA_RANK)
+            tensors[f"ip_adapter.{index}.to_{projection}_lora.up.weight"] = up
+    root = folder / "ip_adapter_faceid"
+    root.mkdir()
+    save_file(tensors, root / "ip-adapter-faceid.safetensors")
+
+
+def _linear_weight(out_features: int, in_features: int) -> torch.Tensor:
+    # At the scale of a default-initialised linear layer (not near zero), so an adapter's input visibly moves
+    # the output and tests can tell an applied adapter from an ignored one.
+    return torch.randn(out_features, in_features) / in_features**0.5
+
+
+def _ip_attention_weights(unet) -> dict[str, torch.Tensor]:
+    """The to_k_ip/to_v_ip pair of every cross-attention processor, numbered like the released checkpoints:
+    processors are counted in unet.attn_processors order and the cross-attention ones are the odd ones."""
+    tensors = {}
     for index, name in enumerate(unet.attn_processors):
         if name.endswith("attn1.processor"):
             continue
         hidden = attention_hidden_size(unet.config, name)
-        tensors[f"ip_adapter.{index}.to_k_ip.weight"] = torch.randn(hidden, CROSS_DIM) / CROSS_DIM**0.5
-        tensors[f"ip_adapter.{index}.to_v_ip.weight"] = torch.randn(hidden, CROSS_DIM) / CROSS_DIM**0.5
-    save_file(tensors, root / "ip-adapter.safetensors")
+        tensors[f"ip_adapter.{index}.to_k_ip.weight"] = _linear_weight(hidden, CROSS_DIM)
+        tensors[f"ip_adapter.{index}.to_v_ip.weight"] = _linear_weight(hidden, CROSS_DIM)
+    return tensors
 
 
 def attention_hidden_size(unet_config, processor_name: str) -> int:
@@ -227,6 +273,8 @@ def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
         ip_adapter_subfolder="",
         ip_adapter_weight="ip-adapter.safetensors",
         ip_adapter_image_encoder="image_encoder",
+        faceid_adapter=str(root / "ip_adapter_faceid"),
+        faceid_adapter_weight="ip-adapter-faceid.safetensors",
         controlnet=str(root / "controlnet"),
         clip=str(root / "clip"),
         face_backend=tiny.face_backend,
@@ -252,6 +300,7 @@ def build_tiny_models(root: Path, *, seed: int) -> None:
         _build_controlnet(unet, folder)
         _build_ip_adapter(unet, folder)
         _build_clip(folder)
+        _build_faceid_adapter(unet, folder)
         (folder / "BUILT.json").write_text(
             json.dumps({"seed": seed, "build_version": BUILD_VERSION, "notice": TINY_NOTICE}, indent=2) + "\n"
         )

@@ -7,7 +7,15 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from storyboard.models.loading import attach_ip_adapter, load_pipeline, native_resolution, with_controlnet
+from storyboard.models.faces import DlibFaceBackend
+from storyboard.models.loading import (
+    attach_ip_adapter,
+    faceid_input_size,
+    faceid_weights_input_size,
+    load_pipeline,
+    native_resolution,
+    with_controlnet,
+)
 from storyboard.models.tiny import build_tiny_models
 
 
@@ -27,6 +35,20 @@ def test_tiny_models_load_through_from_pretrained(tiny_models, cpu):
     attach_ip_adapter(cn, tiny_models, 0.5)
     assert cn.image_encoder is not None and cn.unet is pipe.unet  # the same modules, not copies
     assert any("IPAdapter" in type(p).__name__ for p in cn.unet.attn_processors.values())
+
+
+def test_tiny_faceid_adapter_loads_as_faceid(tiny_models, cpu):
+    from diffusers.models.embeddings import IPAdapterFaceIDImageProjection
+
+    # its input size is read from the weights file before any model loads: the tiny profile's dlib embeddings
+    assert faceid_weights_input_size(tiny_models) == DlibFaceBackend.embedding_size == 128
+    pipe = with_controlnet(load_pipeline(tiny_models, cpu), tiny_models, cpu)
+    attach_ip_adapter(pipe, tiny_models, 0.5, faceid=True)
+    (projection,) = pipe.unet.encoder_hid_proj.image_projection_layers
+    assert isinstance(projection, IPAdapterFaceIDImageProjection)
+    assert faceid_input_size(pipe) == 128
+    assert pipe.image_encoder is None  # FaceID reads embeddings: no CLIP image encoder
+    assert list(pipe.unet.peft_config) == ["faceid_0"]  # its LoRA, live, as diffusers loads h94's checkpoints
 
 
 def test_tiny_pipeline_renders_and_is_seeded(tiny_models, cpu):
