@@ -10,6 +10,8 @@ from storyboard.errors import StoryboardError
 from storyboard.log import logger, setup_logging
 from storyboard.settings import PARAMS_FILE, Story, load_settings, slug
 
+DEFAULT_DATASET = "data/dataset"  # the caption stage's output in dvc.yaml
+
 
 def _generate(args) -> None:
     from storyboard.generate.render import MODES
@@ -24,8 +26,17 @@ def _generate(args) -> None:
     (out / f"{story.id}.plan.json").write_text(plan_to_json(plan), encoding="utf-8")
     modes = MODES if args.mode == "all" else (args.mode,)
     lora = None if modes == ("baseline",) else Path(args.lora)
+    dataset = Path(args.dataset)
+    if not (dataset / "manifest.jsonl").exists():
+        if args.dataset != DEFAULT_DATASET:
+            raise StoryboardError(
+                f"--dataset {dataset}: no manifest.jsonl there; give the caption stage's output (`dvc repro caption` "
+                f"writes {DEFAULT_DATASET})"
+            )
+        logger.info("no training set at %s: the likeness check compares frames with frame 1 only", dataset)
+        dataset = None
     # One run for all modes: the models load once and ref_guided reuses lora's frame 1.
-    written = render_plans(settings, modes, [plan], {mode: out / mode for mode in modes}, lora)
+    written = render_plans(settings, modes, [plan], {mode: out / mode for mode in modes}, lora, dataset)
     for folders in written.values():
         for folder in folders:
             logger.info("contact sheet: %s", folder / "contact_sheet.png")
@@ -56,6 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--mode", default="all", choices=("all", "baseline", "lora", "ref_guided"))
     gen.add_argument("--lora", default="models/lora", help="trained LoRA folder (default: %(default)s)")
     gen.add_argument("--out", default="outputs/adhoc", help="output folder (default: %(default)s)")
+    gen.add_argument(
+        "--dataset",
+        default=DEFAULT_DATASET,
+        help="captioned training set: the likeness check's references and faceid's fallback identity "
+        "(default: %(default)s, skipped when absent)",
+    )
     gen.set_defaults(func=_generate)
 
     plan = sub.add_parser("plan", help="print the frame plan of a story as JSON")

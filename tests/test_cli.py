@@ -28,7 +28,8 @@ def test_plan_prints_a_valid_plan(tiny_params, capsys):
     assert plan["frames"][0]["shot"] == "close-up"
 
 
-def test_generate_renders_a_story(tmp_path, tiny_params):
+def test_generate_renders_a_story(tmp_path, tiny_params, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/dataset here, whatever the repository holds
     out = tmp_path / "adhoc"
     main(
         [
@@ -47,6 +48,25 @@ def test_generate_renders_a_story(tmp_path, tiny_params):
     meta = json.loads((story / "metadata.json").read_text())
     assert meta["mode"] == "baseline" and meta["profile"] == "tiny"
     assert (story / "contact_sheet.png").exists() and (out / f"{story.name}.plan.json").exists()
+    assert meta["likeness_references"] == 0  # no data/dataset in this folder
+
+
+def test_generate_compares_frames_with_the_training_set(tmp_path, tiny_params, tiny_dataset):
+    out = tmp_path / "adhoc"
+    args = ["--params", str(tiny_params), "generate", "--story", "Aldar Kose waves", "--mode", "baseline"]
+    main([*args, "--out", str(out), "--dataset", str(tiny_dataset)])
+    (story,) = (out / "baseline").iterdir()
+    meta = json.loads((story / "metadata.json").read_text())
+    images = [line for line in (tiny_dataset / "manifest.jsonl").read_text().splitlines() if '"ok"' in line]
+    assert meta["likeness_references"] == len(images) > 0
+
+
+def test_generate_names_a_dataset_folder_that_is_not_one(tmp_path, tiny_params, caplog):
+    args = ["--params", str(tiny_params), "generate", "--story", "x", "--dataset", str(tmp_path / "nowhere")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "nowhere: no manifest.jsonl there" in caplog.text
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, caplog):

@@ -94,6 +94,8 @@ def render_plans(
                 "frame_1_from": "lora" if reused is not None and frames[0] is reused else None,
                 # generate.reference: faceid: whose face the identity embedding is (frame_1 | training_images)
                 "identity_from": renderer.identity_from,
+                # training images the likeness check compared each frame with, besides frame 1
+                "likeness_references": len(reference_images),
                 "seconds_total": round(seconds, 3),
                 "seconds_per_frame": round(seconds / len(frames), 3),
             }
