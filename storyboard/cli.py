@@ -14,8 +14,8 @@ DEFAULT_DATASET = "data/dataset"  # the caption stage's output in dvc.yaml
 
 
 def _generate(args) -> None:
-    from storyboard.generate.frames import MODES
     from storyboard.generate.run import render_plans
+    from storyboard.settings import MODES
     from storyboard.story.plan import make_planner, plan_story, plan_to_json
 
     settings = load_settings(args.params)

@@ -22,9 +22,8 @@ from PIL import Image
 
 from storyboard import TINY_NOTICE
 from storyboard.fsutil import atomic_path
-from storyboard.generate.frames import MODES
 from storyboard.log import logger
-from storyboard.settings import Settings
+from storyboard.settings import MODES, Settings
 
 NA = "n/a"
 THUMB_PX = 160  # thumbnail width; frames narrower than this (tiny profile: 64 px) are upscaled pixelated
@@ -271,12 +270,23 @@ def _story_section(story_id: str, text: str, by_mode: dict[str, list[Thumb] | st
     return "".join(out)
 
 
+def evaluated_params(settings: Settings) -> dict:
+    """The params the evaluate stage lists in dvc.yaml, and no others: a report that showed more would show values
+    this run never read (a changed train param does not rerun evaluate)."""
+    sections = {"profile", "runtime", "character", "stories", "models", "evaluate"}
+    data = settings.model_dump(mode="json", include=sections)
+    data["character"] = {k: data["character"][k] for k in ("name", "trigger")}
+    sdxl = data["models"]["sdxl"]
+    data["models"]["sdxl"] = {k: sdxl[k] for k in ("clip", "face_backend", "face_model", "face_model_root")}
+    return data
+
+
 def render_html(settings: Settings, metrics: dict, stories: dict[str, dict[str, list[Thumb] | str]]) -> str:
     """The page itself, from figures and already-copied thumbnails (no file access: easy to unit-test)."""
     title = f"Storyboard report: {settings.character.name}"
     notice = f'<p class="notice" id="tiny-notice" role="note">{escape(TINY_NOTICE)}</p>' if settings.is_tiny else ""
     story_text = {s.id: s.text for s in settings.stories}
-    params = yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=120)
+    params = yaml.safe_dump(evaluated_params(settings), sort_keys=False, allow_unicode=True, width=120)
     parts = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -294,8 +304,8 @@ def render_html(settings: Settings, metrics: dict, stories: dict[str, dict[str, 
         "frame come from the evaluate stage; shot, pose and scene from the plan.</p>",
         *(_story_section(sid, story_text.get(sid, ""), by_mode) for sid, by_mode in stories.items()),
         "</section><section><h2>Parameters</h2>",
-        f"<details><summary>params of this run (validated settings, YAML)</summary><pre>{escape(params)}</pre>"
-        "</details></section></main></body></html>\n",
+        "<details><summary>params the evaluate stage read (YAML); the settings each story was rendered with are in "
+        f"its metadata.json</summary><pre>{escape(params)}</pre></details></section></main></body></html>\n",
     ]
     return "".join(parts)
 

@@ -21,9 +21,9 @@ from PIL import Image
 from storyboard import TINY_NOTICE
 from storyboard.evaluate.html import NA, fmt, write_html_report
 from storyboard.evaluate.scores import summarise
-from storyboard.generate.frames import MODES, Attempt, RenderedFrame
+from storyboard.generate.frames import Attempt, RenderedFrame
 from storyboard.generate.outputs import write_story_outputs
-from storyboard.settings import Settings, Story
+from storyboard.settings import MODES, Settings, Story
 from storyboard.story.plan import Frame
 
 FRAMES_PER_STORY = 3
