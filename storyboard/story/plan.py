@@ -49,6 +49,9 @@ class StoryPlan(BaseModel):
     planner: str
     frames: list[Frame] = Field(min_length=2, max_length=16)
     notice: str | None = None
+    # hash of what the planner was asked (story, character, plan settings): the plan stage replans only when it
+    # changes, so edits to the frames survive; None for plans written by hand
+    made_from: str | None = None
 
     @model_validator(mode="after")
     def _first_frame_shows_face(self) -> StoryPlan:
