@@ -82,14 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     tiny = sub.add_parser("build-tiny-models", help="build the tiny profile's random-weight models")
     tiny.set_defaults(func=_tiny_models)
 
-    from storyboard.evaluate import study
+    from storyboard.evaluate.study.cli import add_commands as add_study_commands
 
-    serve = sub.add_parser("study-serve", help="blind rating page for the rendered storyboards (local web server)")
-    study.add_serve_arguments(serve)
-    serve.set_defaults(func=study.serve_study)
-    summary = sub.add_parser("study-summarise", help="ratings -> metrics (mean per mode with 95%% CI, agreement)")
-    study.add_summarise_arguments(summary)
-    summary.set_defaults(func=study.summarise_study_cmd)
+    add_study_commands(sub)
 
     args = parser.parse_args(argv)
     setup_logging()
