@@ -43,12 +43,35 @@ class CaptionBackend(Protocol):
     def caption(self, image: Image.Image, source: Path) -> CaptionResult: ...
 
 
-def with_trigger(text: str, trigger: str) -> str:
-    """The caption always starts with the trigger token: added by us, never left to the model."""
+# Straight, typographic and guillemet quotes: exported datasets and chat models wrap captions in any of them.
+QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb\u201e"
+
+
+def clean_caption(text: str) -> str:
+    """One line, without the quotes or whitespace around it: `  "a man waves"\n` -> `a man waves`.
+
+    A trailing quote is taken off only together with a leading one, so "the merchants'" keeps its apostrophe.
+    """
     text = " ".join(text.split())
-    if re.match(rf"^{re.escape(trigger)}\b", text):
-        return text
-    return f"{trigger}, {text}"
+    while text and text[0] in QUOTES:
+        text = text[1:].strip()
+        if text and text[-1] in QUOTES:
+            text = text[:-1].strip()
+    return text
+
+
+def with_trigger(text: str, trigger: str) -> str:
+    """The cleaned caption, starting with the trigger token exactly once: added by us, never left to the model.
+
+    A caption that already opens with the trigger (in any case, after punctuation or quotes: `"aldar_kose_man,
+    ...`, `*Aldar_Kose_Man* waves`) keeps it where it is, spelled as the trigger and without those marks.
+    """
+    text = clean_caption(text)
+    quotes = re.escape(QUOTES)
+    opening = re.match(rf"^[\W_]*?{re.escape(trigger)}(?!\w)[{quotes}*_]*", text, flags=re.IGNORECASE)
+    if opening:
+        return trigger + text[opening.end() :]
+    return f"{trigger}, {text}" if text else trigger
 
 
 class TemplateBackend:
@@ -75,7 +98,8 @@ class SidecarBackend:
                 f"{source}: no caption file {sidecar.name} beside it (caption.backend is sidecar); "
                 "write one, or use caption.backend: template or openai"
             )
-        text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+        # utf-8-sig: a byte-order mark (Windows editors, some exporters) is not part of the caption
+        text = clean_caption(sidecar.read_text(encoding="utf-8-sig", errors="replace"))
         if not text:
             raise CaptionError(f"{sidecar}: empty caption file; write a caption into it or delete it")
         return CaptionResult(text)
@@ -200,8 +224,9 @@ class OpenAIBackend:
                     None, failed=True, reason=str(e), tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt
                 )
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
+            text = clean_caption(text) if text else text  # a quoted "I'm sorry..." is still a refusal
             if not is_refusal(text, refusal):
-                return CaptionResult(text.strip(), tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt)
+                return CaptionResult(text, tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt)
             reasons.append((refusal or text or "empty reply").strip()[:200])
         return CaptionResult(
             None, refused=True, reason=" | ".join(reasons), tokens_in=tokens_in, tokens_out=tokens_out, requests=2

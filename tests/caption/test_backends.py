@@ -74,6 +74,29 @@ def test_caption_request_carries_model_prompt_and_image(
     assert sent.size == (300, 200) and sent.getpixel((10, 10)) == (200, 40, 40)
 
 
+@pytest.mark.parametrize(
+    "reply",
+    [f'"{GOOD}"', f"\u201c{GOOD}\u201d\n", f"'{GOOD}'"],
+    ids=["double", "typographic", "single"],
+)
+def test_quoted_reply_is_cleaned(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image, reply: str
+) -> None:
+    openai_server.push(Completion(reply))
+
+    assert backend(make_caption, openai_server).caption(picture, Path("frame.png")).text == GOOD
+
+
+def test_quoted_refusal_is_still_a_refusal(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(Completion("\"I'm sorry, I can't help with that.\""), Completion(GOOD))
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD and result.requests == 2
+
+
 # --- refusals: asked once more with the refusal prompt, then given up ---
 
 
@@ -335,6 +358,35 @@ def test_sidecar_reads_the_txt_beside_the_image(tmp_path: Path, picture: Image.I
     assert (result.requests, result.tokens_in, result.tokens_out) == (0, 0, 0)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'"aldar_kose_man leaning toward a merchant, market stalls behind"\n',
+        b'\xef\xbb\xbf"aldar_kose_man leaning toward a merchant, market stalls behind"\r\n',  # BOM + CRLF
+        b"  'aldar_kose_man leaning toward a merchant,\n market stalls behind'  ",
+        b"aldar_kose_man leaning toward a merchant, market stalls behind",
+    ],
+    ids=["double-quotes", "bom-crlf", "single-quotes-two-lines", "plain"],
+)
+def test_quoted_sidecar_files_train_on_the_text_not_the_quotes(
+    tmp_path: Path, picture: Image.Image, content: bytes
+) -> None:
+    source = tmp_path / "pose_04.png"
+    source.with_suffix(".txt").write_bytes(content)
+
+    result = SidecarBackend().caption(picture, source)
+
+    assert result.text == "aldar_kose_man leaning toward a merchant, market stalls behind"
+    assert with_trigger(result.text, TRIGGER) == f"{TRIGGER} leaning toward a merchant, market stalls behind"
+
+
+def test_quoted_sidecar_with_nothing_inside_is_empty(tmp_path: Path, picture: Image.Image) -> None:
+    (tmp_path / "pose_05.txt").write_text(' " " \n', encoding="utf-8")
+
+    with pytest.raises(CaptionError, match=r"pose_05\.txt: empty caption file"):
+        SidecarBackend().caption(picture, tmp_path / "pose_05.png")
+
+
 def test_sidecar_missing_file_names_it(tmp_path: Path, picture: Image.Image) -> None:
     with pytest.raises(CaptionError, match=r"pose_02\.png: no caption file pose_02\.txt beside it"):
         SidecarBackend().caption(picture, tmp_path / "pose_02.png")
@@ -375,6 +427,15 @@ def test_make_backend_picks_by_setting(
         ("  a man\n waves\tat   dawn ", f"{TRIGGER}, a man waves at dawn"),
         (f"{TRIGGER}ly walks", f"{TRIGGER}, {TRIGGER}ly walks"),  # a longer word is not the trigger
         (f"a man, {TRIGGER}", f"{TRIGGER}, a man, {TRIGGER}"),
+        # quoted captions, as exported datasets and chat models write them: quotes go, the trigger stays single
+        (f'"{TRIGGER} leaning toward a merchant"', f"{TRIGGER} leaning toward a merchant"),
+        (f'"{TRIGGER}, leaning toward a merchant', f"{TRIGGER}, leaning toward a merchant"),
+        (f"  \u201c{TRIGGER.title()}, smiling\u201d ", f"{TRIGGER}, smiling"),
+        (f"*{TRIGGER}* waves", f"{TRIGGER} waves"),
+        (f"- {TRIGGER}: waves", f"{TRIGGER}: waves"),
+        ("'a man in a fur hat'", f"{TRIGGER}, a man in a fur hat"),
+        ("the merchants'", f"{TRIGGER}, the merchants'"),  # an apostrophe, not a quote pair
+        ('""', TRIGGER),
     ],
 )
 def test_with_trigger(text: str, expected: str) -> None:
