@@ -6,7 +6,6 @@ A plan is a JSON file users may edit; generate reads it as it is, validated by t
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Literal, Protocol
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from storyboard.errors import StoryboardError
 from storyboard.log import logger
+from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected
 from storyboard.settings import Character, Plan, Story
 from storyboard.story.poses import POSE_NAMES, normalise_pose_label
 
@@ -190,33 +190,26 @@ PLAN_INSTRUCTIONS = (
 )
 
 
+PLAN_ENDPOINT = Purpose(
+    section="plan",
+    offline="plan offline with `-S plan.backend=offline`",
+    later="rerun later, or plan offline with `-S plan.backend=offline`",
+    error=PlanError,
+)
+
+
 class OpenAIPlanner:
-    """Any OpenAI-compatible chat endpoint; the reply is validated against the schema and retried once."""
+    """Any OpenAI-compatible chat endpoint (client and errors: storyboard.openai_client); the reply is validated
+    against the schema and retried once."""
 
     name = "openai"
 
     def __init__(self, settings: Plan):
-        import openai
-
-        cfg = settings.openai
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise PlanError(
-                f"plan.backend is openai but ${cfg.api_key_env} is not set: export your key, "
-                "or plan offline with `-S plan.backend=offline`"
-            )
         self.settings = settings
-        self.client = openai.OpenAI(
-            api_key=key,
-            base_url=cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None,
-            timeout=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-        )
+        self.endpoint = ChatEndpoint(settings.openai, PLAN_ENDPOINT)
 
     def frames(self, story: Story, character: Character) -> list[Frame]:
-        import openai
-
-        cfg, s = self.settings.openai, self.settings
+        s = self.settings
         system = PLAN_INSTRUCTIONS.format(
             min_frames=s.min_frames, max_frames=s.max_frames, name=character.name, poses=", ".join(POSE_NAMES)
         )
@@ -226,27 +219,7 @@ class OpenAIPlanner:
         ]
         problem = ""
         for _attempt in range(2):
-            try:
-                reply = self._ask(messages)
-            except openai.APIConnectionError as e:
-                raise PlanError(
-                    f"the planner endpoint is unreachable ({e}); plan offline with `-S plan.backend=offline`"
-                ) from None
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                raise PlanError(f"the planner endpoint refused the request: {e}") from None
-            except openai.APIStatusError as e:  # 429/5xx left after the client's own retries
-                raise PlanError(
-                    f"the planner endpoint answered {e.status_code} after {cfg.max_retries} retries ({e.message}); "
-                    "rerun later, or plan offline with `-S plan.backend=offline`"
-                ) from None
-            except json.JSONDecodeError as e:
-                raise PlanError(f"the planner endpoint sent a reply that is not JSON ({e}); {_NOT_OPENAI}") from None
-            choices = getattr(reply, "choices", None)  # a non-JSON content type comes back as plain text
-            if not choices:
-                raise PlanError(
-                    f"the planner endpoint sent a reply without choices ({str(reply)[:100]!r}); {_NOT_OPENAI}"
-                )
-            text = choices[0].message.content or ""
+            text = self._ask(messages).choices[0].message.content or ""
             try:
                 data = _with_known_poses(text)
                 frames = (
@@ -269,20 +242,17 @@ class OpenAIPlanner:
     def _ask(self, messages: list[dict]):
         """Structured output (the JSON schema enforced by the endpoint) where it is supported, else JSON mode;
         either way the reply is validated here too."""
-        import openai
-
-        cfg = self.settings.openai
-        kwargs = dict(model=cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, messages=messages)
         if self.settings.structured_output and not getattr(self, "_no_schema", False):
             schema = {"name": "storyboard_plan", "schema": FrameList.model_json_schema(), "strict": False}
             try:
-                return self.client.chat.completions.create(
-                    **kwargs, response_format={"type": "json_schema", "json_schema": schema}
-                )
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+                return self.endpoint.complete(messages, response_format={"type": "json_schema", "json_schema": schema})
+            except RequestRejected as e:
                 logger.info("the planner endpoint takes no JSON schema (%s); using JSON mode", e.status_code)
                 self._no_schema = True
-        return self.client.chat.completions.create(**kwargs, response_format={"type": "json_object"})
+        try:
+            return self.endpoint.complete(messages, response_format={"type": "json_object"})
+        except RequestRejected as e:
+            raise PlanError(f"the plan endpoint refused the request ({e}); {PLAN_ENDPOINT.later}") from None
 
 
 def _with_known_poses(text: str):
@@ -300,9 +270,6 @@ def _with_known_poses(text: str):
             logger.info("planner pose %r mapped to %r", frame["pose"], mapped)
             frame["pose"] = mapped
     return data
-
-
-_NOT_OPENAI = "is plan.openai.base_url an OpenAI-compatible API? Or plan offline with `-S plan.backend=offline`"
 
 
 def _field_errors(e: ValidationError) -> str:
