@@ -14,11 +14,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from study_outputs import make_outputs
 
 from storyboard.cli import main
 from storyboard.evaluate.study.store import RatingStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    return make_outputs(tmp_path / "outputs", ["s1", "s2"])
 
 
 def test_invite_prints_each_link_once_and_stores_only_a_hash(tmp_path, capsys):

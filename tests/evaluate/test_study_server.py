@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from browser import chromium, keep_artifact
-from conftest import frame_colour, make_outputs
 from PIL import Image
+from study_outputs import frame_colour, make_outputs
 
 from storyboard.evaluate.study.server import MAX_BODY_BYTES, StudyServer, bind_host
 from storyboard.evaluate.study.sheets import DEFAULT_MODES, label_for
@@ -21,6 +21,11 @@ from storyboard.evaluate.study.stats import summarise_study
 from storyboard.evaluate.study.store import StudyError
 
 MODES = DEFAULT_MODES
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    return make_outputs(tmp_path / "outputs", ["s1", "s2"])
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Study fixtures: rendered outputs as the generate stage leaves them, with the mode hidden in every place a
+"""Study test data: rendered outputs as the generate stage leaves them, with the mode hidden in every place a
 careless server could leak it from."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from storyboard.evaluate.study.sheets import DEFAULT_MODES
@@ -45,8 +44,3 @@ def make_outputs(root: Path, story_ids: list[str]) -> Path:
             }
             (folder / "metadata.json").write_text(json.dumps(meta))
     return root
-
-
-@pytest.fixture
-def outputs(tmp_path: Path) -> Path:
-    return make_outputs(tmp_path / "outputs", ["s1", "s2"])
