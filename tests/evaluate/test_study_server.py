@@ -175,8 +175,15 @@ def test_server_refuses_missing_sheets_and_binds_loopback_unless_told(outputs, t
         StudyServer(outputs, tmp_path / "x.sqlite", story_ids=["s1"])
 
 
-def test_foreign_host_header_is_refused(server):
+def test_foreign_host_header_is_refused(server, outputs, tmp_path):
     assert call(server.url, headers={"Host": "evil.example:80"})[0] == 403
+    assert call(server.url)[0] == 200
+    # IPv6 loopback: the Host header carries the address in brackets, as the URL does.
+    try:
+        with StudyServer(outputs, tmp_path / "v6.sqlite", story_ids=["s1"], host="::1") as v6:
+            assert v6.url.startswith("http://[::1]:") and call(v6.url)[0] == 200
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
 
 
 # -- a real browser ------------------------------------------------------------------------------------------

@@ -79,6 +79,11 @@ def bind_host(host: str, allow_remote: bool) -> str:
     return host
 
 
+def _url_host(host: str) -> str:
+    """The host as it appears in a URL and a Host header: IPv6 addresses in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _error(status: int, message: str):
     response = jsonify(error=message)
     response.status_code = status
@@ -195,8 +200,7 @@ class StudyServer:
     def url(self) -> str:
         if self._httpd is None:
             raise StudyError("study server is not running: call start() first")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._httpd.server_port}/"
+        return f"http://{_url_host(self.host)}:{self._httpd.server_port}/"
 
     def start(self) -> str:
         with self._lifecycle_lock:
@@ -206,7 +210,7 @@ class StudyServer:
             httpd = make_server(self.host, self.port, create_app(self), threaded=True)
             port = httpd.server_port
             if ipaddress.ip_address(self.host).is_loopback:
-                self.allowed_hosts = frozenset({f"{self.host}:{port}", f"localhost:{port}"})
+                self.allowed_hosts = frozenset({f"{_url_host(self.host)}:{port}", f"localhost:{port}"})
             self._thread = threading.Thread(target=httpd.serve_forever, name="study-server", daemon=True)
             self._httpd = httpd
             self._thread.start()

@@ -54,11 +54,11 @@ def krippendorff_alpha(
     ratings: dict[tuple[str, str], float], level: Literal["nominal", "ordinal"], domain: Sequence[float]
 ) -> float | None:
     """Alpha over {(rater, unit): value}; None where it is undefined (no unit rated twice, or no variation)."""
-    raters = sorted({rater for rater, _ in ratings})
-    units = sorted({unit for _, unit in ratings})
-    data = np.full((len(raters), len(units)), np.nan)
+    raters = {rater: i for i, rater in enumerate(sorted({rater for rater, _ in ratings}))}
+    units = {unit: j for j, unit in enumerate(sorted({unit for _, unit in ratings}))}
+    data = np.full((len(raters), len(units)), np.nan)  # raters x units, NaN where a rater gave no value
     for (rater, unit), value in ratings.items():
-        data[raters.index(rater), units.index(unit)] = value
+        data[raters[rater], units[unit]] = value
     if not (np.sum(~np.isnan(data), axis=0) >= 2).any():
         return None
     with warnings.catch_warnings():
