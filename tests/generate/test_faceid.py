@@ -21,7 +21,7 @@ from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.run import render_plans
 from storyboard.models.faces import Face
 from storyboard.models.loading import ModelLoadError
-from storyboard.story.plan import OfflinePlanner, plan_story
+from storyboard.story.planners import OfflinePlanner, plan_story
 
 
 def _unit(seed: int, size: int = 128) -> np.ndarray:
