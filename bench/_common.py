@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -21,7 +22,32 @@ GiB = 1024**3
 def pick_device(requested: str | None) -> torch.device:
     if requested:
         return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        # Under torchrun / accelerate launch: this process's GPU
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def world() -> tuple[int, int]:
+    """(rank, processes) of a run started by torchrun / accelerate launch, the process group set up; (0, 1)
+    otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), size
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -83,11 +109,14 @@ def memory(device: torch.device) -> dict[str, float | None]:
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    """Wall seconds of fn() with the device drained before and after (CUDA work is asynchronous)."""
+    """Wall seconds of fn() with the device drained before and after (CUDA work is asynchronous); with several
+    processes, from all of them starting to the last one finishing."""
     synchronize(device)
+    barrier()
     t0 = time.perf_counter()
     result = fn()
     synchronize(device)
+    barrier()
     return time.perf_counter() - t0, result
 
 

@@ -23,6 +23,10 @@ Both impls get the same negative prompt, steps, guidance and scales (params.yaml
 
     python bench/bench_generate.py --out bench/results/generate.json    # on the GPU
     python bench/bench_generate.py --small                               # CPU check, seconds
+
+Several GPUs: `torchrun --nproc_per_node N bench/bench_generate.py --impl ours --workdir DIR ...` renders each
+story's frame batches (--frames-per-batch, generate.frames_per_batch) across the processes, as the generate stage
+does under storyboard.launch; the timed region runs from all processes starting a story to the last finishing.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sdxl_from_config as sdxl  # noqa: E402
 from _common import (  # noqa: E402
+    barrier,
     emit,
     environment,
     free_memory,
@@ -56,6 +61,7 @@ from _common import (  # noqa: E402
     save_partial,
     synchronize,
     timed,
+    world,
 )
 
 from storyboard.log import logger, setup_logging  # noqa: E402
@@ -190,6 +196,7 @@ class Run:
             likeness_threshold=-1.0,
             max_retries=0,
             reference="frame",
+            frames_per_batch=a.frames_per_batch,
             compile=a.compile,  # applied by StoryRenderer, as in the stage
             compile_mode=a.compile_mode,
             quantize=a.quantize,  # applied by StoryRenderer too
@@ -222,29 +229,48 @@ class Run:
             prompt = frame_prompt(plan.frames[0], self.renderer.character, self.renderer.settings.style)
             image = random_image(self.size, 7)
             first = RenderedFrame(1, plan.frames[0], prompt, [Attempt(SEED + 1, 0.0, None, 0.0)], image)
-        return [f.image for f in self.renderer.render(plan, first=first)]
+        from storyboard.generate.sharing import Group
+
+        return [f.image for f in self.renderer.render(plan, first=first, group=Group.current())]
 
     # -- the measurement -----------------------------------------------------------------------------------
 
     def warmup(self) -> None:
-        """The untimed unit: one frame (baseline impl) or one story (ours)."""
+        """The untimed unit: one frame (baseline impl) or one story (ours), at --warmup-steps denoising steps: the
+        shapes that the timed stories run, so their kernels are chosen and loaded."""
         if self.impl == "baseline":
             self.baseline_frame(0)
-        else:
+            return
+        if not hasattr(self, "renderer"):
+            self.renderer = self._ours_renderer()
+        timed_settings = self.renderer.settings
+        self.renderer.settings = timed_settings.model_copy(
+            update={"steps": self.args.warmup_steps or timed_settings.steps}
+        )
+        try:
             self.ours_story()
+        finally:
+            self.renderer.settings = timed_settings
 
     def timed_story(self) -> tuple[list[Image.Image], int]:
         """All frames of the story; returns the images and the number of pipeline calls."""
         if self.impl == "baseline":
             return [self.baseline_frame(i) for i in range(len(self.prompts))], len(self.prompts)
         images = self.ours_story()
-        return images, (2 if self.mode == "ref_guided" and len(images) > 1 and not self.args.first_from_lora else 1)
+        per_batch, frames = self.args.frames_per_batch, len(images)
+        if self.mode != "ref_guided":
+            return images, -(-frames // per_batch)
+        return images, (0 if self.args.first_from_lora else 1) + -(-(frames - 1) // per_batch)
 
 
-def build_files(args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Path]:
-    """The LoRA and IP-Adapter files the pipelines load (diffusers loads both only from files)."""
-    files = {}
+def build_files(args: argparse.Namespace, device: torch.device, workdir: Path, write: bool = True) -> dict[str, Path]:
+    """The LoRA and IP-Adapter files the pipelines load (diffusers loads both only from files); `write=False`: the
+    paths of those another process wrote."""
     modes = parse_list(args.modes)
+    if not write:
+        named = {"lora": any(m != "baseline" for m in modes), "ip_adapter": "ref_guided" in modes}
+        return {name: workdir / name for name, wanted in named.items() if wanted}
+    files = {}
     if any(m != "baseline" for m in modes):
         files["lora"] = sdxl.build_lora_files(
             workdir / "lora", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small, seed=args.seed
@@ -270,6 +296,8 @@ def run_one(
             compile=args.compile,
             quantize=args.quantize,
             channels_last=args.channels_last,
+            frames_per_batch=args.frames_per_batch,
+            processes=args.processes,
         )
         result.update(first_from_lora=args.first_from_lora and mode == "ref_guided")
     run = None
@@ -306,6 +334,7 @@ def run_one(
             pipeline_calls=calls,
             s_total=round(total, 3),
             s_per_frame=round(total / frames, 4),
+            frames_per_s=round(frames / total, 4),
             peak_allocated_gib=mem["peak_allocated_gib"],
             peak_reserved_gib=mem["peak_reserved_gib"],
             # Random weights draw noise; a NaN anywhere would still show as a constant black image.
@@ -338,6 +367,10 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma list of baseline, lora, ref_guided")
     parser.add_argument("--frames", type=int, default=None, help="frames per story (8; 2 with --small)")
     parser.add_argument("--stories", type=int, default=1, help="timed stories per config")
+    parser.add_argument("--frames-per-batch", type=int, default=8, help="ours: generate.frames_per_batch")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=None, help="ours: denoising steps of the untimed story (default --steps)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (30; 2 with --small)")
     parser.add_argument("--guidance", type=float, default=6.0)
     parser.add_argument("--resolution", type=int, default=None, help="pixels (1024; 64 with --small)")
@@ -385,9 +418,13 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
 
-    device = pick_device(args.device)
+    device = pick_device(args.device)  # first: the process group then knows this process's GPU
+    rank, args.processes = world()
     if device.type != "cuda" and not args.small:
         parser.error("full-size SDXL generation needs a GPU; use --small for the CPU check")
+    if args.processes > 1 and (parse_list(args.impl) != ["ours"] or args.workdir is None):
+        parser.error("several processes: --impl ours and a --workdir (the processes share its files)")
+    out = args.out if rank == 0 else None
     for value, allowed, what in ((args.impl, IMPLS, "impl"), (args.modes, MODES, "mode")):
         for item in parse_list(value):
             if item not in allowed:
@@ -412,20 +449,27 @@ def main() -> None:
             "dtype": args.dtype,
             "lora_rank": LORA_RANK,
             "compile_mode": args.compile_mode if args.compile != "none" else None,
+            "frames_per_batch": args.frames_per_batch,
+            "warmup_steps": args.warmup_steps,
+            "processes": args.processes,
         },
         "results": results,
     }
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sdxl-bench-"))
     try:
-        files = build_files(args, device, workdir)
+        # One process writes the LoRA / IP-Adapter files (the same seeds give the same files), the others read them.
+        files = build_files(args, device, workdir) if rank == 0 else None
+        barrier()
+        files = files or build_files(args, device, workdir, write=False)
         for mode in parse_list(args.modes):
             for impl in parse_list(args.impl):
                 results.append(run_one(impl, mode, args, device, files))
-                save_partial(payload, args.out)
+                save_partial(payload, out)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    emit(payload, args.out)
+    if rank == 0:
+        emit(payload, out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ Two implementations of one training step, same LoRA (rank 64 on to_q/to_k/to_v/t
 
     python bench/bench_train.py --out bench/results/train.json          # on the GPU
     python bench/bench_train.py --small                                  # CPU check, seconds
+
+Several GPUs: `torchrun --nproc_per_node N bench/bench_train.py --impl ours ...` runs ours under DDP (the
+Accelerator of LoraTrainer), each process with its own batch of --batch-sizes; images/s counts all processes.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from _common import (  # noqa: E402
     save_partial,
     synchronize,
     timed,
+    world,
 )
 
 from storyboard.log import logger, setup_logging  # noqa: E402
@@ -71,6 +75,7 @@ class Config:
     channels_last: bool
     gradient_checkpointing: bool
     ours_unet_dtype: torch.dtype
+    processes: int = 1  # torchrun's WORLD_SIZE: one GPU each, DDP
 
 
 def add_lora(unet, rank: int) -> list[torch.nn.Parameter]:
@@ -284,19 +289,22 @@ def run_config(cfg: Config, warmup: int, steps: int, profile: bool) -> dict[str,
                 result.update(gpu_kernel_s_per_step=round(kernel_s, 4), gpu_busy=round(kernel_s * steps / seconds, 3))
         result.update(
             steps=steps,
+            processes=cfg.processes,
             s_per_step=round(seconds / steps, 4),
-            images_per_s=round(cfg.batch * steps / seconds, 3),
+            # every process trains its own batch of cfg.batch: the step moves batch x processes images
+            images_per_s=round(cfg.batch * cfg.processes * steps / seconds, 3),
             peak_allocated_gib=mem["peak_allocated_gib"],
             peak_reserved_gib=mem["peak_reserved_gib"],
             last_loss=round(losses[-1], 5),
             finite=all(x == x and abs(x) != float("inf") for x in losses),
         )
         logger.info(
-            "%s batch %d: %.3f s/step, %.2f images/s, peak %s GiB, GPU busy %s",
+            "%s batch %d x %d process(es): %.3f s/step, %.2f images/s, peak %s GiB, GPU busy %s",
             cfg.impl,
             cfg.batch,
+            cfg.processes,
             seconds / steps,
-            cfg.batch * steps / seconds,
+            cfg.batch * cfg.processes * steps / seconds,
             mem["peak_allocated_gib"],
             result.get("gpu_busy"),
         )
@@ -346,9 +354,15 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
 
-    device = pick_device(args.device)
+    # Under torchrun / accelerate launch (one process per GPU): DDP through the project's own Accelerator, each
+    # process with its own batch; rank 0 reports.
+    device = pick_device(args.device)  # first: the process group then knows this process's GPU
+    rank, processes = world()
     if device.type != "cuda" and not args.small:
         parser.error("full-size SDXL training needs a GPU; use --small for the CPU check")
+    if processes > 1 and parse_list(args.impl) != ["ours"]:
+        parser.error("several processes: --impl ours only (the plain diffusers step has no DDP here)")
+    out = args.out if rank == 0 else None
     resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
     warmup = args.warmup if args.warmup is not None else (1 if args.small else 8 if args.compile != "none" else 3)
     steps = args.steps if args.steps is not None else (2 if args.small else 10)
@@ -371,6 +385,7 @@ def main() -> None:
             "gradient_checkpointing": args.gradient_checkpointing,
             "compile": args.compile,
             "compile_mode": args.compile_mode,
+            "processes": processes,
         },
         "results": results,
     }
@@ -392,10 +407,12 @@ def main() -> None:
                 channels_last=False,
                 gradient_checkpointing=args.gradient_checkpointing,
                 ours_unet_dtype=getattr(torch, args.ours_unet_dtype) if args.ours_unet_dtype else dtype,
+                processes=processes,
             )
             results.append(run_config(cfg, warmup, steps, profile=args.profile))
-            save_partial(payload, args.out)
-    emit(payload, args.out)
+            save_partial(payload, out)
+    if rank == 0:
+        emit(payload, out)
 
 
 if __name__ == "__main__":

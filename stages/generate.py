@@ -1,7 +1,8 @@
 """generate stage: bring outputs/<mode> up to date with the plans, in one mode (baseline | lora | ref_guided).
 
 Stories rendered before from the same inputs are kept (a killed run resumes); the others are rendered.
-Several GPUs: `accelerate launch -m stages.generate <same arguments>` shards the stories across processes.
+Several GPUs: `python -m storyboard.launch stages.generate <same arguments>` (dvc.yaml's command) runs a process per
+GPU; each renders a share of every story's frame batches, and the frames are the same bytes as one process makes.
 """
 
 from __future__ import annotations

@@ -216,6 +216,11 @@ class Generate(_Section):
         0.70, description="CLIP image cosine (frame vs frame 1 and the training images) below which it is redone"
     )
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    frames_per_batch: PositiveInt = Field(
+        4,
+        description="frames per pipeline call; a story's batches spread over the GPUs of `accelerate launch`, "
+        "and a frame's pixels depend on its batch, not on the number of GPUs",
+    )
     reference: Literal["face", "frame", "faceid"] = Field(
         "face",
         description="ref_guided: the IP-Adapter gets frame 1's face crop, or the whole frame; faceid: the IP-Adapter "

@@ -152,6 +152,7 @@ EXPECTED = _table(
         "generate.clip_threshold",
         "generate.likeness_threshold",
         "generate.max_retries",
+        "generate.frames_per_batch",
         "generate.contact_sheet_columns",
         "generate.gif_frame_ms",
         "generate.vae_tiling",
@@ -182,10 +183,14 @@ def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _entry_module(cmd: str) -> str:
-    match = re.match(r"python -m (\S+)", cmd)
+def _entry_modules(cmd: str) -> list[str]:
+    """The modules a stage command runs: `python -m M`, or `python -m storyboard.launch M` (the launcher, then M)."""
+    match = re.match(r"python -m (\S+)(?: (\S+))?", cmd)
     assert match, f"stage command {cmd!r} does not start with `python -m <module>`"
-    return match.group(1)
+    if match.group(1) == "storyboard.launch":
+        assert match.group(2), f"stage command {cmd!r}: storyboard.launch needs the stage's module"
+        return [match.group(1), match.group(2)]
+    return [match.group(1)]
 
 
 def _python_files(dep: str) -> set[str]:
@@ -211,13 +216,13 @@ def stages() -> dict:
 
 
 def test_code_deps_are_each_stages_import_closure(stages):
-    entries = {name: _entry_module(stage["cmd"]) for name, stage in stages.items()}
+    entries = {name: _entry_modules(stage["cmd"]) for name, stage in stages.items()}
     script = (
         "import json, sys; from storyboard.closure import import_closure; "
         "print(json.dumps({m: [p.as_posix() for p in import_closure(m)] for m in sys.argv[1:]}))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script, *sorted(set(entries.values()))],
+        [sys.executable, "-c", script, *sorted({m for modules in entries.values() for m in modules})],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -227,7 +232,7 @@ def test_code_deps_are_each_stages_import_closure(stages):
     problems = []
     for name, stage in sorted(stages.items()):
         listed = set().union(*(_python_files(d) for d in stage["deps"]))
-        imported = set(closures[entries[name]])
+        imported = set().union(*(closures[m] for m in entries[name]))
         problems += [f"{name}: imports {f}, which dvc.yaml does not list" for f in sorted(imported - listed)]
         problems += [f"{name}: lists {f}, which its code never imports" for f in sorted(listed - imported)]
     assert not problems, "\n".join(problems)

@@ -13,8 +13,9 @@ cosine to frame 1, averaged with the mean cosine to the training images when the
 either threshold is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse
 margin, min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
 
-Frames of a story go through the pipeline as one batch, each with its own seeded generator, so a frame is the
-same whether rendered alone or in a batch. Retries are batched too.
+Frames of a story go through the pipeline in batches of generate.frames_per_batch (ref_guided: frame 1 alone, then
+the later ones), each frame with its own seeded generator; retries are batched too. Under `accelerate launch` the
+batches of a story spread over the processes (sharing.py): the frames are the same bytes as one process renders.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from PIL import Image
 
 from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt, warn_if_truncated
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
+from storyboard.generate.sharing import SOLO, Group, frame_batches
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
@@ -213,32 +216,61 @@ class StoryRenderer:
             logger.info("%d frame(s) below the CLIP checks; retry %d of %d", len(pending), attempt, s.max_retries)
             self._attempt(pending, attempt, ip_reference)
 
-    def render(self, plan: StoryPlan, first: RenderedFrame | None = None) -> list[RenderedFrame]:
+    def render(self, plan: StoryPlan, first: RenderedFrame | None = None, group: Group = SOLO) -> list[RenderedFrame]:
         """Render a plan. ref_guided may be given `first`: frame 1 as the lora mode settled it, which is exactly
-        what ref_guided would render for it (the LoRA alone, same prompt and seeds), so it is not rendered again."""
+        what ref_guided would render for it (the LoRA alone, same prompt and seeds), so it is not rendered again.
+
+        Frames render in batches of `frames_per_batch` (ref_guided: frame 1 alone, then the later ones), each batch
+        on one process of `group`; every process returns the whole story, the same whatever the group's size.
+        """
         frames = [
             RenderedFrame(index=i, frame=f, prompt=frame_prompt(f, self.character, self.settings.style))
             for i, f in enumerate(plan.frames, start=1)
         ]
         warn_if_truncated(self.pipe, [f.prompt for f in frames])
-        rest = frames[1:]
+        per_batch = self.settings.frames_per_batch
         if self.mode == "ref_guided":
-            # Later frames are conditioned on frame 1, so it is settled first, alone.
+            # Later frames are conditioned on frame 1, so it is settled first, alone, by the main process.
             if first is not None and first.prompt == frames[0].prompt:
                 frames[0] = first
+                anchor = self.scorer.image_features([first.image])[0]
             else:
-                self._attempt(frames[:1], 0, None)
-                self._settle(frames[:1], None, None)
-            first = frames[0]
-            ip_reference = self.ip_references.of(first.image, plan.story_id)
-            self._attempt(rest, 0, ip_reference)
+                if group.is_main:
+                    self._attempt(frames[:1], 0, None)
+                    self._settle(frames[:1], None, None)
+                frames[0], anchor = self._shared_first(frames[0], group)
+            ip_reference = self.ip_references.of(frames[0].image, plan.story_id)
+            mine = group.share(frame_batches(frames[1:], per_batch))
+            for batch in mine:
+                self._attempt(batch, 0, ip_reference)
         else:
-            # One batch for the whole story; frame 1 settles first because the others are judged against it.
-            first, ip_reference = frames[0], None
-            self._attempt(frames, 0, None)
-            self._settle([first], None, None)
-        anchor = self.scorer.image_features([first.image])[0] if not first.features else first.features[first.best]
-        self._settle(rest, anchor, ip_reference)
-        for f in frames:
-            f.images, f.features = [], []  # only the kept image leaves the renderer
-        return frames
+            # No frame conditions another: frame 1 renders in the first batch, and only the likeness check
+            # waits for it (the later frames are judged against it).
+            ip_reference = None
+            mine = group.share(frame_batches(frames, per_batch))
+            for batch in mine:
+                self._attempt(batch, 0, None)
+            if group.is_main:
+                self._settle(frames[:1], None, None)
+            frames[0], anchor = self._shared_first(frames[0], group)
+        for batch in mine:
+            self._settle([f for f in batch if f.index != 1], anchor, ip_reference)
+        done = {f.index: _kept(f) for batch in mine for f in batch}
+        for share in group.all_gather(done):
+            done.update(share)
+        return [frames[0] if f.index == 1 else done[f.index] for f in frames]
+
+    def _shared_first(self, first: RenderedFrame, group: Group) -> tuple[RenderedFrame, torch.Tensor]:
+        """Frame 1 as the main process settled it, and its CLIP image features (the likeness anchor), on every
+        process: sent, not rendered again, so each process judges against the very same frame."""
+        if group.is_main:
+            sent = (_kept(first), first.features[first.best].cpu())
+        else:
+            sent = None
+        kept, anchor = group.broadcast(sent)
+        return kept, anchor.to(self.scorer.device)
+
+
+def _kept(frame: RenderedFrame) -> RenderedFrame:
+    """The frame as it leaves the renderer: the kept image and every attempt's record, not every attempt's image."""
+    return replace(frame, images=[], features=[])

@@ -20,6 +20,7 @@ from storyboard.generate.frames import RenderedFrame
 from storyboard.generate.inputs import StoryInputs, file_sha256, is_rendered
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
+from storyboard.generate.sharing import SOLO, Group
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
@@ -35,8 +36,11 @@ def render_plans(
     out_roots: Mapping[Mode, Path],
     lora_dir: Path | None,
     dataset_dir: Path | None = None,
+    group: Group = SOLO,
 ) -> dict[Mode, list[Path]]:
     """Render each plan in each mode into out_roots[mode]/<story_id>/; return those folders per mode.
+
+    With a `group` of several processes, each story's frame batches spread over them and the main process writes.
 
     Stories already there from the same inputs are kept as they are. Models are loaded once for all the modes (see
     `load_renderers`), and only when some story needs rendering; when lora and ref_guided both run, ref_guided
@@ -85,10 +89,12 @@ def render_plans(
         for plan, key in tqdm(todo[mode], desc=f"generate {mode}", unit="story"):
             t0 = time.perf_counter()
             reused = lora_first.get(plan.story_id) if mode == "ref_guided" else None
-            frames = renderer.render(plan, first=reused)
+            frames = renderer.render(plan, first=reused, group=group)
             seconds = time.perf_counter() - t0
             if mode == "lora":
                 lora_first[plan.story_id] = frames[0]
+            if not group.is_main:
+                continue
             metadata = {
                 "story_id": plan.story_id,
                 "story": plan.story,
@@ -102,6 +108,7 @@ def render_plans(
                 "generate": settings.generate.model_dump(mode="json"),
                 "resolution": renderer.resolution,
                 "device": str(device.device),
+                "processes": group.size,
                 "dtype": str(device.dtype).removeprefix("torch."),
                 # frame 1 taken from the lora mode of the same run (its seconds are counted there)
                 "frame_1_from": "lora" if reused is not None and frames[0] is reused else None,
@@ -141,20 +148,21 @@ def render_to(
 ) -> None:
     """Bring `out` up to date with the plans: render what is missing or changed, keep the rest, drop the others.
 
-    Under `accelerate launch` the stories shard across processes; each writes its own story folders (atomically)
-    straight into `out`, and the main process tidies up when all are done.
+    Under `accelerate launch` every process goes through the same stories; each renders its share of a story's
+    frame batches (sharing.py) and the main process writes the story folder (atomically) once they are gathered.
     """
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
+    group = Group.current()
     out = Path(out)
-    if state.is_main_process:
+    if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
+    # Every process decides what to render from the same folder, before the main process writes to it.
     state.wait_for_everyone()
-    with state.split_between_processes(plans) as mine:
-        if state.num_processes > 1:
-            logger.info("process %d of %d: %d stories", state.process_index, state.num_processes, len(mine))
-        render_plans(settings, [mode], list(mine), {mode: out}, lora_dir, dataset_dir)
+    if group.size > 1:
+        logger.info("process %d of %d: rendering a share of every story's frame batches", group.rank, group.size)
+    render_plans(settings, [mode], plans, {mode: out}, lora_dir, dataset_dir, group)
     state.wait_for_everyone()
-    if state.is_main_process:
+    if group.is_main:
         remove_other_stories(out, [plan.story_id for plan in plans])

@@ -22,14 +22,23 @@ CODE = "stages.train"  # its import closure is all the code a training run goes 
 NOT_SHAPING = {"log_every", "validation", "checkpoint_every", "checkpoints_keep"}
 
 
-def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution: int) -> str:
+def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution: int, processes: int = 1) -> str:
     """Everything that shapes the weights: the train params, the models the latents and the UNet come from, the
-    data, and the code the train stage runs (a fixed bug must not resume from checkpoints the bug made)."""
+    data, the code the train stage runs (a fixed bug must not resume from checkpoints the bug made), and the
+    number of processes (one per GPU): it multiplies the effective batch, so a run on 2 GPUs never resumes on 1."""
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
     # What only changes how often we look or keep (logging, validation, checkpoints) does not change the weights.
     shaping = settings.model_dump(mode="json", exclude=NOT_SHAPING)
     blob = json.dumps(
-        [shaping, models.base, models.vae, hashlib.sha256(manifest).hexdigest(), resolution, code_fingerprint(CODE)],
+        [
+            shaping,
+            models.base,
+            models.vae,
+            hashlib.sha256(manifest).hexdigest(),
+            resolution,
+            code_fingerprint(CODE),
+            processes,
+        ],
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

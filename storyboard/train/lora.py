@@ -8,7 +8,13 @@ fast, resumable and portable.
 - Aspect-ratio buckets: each picture trains at the shape nearest its own.
 - Checkpoints hold LoRA weights, optimizer, LR schedule, RNG and step, under a folder named by a fingerprint of all
   that shapes the run, so a resumed run never mixes with one of other params; a half-written one never counts.
-- Runs under `accelerate launch` on any number of GPUs; one process is the default.
+- Several GPUs: one process per GPU (storyboard.launch, dvc.yaml's command), DDP through accelerate, the compiled
+  CUDA-graph step in each. Each process draws its own batch of train.batch_size (seeded seed + rank), so the
+  effective batch is batch_size x gradient_accumulation_steps x processes; with train.epochs the step count
+  shrinks to match, with max_steps it does not. train.learning_rate is used as set, not scaled with the
+  processes (as in diffusers' and kohya's scripts: Adam's update size barely depends on the batch, and LoRA
+  rates are tuned at small batches); raise it yourself if you want the linear rule. The number of processes is
+  part of the checkpoint fingerprint: a run resumes only with as many GPUs as it started with.
 
 The parts: parts.py (the frozen SDXL models), latents.py (the inputs, computed once), trainer.py (LoRA layers,
 optimizer, one step), checkpoints.py, progress.py (the per-step log and validation samples), validation.py,
@@ -29,7 +35,7 @@ from storyboard.fsutil import atomic_path, write_json
 from storyboard.log import logger
 from storyboard.models.loading import Device
 from storyboard.settings import ModelSet, Train
-from storyboard.train.checkpoints import fingerprint, resume, save_checkpoint
+from storyboard.train.checkpoints import fingerprint, latest_checkpoint, resume, save_checkpoint
 from storyboard.train.errors import TrainError
 from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS, export_kohya
 from storyboard.train.latents import LatentCache, load_examples
@@ -37,6 +43,8 @@ from storyboard.train.parts import SdxlParts
 from storyboard.train.progress import TrainLog
 from storyboard.train.trainer import LoraTrainer
 from storyboard.train.validation import validation_images
+
+MAX_PROCESSES_LOOKED_AT = 16  # other GPU counts whose checkpoints a fresh run mentions
 
 
 def total_steps(settings: Train, n_images: int, processes: int) -> int:
@@ -71,10 +79,13 @@ def train_lora(
             encoder.to("cpu")
     trainer = LoraTrainer(parts, cache, settings, accelerator, steps)
 
-    run_dir = Path(checkpoint_root) / fingerprint(settings, models, dataset_dir, resolution)
+    processes = accelerator.num_processes
+    run_dir = Path(checkpoint_root) / fingerprint(settings, models, dataset_dir, resolution, processes)
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step, history = resume(run_dir, trainer, steps)
     main = accelerator.is_main_process
+    if start_step == 0 and main:
+        _say_other_process_counts(Path(checkpoint_root), settings, models, dataset_dir, resolution, processes)
     log = TrainLog(live_dir, run_dir / "validation", history, start_step, main)
     validating = bool(main and settings.validation.every and settings.validation.prompts)
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
@@ -86,9 +97,11 @@ def train_lora(
                 log.flush(trainer.learning_rate, bar)
             if validating and done % settings.validation.every == 0 and done not in log.validated:
                 log.add_samples(done, validation_images(trainer, settings))
-            if done % settings.checkpoint_every == 0 and done < steps and main:
+            if done % settings.checkpoint_every == 0 and done < steps:
                 log.flush(trainer.learning_rate, bar)  # the checkpoint carries the history up to its own step
-                save_checkpoint(run_dir, {**trainer.state(done), "history": log.history}, settings.checkpoints_keep)
+                state = trainer.state(done)  # on every process: it gathers each one's random state
+                if main:
+                    save_checkpoint(run_dir, {**state, "history": log.history}, settings.checkpoints_keep)
         # The final weights always get samples, also when a resume had nothing left to train.
         if validating and steps not in log.validated:
             log.add_samples(steps, validation_images(trainer, settings))
@@ -107,20 +120,42 @@ def train_lora(
         "images": len(examples),
         "buckets": {f"{b.bucket.width}x{b.bucket.height}": len(b.latents) for b in cache.buckets},
         "resolution": resolution,
+        "processes": processes,
+        # images per optimizer step; train.learning_rate applies to it as set (not scaled with the processes)
+        "effective_batch": settings.batch_size * settings.gradient_accumulation_steps * processes,
         "final_loss": log.history[-1]["loss"] if log.history else None,
         "base_model": models.base,
         "rank": settings.rank,
         "alpha": settings.alpha,
     }
+    final_state = trainer.state(steps)
     if main:
         layers = trainer.lora_layers()
         with atomic_path(Path(out_dir)) as staged:
             StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **layers)
             export_kohya(staged / LORA_WEIGHTS, staged / KOHYA_WEIGHTS)
             write_json(staged / "training.json", summary)
-        save_checkpoint(run_dir, {**trainer.state(steps), "history": log.history}, settings.checkpoints_keep)
+        save_checkpoint(run_dir, {**final_state, "history": log.history}, settings.checkpoints_keep)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _say_other_process_counts(
+    root: Path, settings: Train, models: ModelSet, dataset_dir: Path, resolution: int, processes: int
+) -> None:
+    """A run started from scratch although checkpoints of the same params exist at another number of GPUs: say so,
+    and how to resume them."""
+    for other in range(1, MAX_PROCESSES_LOOKED_AT + 1):
+        folder = root / fingerprint(settings, models, dataset_dir, resolution, other)
+        if other != processes and (found := latest_checkpoint(folder)) is not None:
+            logger.warning(
+                "checkpoints of this run on %d process(es) exist (%s); this run has %d, which changes the effective "
+                "batch, so it starts from step 0. To resume those instead, run with %d GPU(s) (CUDA_VISIBLE_DEVICES)",
+                other,
+                found,
+                processes,
+                other,
+            )
 
 
 def _accelerator(settings: Train, device: Device):

@@ -82,15 +82,16 @@ class LoraTrainer:
         if not groups[0]["params"]:
             raise TrainError(f"train.target_modules {s.target_modules} matched no UNet layer; use e.g. to_q, to_k")
         self.optimizer = _optimizer(groups, s, parts.device)
-        processes = accelerator.num_processes
+        # The schedule counts optimizer steps, whatever the number of processes: accelerate would step a scheduler
+        # it prepared once per process per step, which makes a checkpoint's schedule depend on that number.
         self.lr_scheduler = get_scheduler(
             s.lr_scheduler,
             optimizer=self.optimizer,
-            num_warmup_steps=s.lr_warmup_steps * processes,
-            num_training_steps=total_steps * processes,
+            num_warmup_steps=s.lr_warmup_steps,
+            num_training_steps=total_steps,
         )
-        prepared = accelerator.prepare(self.unet, *self.text_encoders, self.optimizer, self.lr_scheduler)
-        self.unet, *self.text_encoders, self.optimizer, self.lr_scheduler = prepared
+        prepared = accelerator.prepare(self.unet, *self.text_encoders, self.optimizer)
+        self.unet, *self.text_encoders, self.optimizer = prepared
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.generator = torch.Generator(device=parts.device).manual_seed(s.seed + accelerator.process_index)
         # Bucket choice runs on the CPU (a multinomial draw on the GPU would sync); seeded alike.
@@ -164,9 +165,9 @@ class LoraTrainer:
                 if self.accelerator.sync_gradients and self.settings.max_grad_norm:
                     self.accelerator.clip_grad_norm_(self.params, self.settings.max_grad_norm)
                 self.optimizer.step()
-                self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             total = loss.detach() if total is None else total + loss.detach()
+        self.lr_scheduler.step()
         return total / self.settings.gradient_accumulation_steps
 
     @property
@@ -179,20 +180,27 @@ class LoraTrainer:
         """The model without DDP or torch.compile wrappers: its state-dict keys are the module names."""
         return self.accelerator.unwrap_model(model, keep_torch_compile=False)
 
+    def _rng(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "cpu_generator": self.cpu_generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
     def state(self, step: int) -> dict:
+        """The checkpoint's content; every process must call it (each process's random state is gathered)."""
+        from accelerate.utils import gather_object
+
         unwrap = self.plain
         return {
             "step": step,
             "lora": [lora_tensors(unwrap(m)) for m in (self.unet, *self.text_encoders)],
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
-            "rng": {
-                "generator": self.generator.get_state(),
-                "cpu_generator": self.cpu_generator.get_state(),
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            # one per process, in rank order: each process draws its own batches
+            "rng": gather_object([self._rng()]) if self.accelerator.num_processes > 1 else [self._rng()],
         }
 
     def load_state(self, state: dict) -> int:
@@ -202,11 +210,19 @@ class LoraTrainer:
                 raise TrainError(f"checkpoint does not fit the model: {result.unexpected_keys[:3]}...")
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.generator.set_state(state["rng"]["generator"])
-        self.cpu_generator.set_state(state["rng"]["cpu_generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        rngs = state["rng"]
+        if len(rngs) != self.accelerator.num_processes:
+            # checkpoints.fingerprint covers the number of processes, so only a checkpoint copied by hand gets here
+            raise TrainError(
+                f"this checkpoint was written by {len(rngs)} process(es), this run has "
+                f"{self.accelerator.num_processes}: resume it with as many GPUs (CUDA_VISIBLE_DEVICES)"
+            )
+        rng = rngs[self.accelerator.process_index]
+        self.generator.set_state(rng["generator"])
+        self.cpu_generator.set_state(rng["cpu_generator"])
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
         return int(state["step"])
 
     def lora_layers(self) -> dict[str, dict[str, torch.Tensor]]:
