@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import runpy
+import socket
 import sys
 
 from storyboard.errors import StoryboardError
@@ -55,6 +56,8 @@ def command(module: str, args: list[str], n: int, gpus: int) -> list[str] | None
     if gpus:
         launcher = ["accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
         launcher += ["--mixed_precision", "no", "--num_processes", str(n)]  # precision: the stage's own params
+        # a free port, not accelerate's fixed 29500: two experiments on one machine each get their own
+        launcher += ["--main_process_port", str(_free_port())]
         return [sys.executable, "-m", *launcher, "-m", module, *args]
     return [
         sys.executable,
@@ -67,6 +70,12 @@ def command(module: str, args: list[str], n: int, gpus: int) -> list[str] | None
         module,
         *args,
     ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv: list[str]) -> None:
