@@ -413,6 +413,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON line here")
     parser.add_argument(
+        "--build-only", action="store_true", help="write the LoRA / IP-Adapter files into --workdir and stop"
+    )
+    parser.add_argument(
         "--gpu-lock", type=Path, default=None, help="lock file shared by bench processes run side by side"
     )
     args = parser.parse_args()
@@ -424,6 +427,8 @@ def main() -> None:
         parser.error("full-size SDXL generation needs a GPU; use --small for the CPU check")
     if args.processes > 1 and (parse_list(args.impl) != ["ours"] or args.workdir is None):
         parser.error("several processes: --impl ours and a --workdir (the processes share its files)")
+    if args.build_only and args.workdir is None:
+        parser.error("--build-only needs --workdir (where the files stay)")
     out = args.out if rank == 0 else None
     for value, allowed, what in ((args.impl, IMPLS, "impl"), (args.modes, MODES, "mode")):
         for item in parse_list(value):
@@ -459,6 +464,8 @@ def main() -> None:
     try:
         # One process writes the LoRA / IP-Adapter files (the same seeds give the same files), the others read them.
         files = build_files(args, device, workdir) if rank == 0 else None
+        if args.build_only:
+            return
         barrier()
         files = files or build_files(args, device, workdir, write=False)
         for mode in parse_list(args.modes):
