@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from storyboard.generate.sharing import Group, frame_batches
 from storyboard.story.plan import plan_to_json
 from storyboard.story.planners import OfflinePlanner, plan_story
 
@@ -41,6 +42,15 @@ def _records(story_dir: Path) -> list[dict]:
         for attempt in record["attempts"]:
             attempt.pop("seconds")
     return frames
+
+
+def test_batches_are_cut_alike_for_any_number_of_processes():
+    batches = frame_batches(list(range(2, 9)), 3)
+    assert batches == [[2, 3, 4], [5, 6, 7], [8]]
+    for size in (1, 2, 3, 5):
+        shares = [Group(rank, size).share(batches) for rank in range(size)]
+        assert [b for share in shares for b in share] == batches  # each batch once, in order
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
 @pytest.mark.parametrize("mode", ["baseline", "ref_guided"])
