@@ -114,8 +114,12 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path | None = None)
     return result.stdout
 
 
-def timed_dvc(args: list[str], cwd: Path, env: dict[str, str], log: Path, gpu: GpuMemory) -> dict:
-    """Run `dvc <args>`, streaming its output to `log`; time each stage it runs, and its GPU memory peak."""
+def timed_dvc(
+    args: list[str], cwd: Path, env: dict[str, str], log: Path, gpu: GpuMemory, on_stage=lambda done: None
+) -> dict:
+    """Run `dvc <args>`, streaming its output to `log`; time each stage it runs, and its GPU memory peak.
+
+    `on_stage(stages)` is called as each stage ends, so a run killed at a time limit keeps the finished ones."""
     start = time.perf_counter()
     stages: list[dict] = []
     skipped: list[str] = []
@@ -125,6 +129,7 @@ def timed_dvc(args: list[str], cwd: Path, env: dict[str, str], log: Path, gpu: G
         if stages and "wall_s" not in stages[-1]:
             stages[-1]["wall_s"] = round(now - stages[-1].pop("_t"), 1)
             stages[-1]["peak_gpu_mib"] = gpu.reset()
+            on_stage([s for s in stages if "wall_s" in s])
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", *args],
@@ -215,7 +220,9 @@ def setup(work: Path, models_root: Path, small: bool, env: dict[str, str], out: 
     t = time.perf_counter()
     device = "cpu" if small else "cuda"
     cmd = [sys.executable, str(REPO / "bench" / "hub_folders.py"), "--root", str(models_root), "--device", device]
-    hub = run([*cmd, *(["--small"] if small else [])], REPO, env, out / "hub.log")
+    # The bench scripts import the package from this checkout, installed or not.
+    hub_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))}
+    hub = run([*cmd, *(["--small"] if small else [])], REPO, hub_env, out / "hub.log")
     models = json.loads(hub.strip().splitlines()[-1])
     folders_s = time.perf_counter() - t
 
@@ -278,7 +285,12 @@ def main() -> None:
                 result["setup"] = setup(work, Path(args.models).resolve(), args.small, env, out)
             else:
                 dvc_args = {"first": ["repro"], "exp": ["exp", "run", *EXP_ARGS], "noop": ["repro"]}[phase]
-                result[phase] = timed_dvc(dvc_args, work, env, out / f"{phase}.log", gpu)
+
+                def partial(done: list[dict], phase: str = phase, dvc_args: list[str] = dvc_args) -> None:
+                    result[phase] = {"command": "dvc " + " ".join(dvc_args), "complete": False, "stages": done}
+                    result_file.write_text(json.dumps(result, indent=1) + "\n")
+
+                result[phase] = timed_dvc(dvc_args, work, env, out / f"{phase}.log", gpu, partial)
                 if phase != "noop":
                     result[f"{phase}_outputs"] = stage_summaries(work)
             result_file.write_text(json.dumps(result, indent=1) + "\n")
