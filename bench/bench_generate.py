@@ -388,7 +388,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma list of baseline, lora, ref_guided")
     parser.add_argument("--frames", type=int, default=None, help="frames per story (8; 2 with --small)")
     parser.add_argument("--stories", type=int, default=1, help="timed stories per config")
-    parser.add_argument("--frames-per-batch", type=int, default=8, help="ours: generate.frames_per_batch")
+    parser.add_argument(
+        "--frames-per-batch", type=int, default=4, help="ours: generate.frames_per_batch (the shipped default, 4)"
+    )
     parser.add_argument(
         "--warmup-steps", type=int, default=None, help="ours: denoising steps of the untimed story (default --steps)"
     )
