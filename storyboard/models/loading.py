@@ -6,7 +6,6 @@ Nothing here knows which profile is active beyond `model_set()`, which turns the
 from __future__ import annotations
 
 import inspect
-import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import torch
 
 from storyboard.errors import StoryboardError
 from storyboard.log import logger
+from storyboard.models.gpus import cuda_index
 from storyboard.settings import ModelSet, Runtime, Settings
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ class Device:
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ModelLoadError("runtime.device is cuda but no CUDA GPU is visible; set runtime.device: auto")
         if device.type == "cuda":
-            # Under `accelerate launch`, each process takes the GPU of its local rank.
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            # Under `accelerate launch`, each process takes the GPU of its local rank; else a free one (gpus.py).
+            device = torch.device("cuda", cuda_index())
         if runtime.dtype == "auto":
             # bf16 on GPUs (SDXL's fp16 VAE overflows without the fp16-fix VAE); fp32 on CPUs, where
             # half precision is slower, not faster.
