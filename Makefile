@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
              -S generate.steps=10 -S train.compile=none
 
-.PHONY: install browser run tiny test lint print-tiny-flags
+.PHONY: install browser run tiny test lint print-tiny-flags compare
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ browser:
 
 test: install browser  ## unit tests, browser tests and the end-to-end tiny pipeline run
 	pytest
+
+# The pull-request comparison: params, metrics per mode and per story, plots, of the workspace against BASE.
+BASE ?= main
+compare: install  ## Markdown report vs BASE (compare.md, printed) and `dvc plots diff` HTML (compare-plots/)
+	storyboard compare $(BASE) --out compare.md --plots compare-plots
 
 lint: install
 	ruff check . && ruff format --check .
