@@ -41,7 +41,7 @@ test: install browser  ## unit tests, browser tests and the end-to-end tiny pipe
 # The pull-request comparison: params, metrics per mode and per story, plots, of the workspace against BASE.
 BASE ?= main
 compare: install  ## Markdown report vs BASE (compare.md, printed) and `dvc plots diff` HTML (compare-plots/)
-	storyboard compare $(BASE) --out compare.md --plots compare-plots
+	python -m storyboard.cli compare $(BASE) --out compare.md --plots compare-plots
 
 lint: install
 	ruff check . && ruff format --check .
