@@ -88,7 +88,7 @@ class RemoteMirror:
                 )
 
     def put_file(self, local: Path, rel: str) -> bool:
-        if self.broken:
+        if self.broken or not Path(local).exists():  # gone already (a rotated-out checkpoint): nothing to send
             return False
         try:
             self.fs.put_file(os.fspath(local), self._path(rel))
@@ -162,6 +162,25 @@ class RemoteMirror:
             return False
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+
+    def get_missing(self, rel: str, local: Path) -> int:
+        """Fetch the files under `rel` that `local` lacks; how many came."""
+        if self.broken:
+            return 0
+        try:
+            base = self._path(rel)
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return 0
+        except Exception as e:
+            self._failed(f"listing of {rel}", e)
+            return 0
+        fetched = 0
+        for remote in found:
+            name = remote[len(base) :].lstrip("/")
+            if not (Path(local) / name).exists():
+                fetched += self.get_file(f"{rel}/{name}", Path(local) / name)
+        return fetched
 
     def exists(self, rel: str) -> bool:
         if self.broken:

@@ -1,4 +1,7 @@
-"""Checkpoints: a folder per run fingerprint, saved atomically, the latest complete one resumed."""
+"""Checkpoints: a folder per run fingerprint, saved atomically, the latest complete one resumed.
+
+With a DVC remote configured, each checkpoint is also mirrored there as it is written (storyboard/remote.py), so a
+lost pod resumes on the next one from the last checkpoint instead of from step 0."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
+from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
 
 if TYPE_CHECKING:
@@ -29,20 +33,48 @@ def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save_checkpoint(folder: Path, state: dict, keep: int) -> None:
+MARKER = "COMPLETE"
+
+
+def save_checkpoint(folder: Path, state: dict, keep: int, mirror: RemoteMirror | None = None) -> None:
     target = folder / f"step-{state['step']:07d}"
     with atomic_path(target) as staged:
         staged.mkdir()
         torch.save(state, staged / "state.pt")
-        (staged / "COMPLETE").write_text(str(state["step"]))
+        (staged / MARKER).write_text(str(state["step"]))
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    if mirror is not None:
+        mirror.in_background(_upload, mirror, folder, target, keep)  # training goes on while it travels
+
+
+def _upload(mirror: RemoteMirror, folder: Path, target: Path, keep: int) -> None:
+    """The checkpoint (marker last) and the validation samples so far; the remote keeps `keep` checkpoints too."""
+    rel = f"checkpoints/{folder.name}"
+    if not mirror.put_dir(target, f"{rel}/{target.name}", MARKER):
+        return
+    for sample in sorted((folder / "validation").glob("*.png")):
+        mirror.put_file(sample, f"{rel}/validation/{sample.name}")
+    for old in mirror.complete_dirs(rel, MARKER)[:-keep]:
+        mirror.remove(f"{rel}/{old}")
+
+
+def fetch_latest(folder: Path, mirror: RemoteMirror) -> None:
+    """Bring the remote's latest complete checkpoint (and validation samples) here when it is newer than ours."""
+    rel = f"checkpoints/{folder.name}"
+    remote = mirror.complete_dirs(rel, MARKER)
+    local = latest_checkpoint(folder)
+    if not remote or (local is not None and local.name >= remote[-1]):
+        return
+    if mirror.get_dir(f"{rel}/{remote[-1]}", folder / remote[-1], MARKER):
+        mirror.get_missing(f"{rel}/validation", folder / "validation")
+        logger.info("fetched checkpoint %s of this run from the remote %s", remote[-1], mirror.label)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
     # Only folders with the COMPLETE marker count: atomic renames make a half-written one impossible, the
     # marker guards against copies made by other tools.
-    complete = [p for p in sorted(folder.glob("step-*")) if (p / "COMPLETE").exists()]
+    complete = [p for p in sorted(folder.glob("step-*")) if (p / MARKER).exists()]
     return complete[-1] if complete else None
 
 

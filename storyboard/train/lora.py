@@ -28,8 +28,9 @@ from tqdm import tqdm
 from storyboard.fsutil import atomic_path, write_json
 from storyboard.log import logger
 from storyboard.models.loading import Device
+from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
-from storyboard.train.checkpoints import fingerprint, resume, save_checkpoint
+from storyboard.train.checkpoints import fetch_latest, fingerprint, resume, save_checkpoint
 from storyboard.train.errors import TrainError
 from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS, export_kohya
 from storyboard.train.latents import LatentCache, load_examples
@@ -73,8 +74,13 @@ def train_lora(
 
     run_dir = Path(checkpoint_root) / fingerprint(settings, models, dataset_dir, resolution)
     run_dir.mkdir(parents=True, exist_ok=True)
-    start_step, history = resume(run_dir, trainer, steps)
     main = accelerator.is_main_process
+    # The DVC remote keeps the checkpoints of a pod that is lost mid-run (storyboard/remote.py).
+    mirror = RemoteMirror.from_project() if main else None
+    if mirror is not None:
+        fetch_latest(run_dir, mirror)
+    accelerator.wait_for_everyone()
+    start_step, history = resume(run_dir, trainer, steps)
     log = TrainLog(live_dir, run_dir / "validation", history, start_step, main)
     validating = bool(main and settings.validation.every and settings.validation.prompts)
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
@@ -88,7 +94,8 @@ def train_lora(
                 log.add_samples(done, validation_images(trainer, settings))
             if done % settings.checkpoint_every == 0 and done < steps and main:
                 log.flush(trainer.learning_rate, bar)  # the checkpoint carries the history up to its own step
-                save_checkpoint(run_dir, {**trainer.state(done), "history": log.history}, settings.checkpoints_keep)
+                state = {**trainer.state(done), "history": log.history}
+                save_checkpoint(run_dir, state, settings.checkpoints_keep, mirror)
         # The final weights always get samples, also when a resume had nothing left to train.
         if validating and steps not in log.validated:
             log.add_samples(steps, validation_images(trainer, settings))
@@ -118,7 +125,9 @@ def train_lora(
             StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **layers)
             export_kohya(staged / LORA_WEIGHTS, staged / KOHYA_WEIGHTS)
             write_json(staged / "training.json", summary)
-        save_checkpoint(run_dir, {**trainer.state(steps), "history": log.history}, settings.checkpoints_keep)
+        save_checkpoint(run_dir, {**trainer.state(steps), "history": log.history}, settings.checkpoints_keep, mirror)
+    if mirror is not None:
+        mirror.wait()
     accelerator.wait_for_everyone()
     return summary
 
