@@ -94,3 +94,24 @@ def test_server_down_is_a_warning_not_an_error(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "a.json").write_text("{}")
     assert not mirror.put_file(tmp_path / "a.json", "captions/a.json")
     assert "EndpointConnectionError" in str(mirror.broken)
+
+
+def test_checkpoints_travel_to_a_new_pod(project: Path, tmp_path: Path) -> None:
+    """What the train stage does: each saved checkpoint is mirrored; a new pod fetches the latest complete one."""
+    from storyboard.train.checkpoints import fetch_latest, latest_checkpoint, save_checkpoint
+
+    mirror = RemoteMirror.from_project()
+    run_dir = tmp_path / "pod1" / "checkpoints" / "fingerprint0"
+    (run_dir / "validation").mkdir(parents=True)
+    for step in (2, 4, 6):
+        (run_dir / "validation" / f"step{step:06d}_0.png").write_bytes(b"png")
+        save_checkpoint(run_dir, {"step": step, "history": [{"step": step}]}, keep=2, mirror=mirror)
+    mirror.wait()
+    assert mirror.broken is None
+    assert mirror.complete_dirs("checkpoints/fingerprint0", "COMPLETE") == ["step-0000004", "step-0000006"]
+
+    new_pod = tmp_path / "pod2" / "checkpoints" / "fingerprint0"
+    fetch_latest(new_pod, RemoteMirror.from_project())
+    assert latest_checkpoint(new_pod).name == "step-0000006"
+    assert sorted(p.name for p in (new_pod / "validation").iterdir()) == [f"step{s:06d}_0.png" for s in (2, 4, 6)]
+    fetch_latest(run_dir, RemoteMirror.from_project())  # the local one is as new: nothing fetched, nothing broken

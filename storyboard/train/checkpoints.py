@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,17 +43,24 @@ def save_checkpoint(folder: Path, state: dict, keep: int, mirror: RemoteMirror |
         staged.mkdir()
         torch.save(state, staged / "state.pt")
         (staged / MARKER).write_text(str(state["step"]))
+    if mirror is not None:
+        # Hard links: the upload reads its own names, so rotating the checkpoint out below can't pull the files
+        # from under it, and it costs no copy.
+        snapshot = folder / f".mirror-{target.name}"
+        shutil.copytree(target, snapshot, copy_function=os.link, dirs_exist_ok=True)
+        mirror.in_background(_upload, mirror, folder, snapshot, target.name, keep)  # training goes on meanwhile
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    if mirror is not None:
-        mirror.in_background(_upload, mirror, folder, target, keep)  # training goes on while it travels
 
 
-def _upload(mirror: RemoteMirror, folder: Path, target: Path, keep: int) -> None:
+def _upload(mirror: RemoteMirror, folder: Path, snapshot: Path, name: str, keep: int) -> None:
     """The checkpoint (marker last) and the validation samples so far; the remote keeps `keep` checkpoints too."""
     rel = f"checkpoints/{folder.name}"
-    if not mirror.put_dir(target, f"{rel}/{target.name}", MARKER):
-        return
+    try:
+        if not mirror.put_dir(snapshot, f"{rel}/{name}", MARKER):
+            return
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
     for sample in sorted((folder / "validation").glob("*.png")):
         mirror.put_file(sample, f"{rel}/validation/{sample.name}")
     for old in mirror.complete_dirs(rel, MARKER)[:-keep]:
