@@ -6,6 +6,10 @@ experiment travels through `dvc exp push`/`pull`, and `make compare` reports it 
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dvcrepo import MODES, dvc, dvc_env, dvc_json, experiments, ran_stages, run
+from dvcrepo import MODES, copy_checkout, dvc, dvc_env, dvc_json, experiments, ran_stages, run, tiny_flags
+from openai_server import OpenAIServer
 from s3_server import SECRET_KEY, S3Server
 
 pytestmark = pytest.mark.e2e
@@ -107,6 +112,61 @@ def test_make_compare_reports_params_metrics_and_plots(pushed: Pushed) -> None:
     assert "`clip_text_score`" in report and "→ **" in report  # a metric changed between the runs
     html = (root / "compare-plots/index.html").read_text()
     assert pushed.commit[:7] in html and "workspace" in html
+
+
+def test_lost_pod_resumes_training_and_pays_no_caption_twice(tiny_repo, s3: S3Server, tmp_path: Path) -> None:
+    """Pod 1 captions through the paid API and is lost mid-training (SIGKILL, workspace and DVC cache deleted,
+    nothing `dvc push`ed); pod 2 clones, runs the same: 0 caption requests, training resumes from pod 1's
+    checkpoint. Both come from the DVC remote, mirrored as they were written."""
+    with OpenAIServer() as api:
+        env = {**dvc_env(), **s3.credentials(), "OPENAI_API_KEY": "test-key"}
+        tiny = tiny_flags()
+        flags = [
+            f for pair in zip(tiny[::2], tiny[1::2], strict=True) if "caption.backend=" not in pair[1] for f in pair
+        ]
+        flags += ["-S", "caption.backend=openai", "-S", f"caption.openai.base_url={api.base_url}"]
+        flags += ["-S", "train.max_steps=30", "-S", "train.checkpoint_every=3"]
+        # The tiny models as a hub cache would be: already there on both pods (rebuilding them tests nothing here).
+        flags += ["-S", f"models.tiny.root={tiny_repo.root / '.cache/tiny-models'}"]
+        pod1 = copy_checkout(tmp_path / "pod1", env)
+        prefix = f"storyboard/{uuid.uuid4().hex}"
+        setup_remote(pod1, f"s3://{prefix}", s3, env)
+        run(["git", "commit", "-qam", "the team's S3 remote"], pod1, env)
+        origin = tmp_path / "origin.git"
+        run(["git", "clone", "-q", "--bare", str(pod1), str(origin)], tmp_path, env)
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "exp", "run", *flags, "train"],
+            cwd=pod1,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        fs, deadline = s3.filesystem(), time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(p.endswith("/COMPLETE") for p in fs.find(f"{prefix}/storyboard/checkpoints")):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "training ended before its first checkpoint reached the remote"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        paid = len(api.chat_requests)
+        assert paid >= 12, paid  # pod 1 paid for every sample image
+        shutil.rmtree(pod1)  # the pod is gone: workspace, DVC cache, caption cache, local checkpoints
+
+        api.clear_requests()
+        pod2 = tmp_path / "pod2"
+        run(["git", "clone", "-q", str(origin), str(pod2)], tmp_path, env)
+        out = dvc("exp", "run", *flags, "train", cwd=pod2, env=env)
+        assert {"caption", "train"} <= ran_stages(out), out
+        assert api.chat_requests == [], "pod 2 paid again for captions pod 1 had"
+        caption = json.loads((pod2 / "metrics/caption.json").read_text())
+        assert caption["cached"] == paid and caption["requests"] == 0, caption
+        trained = json.loads((pod2 / "models/lora/training.json").read_text())
+        assert trained["resumed_from"] >= 3 and trained["steps"] == 30, trained
+        loss = (pod2 / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()
+        assert len(loss) == 31, "the loss curve covers pod 1's steps too"
 
 
 def test_wrong_secret_is_a_403_and_writes_nothing(pushed: Pushed, tmp_path: Path) -> None:
