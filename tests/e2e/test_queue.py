@@ -23,14 +23,23 @@ def test_queued_grid_with_two_workers(tiny_repo) -> None:
     assert queued.count("Queued experiment") == 4, queued
     dvc("queue", "start", "-j", "2", cwd=root, env=env)
 
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        status = dvc("queue", "status", cwd=root, env=env)
-        if not any(state in status for state in ("Queued", "Running")):
+        rows = _status(root, env)
+        if all(state in ("Success", "Failed") for state in rows.values()) and len(rows) == 4:
             break
+        if "Queued" in rows.values() and "Running" not in rows.values():
+            # DVC's worker can stop with runs still queued (dvc#10562); the README's advice: start it again.
+            time.sleep(5)
+            if "Running" not in _status(root, env).values():
+                dvc("queue", "start", "-j", "2", cwd=root, env=env)
         time.sleep(3)
-    assert "Failed" not in status, status + dvc("queue", "logs", status.split()[-3], cwd=root, env=env)
-    assert status.count("Success") == 4, status
+    failed = [task for task, state in rows.items() if state == "Failed"]
+    logs = "".join(dvc("queue", "logs", task, cwd=root, env=env) for task in failed)
+    assert not failed and list(rows.values()) == ["Success"] * 4, f"{rows}\n{logs[-6000:]}"
+    # Each worker took train from what the committed run made, and rendered anew.
+    some = dvc("queue", "logs", next(iter(rows)), cwd=root, env=env)
+    assert "Running stage 'train'" not in some and "Running stage 'generate@lora'" in some, some[-3000:]
 
     exps = experiments(dvc_json("exp", "show", "--json", cwd=root, env=env))
     grid = {}
@@ -41,4 +50,13 @@ def test_queued_grid_with_two_workers(tiny_repo) -> None:
     assert len(grid) == 4, exps.keys()
     for metrics in grid.values():
         assert all(-1 <= metrics[m]["clip_text_score"] <= 1 for m in MODES)
-    dvc("queue", "stop", cwd=root, env=env)
+
+
+def _status(root, env) -> dict[str, str]:
+    """`dvc queue status` as {task id: Queued | Running | Success | Failed}."""
+    rows = {}
+    for line in dvc("queue", "status", cwd=root, env=env).splitlines():
+        parts = line.split()
+        if parts and parts[-1] in ("Queued", "Running", "Success", "Failed") and parts[0] != "Task":
+            rows[parts[0]] = parts[-1]
+    return rows
