@@ -24,15 +24,17 @@ def test_queued_grid_with_two_workers(tiny_repo) -> None:
     dvc("queue", "start", "-j", "2", cwd=root, env=env)
 
     deadline = time.monotonic() + 900
+    idle_since = time.monotonic()
     while time.monotonic() < deadline:
         rows = _status(root, env)
         if all(state in ("Success", "Failed") for state in rows.values()) and len(rows) == 4:
             break
-        if "Queued" in rows.values() and "Running" not in rows.values():
+        if "Running" in rows.values() or "Queued" not in rows.values():
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > 60:
             # DVC's worker can stop with runs still queued (dvc#10562); the README's advice: start it again.
-            time.sleep(5)
-            if "Running" not in _status(root, env).values():
-                dvc("queue", "start", "-j", "2", cwd=root, env=env)
+            dvc("queue", "start", "-j", "2", cwd=root, env=env)
+            idle_since = time.monotonic()
         time.sleep(3)
     failed = [task for task, state in rows.items() if state == "Failed"]
     logs = "".join(dvc("queue", "logs", task, cwd=root, env=env) for task in failed)
