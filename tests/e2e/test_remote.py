@@ -77,7 +77,7 @@ def test_round_trip_fresh_clone_pulls_and_reruns_nothing(pushed: Pushed, tmp_pat
     again = dvc("repro", cwd=other, env=pushed.env)
     assert ran_stages(again) == set(), again
     assert dvc_json("metrics", "diff", pushed.commit, "--json", cwd=other, env=pushed.env) == {}
-    assert "up to date" in dvc("status", "--cloud", cwd=other, env=pushed.env)
+    assert "in sync" in dvc("status", "--cloud", cwd=other, env=pushed.env)
 
 
 def test_experiment_push_and_pull_between_clones(pushed: Pushed, tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_server_down_mid_push_then_push_again_completes(tmp_path: Path) -> None:
         server.start()
         second = dvc("push", cwd=root, env=env)
         assert "pushed" in second, second
-        assert "up to date" in dvc("status", "--cloud", cwd=root, env=env)
+        assert "in sync" in dvc("status", "--cloud", cwd=root, env=env)
         # What a teammate pulls is complete and intact.
         other = tmp_path / "clone"
         run(["git", "clone", "-q", str(root), str(other)], tmp_path, env)
