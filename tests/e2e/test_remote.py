@@ -114,7 +114,7 @@ def test_make_compare_reports_params_metrics_and_plots(pushed: Pushed) -> None:
     assert pushed.commit[:7] in html and "workspace" in html
 
 
-def test_lost_pod_resumes_training_and_pays_no_caption_twice(tiny_repo, s3: S3Server, tmp_path: Path) -> None:
+def test_lost_pod_resumes_training_and_pays_no_caption_twice(s3: S3Server, tmp_path: Path) -> None:
     """Pod 1 captions through the paid API and is lost mid-training (SIGKILL, workspace and DVC cache deleted,
     nothing `dvc push`ed); pod 2 clones, runs the same: 0 caption requests, training resumes from pod 1's
     checkpoint. Both come from the DVC remote, mirrored as they were written."""
@@ -127,7 +127,7 @@ def test_lost_pod_resumes_training_and_pays_no_caption_twice(tiny_repo, s3: S3Se
         flags += ["-S", "caption.backend=openai", "-S", f"caption.openai.base_url={api.base_url}"]
         flags += ["-S", "train.max_steps=30", "-S", "train.checkpoint_every=3"]
         # The tiny models as a hub cache would be: already there on both pods (rebuilding them tests nothing here).
-        flags += ["-S", f"models.tiny.root={tiny_repo.root / '.cache/tiny-models'}"]
+        flags += ["-S", f"models.tiny.root={tmp_path / 'tiny-models'}"]
         pod1 = copy_checkout(tmp_path / "pod1", env)
         prefix = f"storyboard/{uuid.uuid4().hex}"
         setup_remote(pod1, f"s3://{prefix}", s3, env)
