@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from storyboard.compare import Change, Comparison, _changes, render_markdown
+import subprocess
+
+import pytest
+
+from storyboard.compare import Change, CompareError, Comparison, _changes, compare, render_markdown
 
 METRICS_DIFF = {
     "metrics/eval.json": {
@@ -39,3 +43,10 @@ def test_report_has_params_and_metrics_per_mode_and_story() -> None:
 def test_nothing_changed_says_so() -> None:
     md = render_markdown(Comparison(base="abc", head="workspace"))
     assert "No param changed." in md and "No metrics in either revision" in md
+
+
+def test_unknown_base_is_one_line_naming_it(tmp_path) -> None:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    with pytest.raises(CompareError, match="BASE=nope is not a commit, branch or tag") as e:
+        compare("nope", cwd=tmp_path)
+    assert "\n" not in str(e.value)
