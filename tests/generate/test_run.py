@@ -9,7 +9,7 @@ from PIL import Image
 
 from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.run import render_plans
-from storyboard.story.plan import OfflinePlanner, plan_story
+from storyboard.story.planners import OfflinePlanner, plan_story
 
 
 def _settings(tiny_settings):
