@@ -86,14 +86,17 @@ def test_wrong_secret_warns_once_and_never_shows_it(
 
 def test_server_down_is_a_warning_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = S3Server(tmp_path / "s3").start()
-    _dvc_repo(tmp_path / "project", "s3://storyboard/x", server.endpoint)
-    for key, value in server.credentials().items():
-        monkeypatch.setenv(key, value)
-    mirror = RemoteMirror.from_project(tmp_path / "project")
-    server.kill()
-    (tmp_path / "a.json").write_text("{}")
-    assert not mirror.put_file(tmp_path / "a.json", "captions/a.json")
-    assert "EndpointConnectionError" in str(mirror.broken)
+    try:
+        _dvc_repo(tmp_path / "project", "s3://storyboard/x", server.endpoint)
+        for key, value in server.credentials().items():
+            monkeypatch.setenv(key, value)
+        mirror = RemoteMirror.from_project(tmp_path / "project")
+        server.kill()
+        (tmp_path / "a.json").write_text("{}")
+        assert not mirror.put_file(tmp_path / "a.json", "captions/a.json")
+        assert "EndpointConnectionError" in str(mirror.broken)
+    finally:
+        server.stop()
 
 
 def test_checkpoints_travel_to_a_new_pod(project: Path, tmp_path: Path) -> None:

