@@ -225,7 +225,7 @@ def test_server_down_mid_push_then_push_again_completes(tmp_path: Path) -> None:
             time.sleep(0.05)
         server.kill()
         try:
-            first = push.communicate(timeout=60)[0]
+            first = push.communicate(timeout=20)[0]
         except subprocess.TimeoutExpired:
             # s3fs and botocore retry every object against the dead endpoint for minutes; a user presses Ctrl-C.
             push.send_signal(signal.SIGINT)
