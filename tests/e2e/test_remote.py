@@ -108,7 +108,7 @@ def test_make_compare_reports_params_metrics_and_plots(pushed: Pushed) -> None:
     report = (root / "compare.md").read_text()
     assert report in out  # printed as well as written
     assert "`params.yaml:generate.guidance_scale` | 6 | 2 |" in report
-    assert "#### Per mode, all stories" in report and "#### Per mode, story `bazaar`" in report
+    assert "#### Per mode, all stories" in report and "#### Per mode, story `greeting`" in report
     assert "`clip_text_score`" in report and "→ **" in report  # a metric changed between the runs
     html = (root / "compare-plots/index.html").read_text()
     assert pushed.commit[:7] in html and "workspace" in html
