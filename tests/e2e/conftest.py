@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from dvcrepo import copy_checkout, dvc, dvc_env, run, tiny_flags
 
-
 STORY = '{id: greeting, text: "Aldar Kose greets the sunrise on the steppe."}'
 
 
