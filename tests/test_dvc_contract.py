@@ -317,3 +317,34 @@ def test_each_params_key_reruns_exactly_its_stages(locked_repo):
     finally:
         params_file.write_text(original)
     assert not wrong, "\n".join(wrong)
+
+
+def _readme_table() -> dict[str, set[str]]:
+    """The README's "What reruns" table, expanded to leaf keys: `x.*` is every key under x, "every other" the keys
+    under the prefix that no other row names."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### What reruns, and what is kept", 1)[1].split("\n\n", 3)[2]
+    rows = [
+        line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `") or "every other" in line
+    ]
+    keys = _leaf_keys(yaml.safe_load((REPO / "params.yaml").read_text()))
+    table: dict[str, set[str]] = {}
+    others = []
+    for cells, stages in ((c[0], {s.strip() for s in c[1].split(",")}) for c in rows):
+        names = re.findall(r"`([^`]+)`", cells)
+        if "every other" in cells:
+            others.append((names[0].removesuffix(".*"), stages))
+            continue
+        for name in names:
+            matched = [k for k in keys if k.startswith(name.removesuffix("*"))] if name.endswith(".*") else [name]
+            table.update((k, stages) for k in matched)
+    for prefix, stages in others:
+        table.update((k, stages) for k in keys if k.startswith(f"{prefix}.") and k not in table)
+    return table
+
+
+def test_readme_says_what_the_table_says():
+    """README's claims about what reruns are these tests' claims, key for key."""
+    readme = _readme_table()
+    differ = {k: (sorted(readme.get(k, set())), sorted(v)) for k, v in EXPECTED.items() if readme.get(k) != v}
+    assert not differ, "\n".join(f"{k}: README says {r}, the table {e}" for k, (r, e) in differ.items())
