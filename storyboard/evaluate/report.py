@@ -13,7 +13,7 @@ from storyboard.evaluate.independence import evaluate_face_backend, figure_prove
 from storyboard.evaluate.scores import Locator, retried, score_mode, summarise, summarise_by_story
 from storyboard.evaluate.vistorybench import DIFFERENCES
 from storyboard.fsutil import atomic_path, write_json, write_text
-from storyboard.generate.render import MODES
+from storyboard.generate.frames import MODES
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.detector import CharacterDetector, detector_prompt

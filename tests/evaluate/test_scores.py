@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from storyboard.evaluate.report import evaluate_outputs
 from storyboard.evaluate.scores import EvaluateError, Locator, score_story, summarise
-from storyboard.generate.render import MODES
+from storyboard.generate.frames import MODES
 from storyboard.models.clip import ClipScorer
 from storyboard.models.detector import CharacterDetector
 from storyboard.models.faces import DlibFaceBackend
