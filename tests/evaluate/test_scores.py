@@ -40,8 +40,9 @@ def write_story(folder: Path, images: list[Image.Image], story_id: str = "s1", f
         image.save(story / f"frame_{i:02d}.png")
         record = {"index": i, "file": f"frame_{i:02d}.png", "scene": f"scene {i}", "attempts": [{}] * i}
         if first and i in first:
-            first[i].save(story / f"frame_{i:02d}_first_attempt.png")
-            record |= {"kept_attempt": 2, "first_attempt_file": f"frame_{i:02d}_first_attempt.png"}
+            (story / "first_attempts").mkdir(exist_ok=True)
+            first[i].save(story / f"first_attempts/frame_{i:02d}.png")
+            record |= {"kept_attempt": 2, "first_attempt_file": f"first_attempts/frame_{i:02d}.png"}
         records.append({**record, "seconds": 0.5})
     (story / "metadata.json").write_text(json.dumps({"story_id": story_id, "frames": records}))
     return story
