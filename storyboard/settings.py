@@ -216,7 +216,7 @@ class Generate(_Section):
         0.25, description="CLIP cosine similarity of frame and scene text below which a frame is redone"
     )
     likeness_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
-        0.70, description="CLIP image cosine (frame vs frame 1 and the training images) below which it is redone"
+        0.70, description="DINOv2 image cosine (frame vs frame 1 and the training images) below which it is redone"
     )
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     reference: Literal["face", "frame", "faceid"] = Field(
