@@ -7,19 +7,18 @@ from pathlib import Path
 import pandas as pd
 
 from storyboard import TINY_NOTICE
-from storyboard.caption.dataset import load_references
+from storyboard.dataset import load_training_images
 from storyboard.evaluate.html import write_html_report
 from storyboard.evaluate.independence import evaluate_face_backend, figure_provenance
 from storyboard.evaluate.scores import Locator, retried, score_mode, summarise, summarise_by_story
 from storyboard.evaluate.vistorybench import DIFFERENCES
 from storyboard.fsutil import atomic_path, write_json, write_text
-from storyboard.generate.frames import MODES
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.detector import CharacterDetector, detector_prompt
 from storyboard.models.faces import load_face_backend
 from storyboard.models.loading import Device, model_set
-from storyboard.settings import Settings
+from storyboard.settings import MODES, Settings
 
 # Figures also scored on each frame's first attempt (seed, no retries): "kept - first" is the retry loop's gain.
 FIRST_ATTEMPT_FIGURES = (
@@ -104,7 +103,7 @@ def evaluate_outputs(
         load_face_backend(models.model_copy(update={"face_backend": face_backend}), settings.evaluate.face_min_score),
         detector_prompt(settings.evaluate.detector_prompt, character.name, character.description),
     )
-    references = locator.references(load_references(dataset_dir))
+    references = locator.references(load_training_images(dataset_dir))
     story_ids = [s.id for s in settings.stories]
     metrics: dict = {
         "profile": settings.profile,

@@ -13,10 +13,10 @@ from PIL import Image, ImageOps
 
 from storyboard.evaluate.report import evaluate_outputs
 from storyboard.evaluate.scores import EvaluateError, Locator, score_story, summarise
-from storyboard.generate.frames import MODES
 from storyboard.models.clip import ClipScorer
 from storyboard.models.detector import CharacterDetector
 from storyboard.models.faces import DlibFaceBackend
+from storyboard.settings import MODES
 
 IMAGES = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data" / "images"
 
