@@ -42,10 +42,14 @@ EXPECTED = _table(
     (MODELS, "profile", "runtime.device", "runtime.dtype", "models.tiny.root", "models.tiny.seed"),
     ({"sample", "caption", "plan", *GENERATE, "evaluate"}, "character.name"),
     ({"sample", "caption", *GENERATE, "evaluate"}, "character.trigger"),
-    ({"caption", "plan", *GENERATE}, "character.description"),
+    ({"caption", "plan", *GENERATE, "evaluate"}, "character.description"),
     ({"plan", *GENERATE, "evaluate"}, "stories"),
     ({"train", *GENERATE}, "models.sdxl.base", "models.sdxl.vae"),
     ({*GENERATE, "evaluate"}, "models.sdxl.clip"),
+    (GENERATE, "models.sdxl.likeness"),
+    # evaluate's alone, but ref_guided lists every model (one DVC slot); its stories' input hash leaves the
+    # detector out, so that rerun renders nothing
+    ({"generate@ref_guided", "evaluate"}, "models.sdxl.detector"),
     (
         {"generate@ref_guided"},
         "models.sdxl.ip_adapter",
@@ -166,10 +170,10 @@ EXPECTED = _table(
         {"generate@ref_guided"},
         "generate.ip_adapter_scale",
         "generate.controlnet_scale",
-        "generate.reference",
         "generate.face_min_score",
     ),
-    ({"evaluate"}, "evaluate.face_min_score"),
+    ({"generate@ref_guided", "evaluate"}, "generate.reference"),
+    ({"evaluate"}, "evaluate.face_min_score", "evaluate.face_backend", "evaluate.detector_prompt"),
 )
 
 

@@ -29,7 +29,8 @@ class RenderedFrame:
     image: Image.Image | None = None
     best: int = 0  # index into attempts of the kept one
     images: list[Image.Image] = field(default_factory=list, repr=False)  # every attempt, until settled
-    features: list[torch.Tensor] = field(default_factory=list, repr=False)  # CLIP image features per attempt
+    features: list[torch.Tensor | None] = field(default_factory=list, repr=False)  # likeness features per attempt
+    first_image: Image.Image | None = field(default=None, repr=False)  # the first attempt, when another was kept
 
     @property
     def score(self) -> float:

@@ -8,8 +8,11 @@
               face instead (the training images' mean face when frame 1 has none). ip_reference.py takes
               that input from frame 1.
 
-The check: each attempt gets a text score (CLIP cosine of frame and scene text) and a likeness score (CLIP image
-cosine to frame 1, averaged with the mean cosine to the training images when they are given). A frame below
+The check: each attempt gets a text score (CLIP cosine of frame and scene text) and a likeness score (DINOv2 image
+cosine to frame 1, averaged with the mean cosine to the training images when they are given). DINOv2, not CLIP:
+evaluate scores characters with CLIP image features (ViStoryBench's CIDS), and a figure must not come from the
+model that picked the frame. Each frame's first attempt is kept beside it, so evaluate can measure what the
+retries changed. A frame below
 either threshold is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse
 margin, min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
 
@@ -32,6 +35,7 @@ from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend
+from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, faceid_input_size, native_resolution, over_same_modules
 from storyboard.models.quantizing import quantize_in_place
 from storyboard.settings import Character, Generate, Mode
@@ -55,12 +59,14 @@ class StoryRenderer:
         likeness_features: torch.Tensor | None = None,
         faces: FaceBackend | None = None,
         training_images: Sequence[Image.Image] = (),
+        likeness: LikenessScorer | None = None,
     ):
-        """Wrap a ready pipeline (`load_renderers` is the usual way to get one). `likeness_features`: the CLIP
-        image features of the training images, which the likeness check compares frames with besides frame 1;
-        `training_images`: the fallback identity of generate.reference: faceid."""
+        """Wrap a ready pipeline (`load_renderers` is the usual way to get one). `scorer`: CLIP, for the text
+        check; `likeness`: DINOv2, for the likeness check (None: no likeness check, as in the speed benchmarks);
+        `likeness_features`: its features of the training images, which the likeness check compares frames with
+        besides frame 1; `training_images`: the fallback identity of generate.reference: faceid."""
         self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
-        self.device, self.likeness_features = device, likeness_features
+        self.device, self.likeness, self.likeness_features = device, likeness, likeness_features
         self.ip_references = IpReferences(settings.reference, faces, training_images)
         self.faceid = mode == "ref_guided" and settings.reference == "faceid"
         # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same modules renders it without
@@ -167,13 +173,13 @@ class StoryRenderer:
                 unet.enable_lora()
 
     def _attempt(self, frames: list[RenderedFrame], attempt: int, ip_reference: IpReference | None) -> None:
-        """Render one attempt of `frames` as a batch and record their text scores and image features."""
+        """Render one attempt of `frames` as a batch and record their text scores and likeness features."""
         seeds = [self.settings.seed + attempt * SEED_STRIDE + f.index for f in frames]
         t0 = time.perf_counter()
         images = self._run([f.prompt for f in frames], seeds, [f.frame.pose for f in frames], ip_reference)
         seconds = (time.perf_counter() - t0) / len(frames)
-        features = self.scorer.image_features(images)
-        texts = self.scorer.text_scores(images, [f.frame.scene for f in frames], features)
+        texts = self.scorer.text_scores(images, [f.frame.scene for f in frames])
+        features = self.likeness.image_features(images) if self.likeness is not None else [None] * len(images)
         for f, image, seed, text, feat in zip(frames, images, seeds, texts, features, strict=True):
             f.attempts.append(
                 Attempt(seed=seed, clip_text_score=round(text, 5), likeness=None, seconds=round(seconds, 3))
@@ -181,7 +187,9 @@ class StoryRenderer:
             f.images.append(image)
             f.features.append(feat)
 
-    def _likeness(self, feature: torch.Tensor, anchor: torch.Tensor | None) -> float | None:
+    def _likeness(self, feature: torch.Tensor | None, anchor: torch.Tensor | None) -> float | None:
+        if feature is None:
+            return None
         parts = []
         if anchor is not None:
             parts.append(float(feature @ anchor))
@@ -237,8 +245,16 @@ class StoryRenderer:
             first, ip_reference = frames[0], None
             self._attempt(frames, 0, None)
             self._settle([first], None, None)
-        anchor = self.scorer.image_features([first.image])[0] if not first.features else first.features[first.best]
+        anchor = self._anchor(first)
         self._settle(rest, anchor, ip_reference)
         for f in frames:
-            f.images, f.features = [], []  # only the kept image leaves the renderer
+            if f.images:  # a frame 1 reused from lora has been through here already
+                f.first_image = f.images[0] if f.best != 0 else None
+            f.images, f.features = [], []  # only the kept image (and the first attempt) leave the renderer
         return frames
+
+    def _anchor(self, first: RenderedFrame) -> torch.Tensor | None:
+        """Frame 1's likeness features: what later frames must resemble."""
+        if self.likeness is None:
+            return None
+        return first.features[first.best] if first.features else self.likeness.image_features([first.image])[0]

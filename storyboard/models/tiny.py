@@ -21,7 +21,7 @@ from storyboard.log import logger
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 # Sizes: the smallest that keep every SDXL mechanism (two text encoders, pooled + time ids conditioning,
 # cross-attention blocks, a 2-level VAE) while a 64 px frame takes milliseconds on a CPU.
@@ -266,6 +266,83 @@ def _build_clip(folder: Path) -> None:
     processor.save_pretrained(folder / "clip")
 
 
+def _build_likeness(folder: Path) -> None:
+    """A DINOv2 (generate's likeness check), with the image processor class the hub's dinov2-base ships."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=IMAGE_SIZE, patch_size=8
+    )
+    Dinov2Model(config).save_pretrained(folder / "likeness")
+    size = {"shortest_edge": IMAGE_SIZE}
+    BitImageProcessor(size=size, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(
+        folder / "likeness"
+    )
+
+
+def detector_vocab() -> dict[str, int]:
+    """A WordPiece vocab for Grounding DINO's BERT tokenizer: BERT's specials, every letter as a word start and as a
+    continuation, so any lower-case prompt tokenizes (letter by letter) without [UNK]."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-", "'", *letters, *(f"##{c}" for c in letters)]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def _build_detector(folder: Path) -> None:
+    """A Grounding DINO of the transformers class evaluate loads: Swin backbone, BERT text encoder, 2 decoder
+    layers (the fewest whose box heads tie). Random weights: its boxes are arbitrary, often none pass the
+    threshold, so the whole-frame fallback runs too."""
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    vocab = detector_vocab()
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=256)
+    if tokenizer.tokenize("ab.") != ["a", "##b", "."]:  # a constructor ignoring its vocab would give [UNK]s
+        raise RuntimeError(f"tiny Grounding DINO tokenizer is broken: {tokenizer.tokenize('ab.')}")
+    backbone = SwinConfig(
+        image_size=NATIVE_RESOLUTION,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=4,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    text = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    config = GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=20,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
+    GroundingDinoForObjectDetection(config).save_pretrained(folder / "detector")
+    # 128 px in: the 5th feature level (stride 64) keeps 2x2 positions, which its group norm needs.
+    images = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 256})
+    GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder / "detector")
+
+
 def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
     return ModelSet(
         base=str(root / "sdxl"),
@@ -277,6 +354,8 @@ def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
         faceid_adapter_weight="ip-adapter-faceid.safetensors",
         controlnet=str(root / "controlnet"),
         clip=str(root / "clip"),
+        likeness=str(root / "likeness"),
+        detector=str(root / "detector"),
         face_backend=tiny.face_backend,
     )
 
@@ -301,6 +380,8 @@ def build_tiny_models(root: Path, *, seed: int) -> None:
         _build_ip_adapter(unet, folder)
         _build_clip(folder)
         _build_faceid_adapter(unet, folder)
+        _build_likeness(folder)
+        _build_detector(folder)
         (folder / "BUILT.json").write_text(
             json.dumps({"seed": seed, "build_version": BUILD_VERSION, "notice": TINY_NOTICE}, indent=2) + "\n"
         )

@@ -69,6 +69,12 @@ def test_tiny_pipeline_end_to_end(repo):
         assert 0 <= m["face_detection_rate"] <= 1
         assert "face_similarity_to_first" in m and "face_pairwise" in m
         assert -1 <= m["character_to_first"] <= 1 and -1 <= m["character_to_references"] <= 1
+        # ViStoryBench's CIDS, the same on each frame's first attempt, both detection rates
+        for key in ("vistorybench_self_cids", "vistorybench_cross_cids"):
+            assert -1 <= m[key] <= 1 and -1 <= m[f"{key}_first_attempt"] <= 1
+        assert 0 <= m["vistorybench_occm"] <= 100
+        assert 0 <= m["character_detection_rate"] <= 1 and 0 <= m["face_in_box_rate"] <= 1
+        assert m["character_whole_frame_fallbacks"] >= 0 and m["face_whole_frame_fallbacks"] >= 0
         assert set(m["stories"]) == set(stories)
         assert (root / f"metrics/frames/{mode}.csv").exists()
     html = (root / "reports/index.html").read_text()
@@ -76,7 +82,8 @@ def test_tiny_pipeline_end_to_end(repo):
         len(json.loads((root / f"data/plans/{s}.json").read_text())["frames"]) for s in stories
     ) * len(MODES)
     shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env)
-    assert "clip_text_score" in shown and "face_detection_rate" in shown
+    assert "clip_text_score" in shown and "face_detection_rate" in shown and "character_detection_rate" in shown
+    assert "vistorybench_self_cids" in shown and "vistorybench_self_cids_first_attempt" in shown
     shown_plots = dvc_json("plots", "show", "--json", cwd=root, env=env)
     assert not shown_plots.get("errors"), shown_plots["errors"]
     plots = shown_plots["data"]
@@ -101,6 +108,7 @@ def test_tiny_pipeline_end_to_end(repo):
     assert ran_stages(changed) == {"evaluate", *(f"generate@{m}" for m in MODES)}, changed
     changed_metrics = dvc_json("metrics", "diff", "--json", cwd=root, env=env)["metrics/eval.json"]
     assert any(k.endswith("clip_text_score") for k in changed_metrics), changed_metrics
+    assert any(k.endswith("vistorybench_self_cids_first_attempt") for k in changed_metrics), changed_metrics
 
     # changing a LoRA param retrains and reruns what uses the LoRA, and nothing else (not the baseline)
     retrained = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.rank=8"], root, env)
