@@ -9,16 +9,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from storyboard.errors import StoryboardError
 from storyboard.log import logger
 from storyboard.settings import Character, Plan, Story
-from storyboard.story.poses import POSE_NAMES, normalise_pose_label
-
-Shot = Literal["close-up", "medium", "wide"]
+from storyboard.story.poses import POSE_NAMES, Shot, normalise_pose_label
 
 
 class PlanError(StoryboardError):
