@@ -187,6 +187,9 @@ class Plan(_Section):
     structured_output: bool = Field(True, description="ask for the JSON schema; falls back to JSON mode")
     min_frames: Annotated[int, Field(ge=2, le=16)] = 6
     max_frames: Annotated[int, Field(ge=2, le=16)] = 10
+    scene_tokens: Annotated[int, Field(ge=8, le=75)] = Field(
+        50, description="most CLIP tokens of a frame's scene (CLIP's text scores read 75)"
+    )
     openai: OpenAIClient
 
     @model_validator(mode="after")
