@@ -1,0 +1,152 @@
+"""Checkpoint sweep (train.select: best): which saved step's LoRA becomes models/lora.
+
+Over-training is the usual way a character LoRA goes wrong: it copies its training images and stops obeying the
+prompt. At every saved step the validation prompts are rendered (fixed seeds) and that step's LoRA is kept; when
+training ends, each step's samples are scored for identity (evaluate's character-to-training-set figure: CLIP
+features of the character crop, around the largest face, against the training images) and for text alignment
+(CLIP cosine of each sample and its prompt). The chosen step has the highest identity among the steps whose text
+alignment is within `train.select_tolerance` of the best step's: an over-fit step, which gains identity by
+losing the prompt, is out.
+
+Samples and scores are kept beside the checkpoints under a name derived from the validation settings, so a
+resumed run scores only the steps it had not, and changed validation prompts never mix with old samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from storyboard.fsutil import atomic_path, write_json
+from storyboard.log import logger
+from storyboard.settings import ModelSet, Train, Validation
+from storyboard.train.export import LORA_WEIGHTS
+
+
+@dataclass(frozen=True)
+class StepScore:
+    step: int
+    identity: float  # mean cosine of the samples' character crops with the training images (CLIP)
+    text_alignment: float  # mean CLIP cosine of each sample with its prompt
+
+
+class StepScorer(Protocol):
+    def __call__(self, step: int, images: list[Image.Image], prompts: list[str]) -> tuple[float, float]:
+        """(identity, text alignment) of one step's validation samples."""
+        ...
+
+
+class ClipStepScorer:
+    """The real scorer: the CLIP scoring model and face backend that evaluate uses, loaded on first use."""
+
+    def __init__(self, models: ModelSet, device, dataset_dir: Path, face_min_score: float):
+        self.models, self.device, self.dataset_dir, self.face_min_score = models, device, dataset_dir, face_min_score
+
+    @cached_property
+    def _parts(self):
+        from storyboard.caption.dataset import load_references
+        from storyboard.evaluate.scores import reference_features
+        from storyboard.models.clip import ClipScorer
+        from storyboard.models.faces import load_face_backend
+
+        clip = ClipScorer(self.models.clip, self.device)
+        faces = load_face_backend(self.models, self.face_min_score)
+        references = reference_features(clip, load_references(self.dataset_dir))
+        if references is None:
+            raise ValueError(f"{self.dataset_dir} has no training images to score identity against")
+        return clip, faces, references
+
+    def __call__(self, step: int, images: list[Image.Image], prompts: list[str]) -> tuple[float, float]:
+        from storyboard.evaluate.scores import character_crop
+        from storyboard.models.faces import largest_face
+
+        clip, faces, references = self._parts
+        features = clip.image_features(images)
+        crops = clip.image_features([character_crop(im, largest_face(faces.detect(im))) for im in images])
+        identity = float((crops @ references.T).mean())
+        texts = clip.text_scores(images, prompts, features)
+        return identity, sum(texts) / len(texts)
+
+
+def choose(scores: list[StepScore], tolerance: float) -> StepScore:
+    """The step of highest identity whose text alignment is within `tolerance` of the best; ties: the earlier."""
+    if not scores:
+        raise ValueError("no scored steps to choose from")
+    floor = max(s.text_alignment for s in scores) - tolerance
+    return max((s for s in scores if s.text_alignment >= floor), key=lambda s: (s.identity, -s.step))
+
+
+class Sweep:
+    """The per-step LoRAs, samples and scores of one training run (`run_dir`, the checkpoint folder)."""
+
+    def __init__(self, run_dir: Path, validation: Validation):
+        key = hashlib.sha256(json.dumps(validation.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        self.loras = Path(run_dir) / "loras"
+        self.folder = Path(run_dir) / f"sweep-{key[:12]}"
+        self.prompts = list(validation.prompts)
+
+    def lora_dir(self, step: int) -> Path:
+        return self.loras / f"step-{step:07d}"
+
+    def saved_steps(self) -> list[int]:
+        return sorted(int(p.name[5:]) for p in self.loras.glob("step-*") if (p / LORA_WEIGHTS).exists())
+
+    def sample_paths(self, step: int) -> list[Path]:
+        return [self.folder / f"step{step:07d}_{i}.png" for i in range(len(self.prompts))]
+
+    def has_step(self, step: int) -> bool:
+        return (self.lora_dir(step) / LORA_WEIGHTS).exists() and all(p.exists() for p in self.sample_paths(step))
+
+    def save_step(self, step: int, layers: dict, images: list[Image.Image]) -> None:
+        """Keep `step`'s LoRA and samples; the samples first, so a step with weights always has them."""
+        from diffusers import StableDiffusionXLPipeline
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path, image in zip(self.sample_paths(step), images, strict=True):
+            with atomic_path(path) as staged:
+                image.save(staged, format="PNG")
+        with atomic_path(self.lora_dir(step)) as staged:
+            StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **layers)
+
+    def scores(self, scorer: StepScorer) -> list[StepScore]:
+        """Every saved step's scores; only the steps not scored before call `scorer`."""
+        path = self.folder / "scores.json"
+        known = {s["step"]: StepScore(**s) for s in json.loads(path.read_text())} if path.exists() else {}
+        out = []
+        for step in self.saved_steps():
+            if step not in known:
+                if not all(p.exists() for p in self.sample_paths(step)):
+                    logger.warning("step %d has no samples for these validation prompts: not in the sweep", step)
+                    continue
+                images = [Image.open(p).convert("RGB") for p in self.sample_paths(step)]
+                identity, text = scorer(step, images, self.prompts)
+                known[step] = StepScore(step, round(identity, 5), round(text, 5))
+                logger.info("step %d: identity %.4f, text alignment %.4f", step, identity, text)
+                write_json(path, [asdict(s) for s in sorted(known.values(), key=lambda s: s.step)])
+            out.append(known[step])
+        return out
+
+    def copy_lora(self, step: int, out_dir: Path) -> Path:
+        """`step`'s LoRA weights into `out_dir` (the stage's staged output folder)."""
+        target = Path(out_dir) / LORA_WEIGHTS
+        shutil.copyfile(self.lora_dir(step) / LORA_WEIGHTS, target)
+        return target
+
+
+def sweep_metrics(settings: Train, scores: list[StepScore], chosen: StepScore) -> dict:
+    """metrics/train.json: the choice and every step's scores (the plot reads `steps`)."""
+    return {
+        "select": settings.select,
+        "chosen_step": chosen.step,
+        "identity": chosen.identity,
+        "text_alignment": chosen.text_alignment,
+        "select_tolerance": settings.select_tolerance,
+        "steps": [{**asdict(s), "chosen": int(s.step == chosen.step)} for s in scores],
+    }
