@@ -1,7 +1,7 @@
 """Seconds per frame and peak GPU memory for one storyboard (8 frames, 1024 px, 30 steps, guidance 6), full-size
 SDXL with random weights.
 
-Modes, as in storyboard/generate/render.py:
+Modes, as in storyboard/generate/renderer.py:
 - baseline:   SDXL alone (no LoRA).
 - lora:       SDXL + a rank-64 LoRA (random, saved and loaded like the trained one).
 - ref_guided: LoRA + IP-Adapter (ViT-bigG encoder, fed frame 1) + OpenPose ControlNet.
@@ -91,7 +91,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def story(frames: int) -> tuple[list[str], list[str]]:
-    """Prompts (as render.py's frame_prompt builds them) and pose labels for a story of `frames` frames."""
+    """Prompts (as frames.py's frame_prompt builds them) and pose labels for a story of `frames` frames."""
     prompts, poses = [], []
     for i in range(frames):
         prompts.append(f"{CHARACTER}, {SCENES[i % len(SCENES)]}, medium shot, the steppe, {STYLE}")
@@ -167,10 +167,10 @@ class Run:
     # -- ours: the project's own StoryRenderer.render (batched story, fused LoRA, CLIP check) ----------------
 
     def _ours_renderer(self):
-        """`storyboard.generate.render.StoryRenderer` around this pipeline; CLIP thresholds at -1 so no frame is
+        """`storyboard.generate.renderer.StoryRenderer` around this pipeline; CLIP thresholds at -1 so no frame is
         redone (random weights score at random: retries would make the timing a lottery). The CLIP check itself
         (text and image features of every frame) still runs and is timed."""
-        from storyboard.generate.render import StoryRenderer
+        from storyboard.generate.renderer import StoryRenderer
         from storyboard.models.clip import ClipScorer
         from storyboard.models.loading import Device
         from storyboard.settings import Character, Generate
@@ -217,7 +217,7 @@ class Run:
         if self.args.first_from_lora and self.mode == "ref_guided":
             # What `storyboard generate --mode all` does: frame 1 comes from the lora mode of the same run (its
             # cost is in the lora figure). A random image stands in for it: the cost of the rest is the same.
-            from storyboard.generate.render import Attempt, RenderedFrame, frame_prompt
+            from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 
             prompt = frame_prompt(plan.frames[0], self.renderer.character, self.renderer.settings.style)
             image = random_image(self.size, 7)

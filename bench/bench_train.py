@@ -9,7 +9,7 @@ Two implementations of one training step, same LoRA (rank 64 on to_q/to_k/to_v/t
   (cast_training_params; the script itself upcasts only under fp16 and trains bf16 LoRA params under bf16,
   fp32 here so both impls do the same optimizer work), torch.optim.AdamW (foreach), clip_grad_norm_(1.0),
   constant LR scheduler, loss.item() once per step for the logged train_loss.
-- ours: the project's own `storyboard.train.lora.LoraTrainer.step()` on a latent cache built as the stage
+- ours: the project's own `storyboard.train.trainer.LoraTrainer.step()` on a latent cache built as the stage
   builds it (latents and text embeddings computed once; no VAE or text encoder in the step), bf16 frozen weights,
   fp32 LoRA params, fused AdamW, gradient clipping, no host sync in the step; optionally torch.compile.
 
@@ -185,7 +185,7 @@ class BaselineTrainer:
 
 
 class OursTrainer:
-    """The project's own `storyboard.train.lora.LoraTrainer`, on a latent cache built the way the stage builds it.
+    """The project's own `storyboard.train.trainer.LoraTrainer`, on a latent cache built the way the stage builds it.
 
     The caching pass (VAE on the pixels, both text encoders on the captions) runs once before timing, as in the
     stage; then every timed step is exactly `LoraTrainer.step()`: the shipped code, no re-implementation.
@@ -202,7 +202,8 @@ class OursTrainer:
 
         from storyboard.settings import Train
         from storyboard.train.buckets import Bucket
-        from storyboard.train.lora import BucketTensors, LatentCache, LoraTrainer
+        from storyboard.train.latents import BucketTensors, LatentCache
+        from storyboard.train.trainer import LoraTrainer
 
         self.cfg = cfg
         device = cfg.device

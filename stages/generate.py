@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storyboard.generate.render import MODES
+from storyboard.generate.frames import MODES
 from storyboard.generate.run import render_to
 from storyboard.stage import run_stage
 from storyboard.story.plan import read_plan

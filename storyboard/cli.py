@@ -14,7 +14,7 @@ DEFAULT_DATASET = "data/dataset"  # the caption stage's output in dvc.yaml
 
 
 def _generate(args) -> None:
-    from storyboard.generate.render import MODES
+    from storyboard.generate.frames import MODES
     from storyboard.generate.run import render_plans
     from storyboard.story.plan import make_planner, plan_story, plan_to_json
 

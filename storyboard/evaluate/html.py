@@ -22,7 +22,7 @@ from PIL import Image
 
 from storyboard import TINY_NOTICE
 from storyboard.fsutil import atomic_path
-from storyboard.generate.render import MODES
+from storyboard.generate.frames import MODES
 from storyboard.log import logger
 from storyboard.settings import Settings
 

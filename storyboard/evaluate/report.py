@@ -11,7 +11,7 @@ from storyboard.caption.dataset import load_references
 from storyboard.evaluate.html import write_html_report
 from storyboard.evaluate.scores import reference_features, score_mode, summarise, summarise_by_story
 from storyboard.fsutil import atomic_path, write_json, write_text
-from storyboard.generate.render import MODES
+from storyboard.generate.frames import MODES
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from storyboard.fsutil import atomic_path, write_json
-from storyboard.generate.render import RenderedFrame
+from storyboard.generate.frames import RenderedFrame
 
 THUMB_MIN = 256  # tiny-profile frames are 64 px: blow them up so the sheet stays readable
 CAPTION_LINES = 4

@@ -14,8 +14,9 @@ from tqdm import tqdm
 from storyboard import TINY_NOTICE
 from storyboard.caption.dataset import load_references
 from storyboard.fsutil import atomic_path
+from storyboard.generate.frames import Mode, RenderedFrame
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
-from storyboard.generate.render import Mode, RenderedFrame, load_renderers
+from storyboard.generate.pipelines import load_renderers
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
@@ -47,8 +48,8 @@ def render_plans(
     models = model_set(settings)
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
-    reference_images = load_references(dataset_dir)
-    references = scorer.image_features(reference_images) if reference_images else None
+    training_images = load_references(dataset_dir)
+    likeness_features = scorer.image_features(training_images) if training_images else None
     faces = None
     if "ref_guided" in modes and settings.generate.reference in ("face", "faceid"):
         faces = load_face_backend(models, settings.evaluate.face_min_score)
@@ -60,9 +61,9 @@ def render_plans(
         device,
         scorer,
         lora_dir,
-        references,
+        likeness_features,
         faces,
-        reference_images,
+        training_images,
     )
     notice = TINY_NOTICE if settings.is_tiny else None
     written: dict[Mode, list[Path]] = {}
@@ -95,7 +96,7 @@ def render_plans(
                 # generate.reference: faceid: whose face the identity embedding is (frame_1 | training_images)
                 "identity_from": renderer.identity_from,
                 # training images the likeness check compared each frame with, besides frame 1
-                "likeness_references": len(reference_images),
+                "likeness_references": len(training_images),
                 "seconds_total": round(seconds, 3),
                 "seconds_per_frame": round(seconds / len(frames), 3),
             }

@@ -21,8 +21,8 @@ from PIL import Image
 from storyboard import TINY_NOTICE
 from storyboard.evaluate.html import NA, fmt, write_html_report
 from storyboard.evaluate.scores import summarise
+from storyboard.generate.frames import MODES, Attempt, RenderedFrame
 from storyboard.generate.outputs import write_story_outputs
-from storyboard.generate.render import MODES, Attempt, RenderedFrame
 from storyboard.settings import Settings, Story
 from storyboard.story.plan import Frame
 

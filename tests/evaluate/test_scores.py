@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from storyboard.evaluate.report import evaluate_outputs
 from storyboard.evaluate.scores import EvaluateError, score_story, summarise
-from storyboard.generate.render import MODES
+from storyboard.generate.frames import MODES
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import DlibFaceBackend
 

@@ -16,7 +16,8 @@ from PIL import Image
 from test_render import PLAN, _pixels, _renderer
 
 from storyboard.generate import run
-from storyboard.generate.render import NoFaceIdentity, load_renderers
+from storyboard.generate.ip_reference import NoFaceIdentity
+from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.run import render_plans
 from storyboard.models.faces import Face
 from storyboard.models.loading import ModelLoadError
@@ -66,12 +67,12 @@ def _faceid(tiny_settings, tiny_models, cpu, scorer, lora_dir, faces, training_i
 def test_the_identity_changes_the_frames_and_scale_0_ignores_it(tiny_settings, tiny_models, cpu, scorer, lora_dir):
     args = (["a", "b"], [7, 8], ["standing", "riding"])
     renderer = _faceid(tiny_settings, tiny_models, cpu, scorer, lora_dir, KnownFaces(), ip_adapter_scale=1.0)
-    a, b = (renderer._run(*args, reference=torch.from_numpy(_unit(seed))) for seed in (1, 2))
+    a, b = (renderer._run(*args, ip_reference=torch.from_numpy(_unit(seed))) for seed in (1, 2))
     assert all(np.abs(_pixels(x) - _pixels(y)).mean() > 0.1 for x, y in zip(a, b, strict=True))
 
     off = _faceid(tiny_settings, tiny_models, cpu, scorer, lora_dir, KnownFaces(), ip_adapter_scale=0.0)
-    with_identity = off._run(*args, reference=torch.from_numpy(_unit(1)))
-    without = off._run(*args, reference=torch.zeros(128))
+    with_identity = off._run(*args, ip_reference=torch.from_numpy(_unit(1)))
+    without = off._run(*args, ip_reference=torch.zeros(128))
     assert all(np.array_equal(_pixels(x), _pixels(y)) for x, y in zip(with_identity, without, strict=True))
 
 
@@ -81,7 +82,7 @@ def test_ref_guided_faceid_renders_a_plan(tiny_settings, tiny_models, cpu, score
     frames = renderer.render(PLAN)
     assert [f.index for f in frames] == [1, 2, 3] and all(f.image.size == (64, 64) for f in frames)
     assert renderer.identity_from == "frame_1"
-    assert np.array_equal(renderer._reference(frames[0].image, PLAN.story_id).numpy(), identity)
+    assert np.array_equal(renderer.ip_references.of(frames[0].image, PLAN.story_id).numpy(), identity)
     # frame 1 is the LoRA alone: zero embeddings at scale 0, and the FaceID LoRA off (up to batch rounding)
     lora = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0).render(PLAN)
     assert np.abs(_pixels(lora[0].image) - _pixels(frames[0].image)).max() <= 2
@@ -95,7 +96,7 @@ def test_no_face_in_frame_1_falls_back_to_the_training_images(
     faces = KnownFaces(known=[(training[0], _unit(1)), (training[1], _unit(2))])  # no face in the green one
     renderer = _faceid(tiny_settings, tiny_models, cpu, scorer, lora_dir, faces, training)
     with caplog.at_level(logging.WARNING, logger="storyboard"):
-        identity = renderer._reference(Image.new("RGB", (64, 64), "white"), "story-x")
+        identity = renderer.ip_references.of(Image.new("RGB", (64, 64), "white"), "story-x")
     mean = (_unit(1) + _unit(2)) / 2
     assert np.allclose(identity.numpy(), mean / np.linalg.norm(mean), atol=1e-6)
     assert renderer.identity_from == "training_images"

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from storyboard.generate.frames import RenderedFrame, frame_prompt
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
-from storyboard.generate.render import SEED_STRIDE, RenderedFrame, frame_prompt, load_renderers
+from storyboard.generate.pipelines import load_renderers
+from storyboard.generate.renderer import SEED_STRIDE
 from storyboard.story.plan import Frame, StoryPlan
 
 
@@ -84,7 +86,7 @@ def test_training_images_join_the_likeness(tiny_settings, tiny_models, cpu, scor
     r = _renderer(
         "lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0, likeness_threshold=-1.0
     )
-    r.references = refs
+    r.likeness_features = refs
     frames = r.render(PLAN)
     assert frames[0].likeness is not None
     first = scorer.image_features([frames[0].image])[0]
@@ -97,7 +99,7 @@ def test_face_crop_for_the_reference():
     import importlib.util
     from pathlib import Path
 
-    from storyboard.generate.render import face_crop
+    from storyboard.generate.ip_reference import face_crop
     from storyboard.models.faces import DlibFaceBackend
 
     images = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data/images"
@@ -124,7 +126,7 @@ def test_modes_differ_and_ref_guided_uses_the_reference(tiny_settings, tiny_mode
     assert np.abs(_pixels(lora[1].image) - _pixels(ref[1].image)).mean() > 0.1
     # ...and another reference image gives other frames (IP-Adapter really applied)
     other = [RenderedFrame(index=f.index, frame=f.frame, prompt=f.prompt) for f in ref[1:]]
-    ref_renderer._attempt(other, 0, reference=Image.new("RGB", (64, 64), "white"))
+    ref_renderer._attempt(other, 0, ip_reference=Image.new("RGB", (64, 64), "white"))
     assert np.abs(_pixels(other[0].images[0]) - _pixels(ref[1].image)).mean() > 0.1
 
 
@@ -138,7 +140,7 @@ def test_ref_guided_frame_1_skips_the_controlnet(tiny_settings, tiny_models, cpu
     ]
     renderer._attempt(frames[:1], 0, None)
     assert batches == []  # frame 1: the LoRA alone, no ControlNet pass at all
-    renderer._attempt(frames[1:], 0, reference=Image.new("RGB", (64, 64), "white"))
+    renderer._attempt(frames[1:], 0, ip_reference=Image.new("RGB", (64, 64), "white"))
     assert len(batches) == 3 and set(batches) == {2 * 2}  # frames 2-3 with classifier-free guidance, 3 steps
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from storyboard.generate.render import load_renderers
+from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.run import render_plans
 from storyboard.story.plan import OfflinePlanner, plan_story
 

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from storyboard.models.loading import attach_lora, load_pipeline
-from storyboard.train.lora import TrainError, train_lora
+from storyboard.train.errors import TrainError
+from storyboard.train.lora import train_lora
 
 
 def _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="run", **overrides):
@@ -294,7 +295,9 @@ def test_mixed_precision_step_keeps_lora_inputs_in_half_precision(
     from accelerate import Accelerator
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from storyboard.train.lora import LatentCache, LoraTrainer, SdxlParts, load_examples
+    from storyboard.train.latents import LatentCache, load_examples
+    from storyboard.train.parts import SdxlParts
+    from storyboard.train.trainer import LoraTrainer
 
     settings = tiny_settings.train.model_copy(update={"rank": 4, "text_encoder_lora": text_encoder_lora})
     accelerator = Accelerator(mixed_precision="bf16", cpu=True)  # CPU autocast: the GPU path's plumbing

@@ -1,0 +1,79 @@
+"""One renderer per mode, over models loaded once: the modes build on each other."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from storyboard.generate.frames import MODES, Mode
+from storyboard.generate.renderer import StoryRenderer
+from storyboard.models.clip import ClipScorer
+from storyboard.models.faces import FaceBackend
+from storyboard.models.loading import (
+    Device,
+    attach_ip_adapter,
+    attach_lora,
+    check_faceid_fits,
+    faceid_input_size,
+    faceid_weights_input_size,
+    load_pipeline,
+    over_same_modules,
+    with_controlnet,
+)
+from storyboard.models.quantizing import check_quantize_supported
+from storyboard.settings import Character, Generate, ModelSet
+
+
+def load_renderers(
+    modes: Sequence[Mode],
+    settings: Generate,
+    character: Character,
+    models: ModelSet,
+    device: Device,
+    scorer: ClipScorer,
+    lora_dir: Path | None,
+    likeness_features: torch.Tensor | None = None,
+    faces: FaceBackend | None = None,
+    training_images: Sequence[Image.Image] = (),
+) -> Iterator[StoryRenderer]:
+    """One renderer per requested mode, in the order baseline, lora, ref_guided, over models loaded once.
+
+    The modes build on each other: the LoRA is fused into the UNet that baseline used, and ref_guided adds the
+    ControlNet and IP-Adapter around that same UNet. So a renderer is only valid until the next is yielded.
+    """
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    check_quantize_supported(settings.quantize, device.device)
+    faceid = "ref_guided" in modes and settings.reference == "faceid"
+    if faceid:
+        if faces is None:
+            raise ValueError("generate.reference: faceid needs a face backend")
+        check_faceid_fits(faceid_weights_input_size(models), faces, models)  # before loading, where it can
+    pipe = load_pipeline(models, device)
+    fused = False
+    for mode in (m for m in MODES if m in modes):
+        if mode != "baseline" and not fused:
+            if lora_dir is None:
+                raise ValueError(f"mode {mode} needs a LoRA folder")
+            attach_lora(pipe, lora_dir)
+            # Fused into the UNet weights: the same result as a live adapter, without its cost in every step.
+            pipe.fuse_lora(adapter_names=["character"], lora_scale=settings.lora_scale)
+            pipe.unload_lora_weights()
+            fused = True
+        if mode == "ref_guided":
+            pipe = with_controlnet(pipe, models, device)
+            attach_ip_adapter(pipe, models, settings.ip_adapter_scale, faceid=faceid)
+            if faceid:
+                check_faceid_fits(faceid_input_size(pipe), faces, models)
+        own = pipe
+        if mode == "baseline" and settings.quantize != "none" and len(set(modes)) > 1:
+            # Quantizing can't be undone, and the LoRA is fused into these weights next: baseline quantizes a copy.
+            from diffusers import StableDiffusionXLPipeline
+
+            own = over_same_modules(StableDiffusionXLPipeline, pipe, unet=copy.deepcopy(pipe.unet))
+        yield StoryRenderer(mode, own, settings, character, scorer, device, likeness_features, faces, training_images)
