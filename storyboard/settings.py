@@ -159,6 +159,12 @@ class Train(_Section):
     caption_dropout: Fraction = 0.0
     checkpoint_every: PositiveInt = 100
     checkpoints_keep: PositiveInt = 2
+    # best: at every saved step render the validation prompts, score identity and text alignment, keep the step of
+    # highest identity whose text alignment is within select_tolerance of the best step's; last: the final step.
+    select: Literal["best", "last"] = "best"
+    select_tolerance: Annotated[float, Field(ge=0, le=2)] = Field(
+        0.02, description="CLIP text-alignment drop from the best step beyond which a step counts as over-fit"
+    )
     resolution: Annotated[int, Field(ge=32)] | None = Field(
         None, description="None: the base model's native size (unet sample_size x VAE scale)"
     )
@@ -180,6 +186,12 @@ class Train(_Section):
         if value is not None and value % 8:
             raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _best_needs_prompts(self) -> Train:
+        if self.select == "best" and not self.validation.prompts:
+            raise ValueError("select best scores samples of train.validation.prompts: give some, or select last")
+        return self
 
 
 class Plan(_Section):
@@ -258,7 +270,7 @@ class Settings(_Section):
     models: Models
     sample: Sample = Sample()
     caption: Caption
-    train: Train = Train()
+    train: Train = Field(default_factory=Train)
     plan: Plan
     generate: Generate = Generate()
     evaluate: Evaluate = Evaluate()

@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from storyboard import TINY_NOTICE
+from storyboard.evaluate.sweep_report import sweep_section
 from storyboard.fsutil import atomic_path
 from storyboard.generate.frames import MODES
 from storyboard.log import logger
@@ -271,7 +272,9 @@ def _story_section(story_id: str, text: str, by_mode: dict[str, list[Thumb] | st
     return "".join(out)
 
 
-def render_html(settings: Settings, metrics: dict, stories: dict[str, dict[str, list[Thumb] | str]]) -> str:
+def render_html(
+    settings: Settings, metrics: dict, stories: dict[str, dict[str, list[Thumb] | str]], checkpoints: str = ""
+) -> str:
     """The page itself, from figures and already-copied thumbnails (no file access: easy to unit-test)."""
     title = f"Storyboard report: {settings.character.name}"
     notice = f'<p class="notice" id="tiny-notice" role="note">{escape(TINY_NOTICE)}</p>' if settings.is_tiny else ""
@@ -289,6 +292,7 @@ def render_html(settings: Settings, metrics: dict, stories: dict[str, dict[str, 
         "</header><main>",
         _ablation(metrics),
         _per_story(metrics, settings),
+        checkpoints,
         "<section><h2>Stories</h2>",
         '<p class="hint">One row per mode, frames in order; click a frame for the full-size image. Scores under each '
         "frame come from the evaluate stage; shot, pose and scene from the plan.</p>",
@@ -301,12 +305,18 @@ def render_html(settings: Settings, metrics: dict, stories: dict[str, dict[str, 
 
 
 def write_html_report(
-    report_dir: Path, outputs_root: Path, metrics: dict, frames: dict[str, pd.DataFrame], settings: Settings
+    report_dir: Path,
+    outputs_root: Path,
+    metrics: dict,
+    frames: dict[str, pd.DataFrame],
+    settings: Settings,
+    train_metrics: dict | None = None,
 ) -> Path:
     """Write report_dir/index.html and report_dir/assets/ (frame copies) atomically; return the index.html path.
 
     outputs_root holds <mode>/<story_id>/{frame_NN.png, metadata.json} as generate writes them; metrics is
-    evaluate's metrics JSON; frames maps mode -> its per-frame scores (the frames/<mode>.csv table).
+    evaluate's metrics JSON; frames maps mode -> its per-frame scores (the frames/<mode>.csv table); train_metrics:
+    the train stage's metrics/train.json (the checkpoint choice).
     """
     report_dir, outputs_root = Path(report_dir), Path(outputs_root)
     with atomic_path(report_dir) as staged:
@@ -317,7 +327,8 @@ def write_html_report(
             s.id: {mode: _copy_story(outputs_root / mode / s.id, mode, s.id, assets, scores[mode]) for mode in MODES}
             for s in settings.stories
         }
-        (staged / "index.html").write_text(render_html(settings, metrics, stories), encoding="utf-8")
+        checkpoints = sweep_section(train_metrics, assets)
+        (staged / "index.html").write_text(render_html(settings, metrics, stories, checkpoints), encoding="utf-8")
     shown = sum(len(t) for by_mode in stories.values() for t in by_mode.values() if isinstance(t, list))
     logger.info("HTML report: %s (%d frames)", report_dir / "index.html", shown)
     return report_dir / "index.html"

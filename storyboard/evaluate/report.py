@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,7 @@ def evaluate_outputs(
     report_path: Path,
     html_dir: Path | None = None,
     dataset_dir: Path | None = None,
+    train_metrics_path: Path | None = None,
 ) -> dict:
     models = model_set(settings)
     device = Device.from_runtime(settings.runtime)
@@ -85,5 +87,8 @@ def evaluate_outputs(
     write_json(metrics_path, metrics)
     write_text(report_path, results_markdown(metrics, settings, faces.name, models.clip))
     if html_dir is not None:
-        write_html_report(html_dir, outputs, metrics, frames, settings)
+        train_metrics = None
+        if train_metrics_path is not None and Path(train_metrics_path).exists():
+            train_metrics = json.loads(Path(train_metrics_path).read_text(encoding="utf-8"))
+        write_html_report(html_dir, outputs, metrics, frames, settings, train_metrics)
     return metrics

@@ -59,4 +59,8 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> Promp
     compel = CompelForSDXL(pipe, device=pipe._execution_device)
     # One negative, repeated by compel for every prompt: encoded once, not once per frame.
     out = compel(list(prompts), negative_prompt=[negative_prompt])
-    return PromptEmbeds(out.embeds, out.pooled_embeds, out.negative_embeds, out.negative_pooled_embeds)
+    negative, negative_pooled = out.negative_embeds, out.negative_pooled_embeds
+    if not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
+        # What SDXL's pipelines do for no negative prompt: zeros, not the embedding of "".
+        negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+    return PromptEmbeds(out.embeds, out.pooled_embeds, negative, negative_pooled)

@@ -22,8 +22,9 @@ def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution
     """Everything that shapes the weights: params, base model, data, and this package's code (a fixed bug must not
     resume from checkpoints the bug made)."""
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
-    # What only changes how often we look (logging, validation) does not change the weights.
-    shaping = settings.model_dump(mode="json", exclude={"log_every", "validation", "checkpoints_keep"})
+    # What only changes how often we look (logging, validation) or which step is kept does not change the weights.
+    looking = {"log_every", "validation", "checkpoints_keep", "select", "select_tolerance"}
+    shaping = settings.model_dump(mode="json", exclude=looking)
     code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
     blob = json.dumps([shaping, models.base, hashlib.sha256(manifest).hexdigest(), resolution, code], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -29,6 +29,8 @@ from storyboard.log import logger
 from storyboard.settings import ModelSet, Train, Validation
 from storyboard.train.export import LORA_WEIGHTS
 
+SHOWN_STEPS = 3  # steps whose samples the report shows: the chosen one and two others
+
 
 @dataclass(frozen=True)
 class StepScore:
@@ -133,15 +135,33 @@ class Sweep:
             out.append(known[step])
         return out
 
+    def publish_samples(self, scores: list[StepScore], chosen: StepScore, live_dir: Path) -> dict[int, list[str]]:
+        """Copy the samples of the chosen step and two others (the first and last when they differ, else the
+        nearest) into the dvclive folder, a stage output: the report and `dvc plots show` read them there."""
+        steps = [s.step for s in scores]
+        ranked = dict.fromkeys([chosen.step, steps[-1], steps[0], *sorted(steps, key=lambda s: abs(s - chosen.step))])
+        shown = sorted(list(ranked)[:SHOWN_STEPS])
+        target = Path(live_dir) / "plots" / "images" / "sweep"
+        target.mkdir(parents=True, exist_ok=True)
+        published = {}
+        for step in shown:
+            published[step] = []
+            for path in self.sample_paths(step):
+                shutil.copyfile(path, target / path.name)
+                published[step].append(str(target / path.name))
+        return published
+
     def copy_lora(self, step: int, out_dir: Path) -> Path:
         """`step`'s LoRA weights into `out_dir` (the stage's staged output folder)."""
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         target = Path(out_dir) / LORA_WEIGHTS
         shutil.copyfile(self.lora_dir(step) / LORA_WEIGHTS, target)
         return target
 
 
-def sweep_metrics(settings: Train, scores: list[StepScore], chosen: StepScore) -> dict:
-    """metrics/train.json: the choice and every step's scores (the plot reads `steps`)."""
+def sweep_metrics(settings: Train, scores: list[StepScore], chosen: StepScore, samples: dict[int, list[str]]) -> dict:
+    """metrics/train.json: the choice, every step's scores (the plot reads `steps`) and, for the steps the report
+    shows, their sample files and prompts."""
     return {
         "select": settings.select,
         "chosen_step": chosen.step,
@@ -149,4 +169,6 @@ def sweep_metrics(settings: Train, scores: list[StepScore], chosen: StepScore) -
         "text_alignment": chosen.text_alignment,
         "select_tolerance": settings.select_tolerance,
         "steps": [{**asdict(s), "chosen": int(s.step == chosen.step)} for s in scores],
+        "prompts": list(settings.validation.prompts),
+        "samples": {str(step): paths for step, paths in samples.items()},
     }
