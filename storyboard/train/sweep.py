@@ -51,6 +51,13 @@ class ClipStepScorer:
     def __init__(self, models: ModelSet, device, dataset_dir: Path, face_min_score: float):
         self.models, self.device, self.dataset_dir, self.face_min_score = models, device, dataset_dir, face_min_score
 
+    @classmethod
+    def from_parts(cls, clip, faces, references) -> ClipStepScorer:
+        """Wrap models built elsewhere (the GPU benchmark builds full-size CLIP from its config)."""
+        scorer = cls.__new__(cls)
+        scorer.__dict__["_parts"] = (clip, faces, references)
+        return scorer
+
     @cached_property
     def _parts(self):
         from storyboard.caption.dataset import load_references
