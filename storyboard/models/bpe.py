@@ -68,7 +68,9 @@ def clip_tokenizer(pad_token: str = EOS):
 
 @cache
 def _counter():
-    return clip_tokenizer()
+    tokenizer = clip_tokenizer()
+    tokenizer.model_max_length = 1 << 20  # it counts; nothing it counts is fed to a model
+    return tokenizer
 
 
 def count_tokens(text: str) -> int:
