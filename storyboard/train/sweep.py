@@ -96,7 +96,9 @@ class Sweep:
     """The per-step LoRAs, samples and scores of one training run (`run_dir`, the checkpoint folder)."""
 
     def __init__(self, run_dir: Path, validation: Validation):
-        key = hashlib.sha256(json.dumps(validation.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        # What the samples depend on; not `every`, which only says how often dvclive gets samples.
+        drawn = validation.model_dump(mode="json", include={"prompts", "steps", "seed"})
+        key = hashlib.sha256(json.dumps(drawn, sort_keys=True).encode()).hexdigest()
         self.loras = Path(run_dir) / "loras"
         self.folder = Path(run_dir) / f"sweep-{key[:12]}"
         self.prompts = list(validation.prompts)
