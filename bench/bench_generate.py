@@ -9,6 +9,9 @@ Modes, as in storyboard/generate/renderer.py:
 Implementations:
 - baseline: plain diffusers usage, one frame per pipeline call, LoRA loaded with load_lora_weights (not fused),
   the IP-Adapter via load_ip_adapter, a random condition image and a random reference image.
+- batched: the same plain diffusers pipeline, but the story's frames in one call (a batch of prompts, one
+  generator per frame; ref_guided: one condition image per frame and one reference image for the batch): what a
+  competent diffusers user writes, and the baseline every speed-up of "ours" must also be stated against.
 - ours: the project's own StoryRenderer.render (CLIP check included, thresholds at -1 so nothing is redone):
   all frames of the story in one call, a batch of prompts with one seeded CPU generator per frame;
   ref_guided renders frame 1 alone (a plain SDXL pipeline over the same components: no ControlNet pass, the
@@ -62,7 +65,7 @@ from storyboard.log import logger, setup_logging  # noqa: E402
 from storyboard.story.poses import POSE_NAMES  # noqa: E402
 
 MODES = ("baseline", "lora", "ref_guided")
-IMPLS = ("baseline", "ours")
+IMPLS = ("baseline", "batched", "ours")
 
 # params.yaml, generate: and character: (copied, not read: the settings module needs pydantic, which the GPU
 # image may lack, and these values only need to be realistic).
@@ -164,6 +167,19 @@ class Run:
             )
         return self.pipe(**kwargs).images[0]
 
+    # -- batched impl: plain diffusers, the story in one call ---------------------------------------------------
+
+    def batched_story(self) -> list[Image.Image]:
+        n = len(self.prompts)
+        kwargs = self._common(self.prompts, [SEED + i + 1 for i in range(n)])
+        if self.mode == "ref_guided":
+            kwargs.update(
+                image=[random_image(self.size, i) for i in range(n)],
+                controlnet_conditioning_scale=CONTROLNET_SCALE,
+                ip_adapter_image=random_image(self.size, 1000),
+            )
+        return self.pipe(**kwargs).images
+
     # -- ours: the project's own StoryRenderer.render (batched story, fused LoRA, CLIP check) ----------------
 
     def _ours_renderer(self):
@@ -227,9 +243,11 @@ class Run:
     # -- the measurement -----------------------------------------------------------------------------------
 
     def warmup(self) -> None:
-        """The untimed unit: one frame (baseline impl) or one story (ours)."""
+        """The untimed unit: one frame (baseline impl) or one story (batched, ours)."""
         if self.impl == "baseline":
             self.baseline_frame(0)
+        elif self.impl == "batched":
+            self.batched_story()
         else:
             self.ours_story()
 
@@ -237,6 +255,8 @@ class Run:
         """All frames of the story; returns the images and the number of pipeline calls."""
         if self.impl == "baseline":
             return [self.baseline_frame(i) for i in range(len(self.prompts))], len(self.prompts)
+        if self.impl == "batched":
+            return self.batched_story(), 1
         images = self.ours_story()
         return images, (2 if self.mode == "ref_guided" and len(images) > 1 and not self.args.first_from_lora else 1)
 
@@ -334,7 +354,7 @@ def run_one(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--impl", default="baseline,ours", help="comma list of baseline, ours")
+    parser.add_argument("--impl", default="baseline,batched,ours", help="comma list of baseline, batched, ours")
     parser.add_argument("--modes", default=",".join(MODES), help="comma list of baseline, lora, ref_guided")
     parser.add_argument("--frames", type=int, default=None, help="frames per story (8; 2 with --small)")
     parser.add_argument("--stories", type=int, default=1, help="timed stories per config")

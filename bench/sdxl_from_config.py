@@ -346,10 +346,11 @@ def build_ip_adapter_files(
     seed: int = 0,
     dtype: torch.dtype = torch.bfloat16,
     device: torch.device | str = "cuda",
+    weight_name: str = "ip-adapter.safetensors",
 ) -> Path:
     """Write an IP-Adapter like h94/IP-Adapter sdxl_models/ (ip-adapter_sdxl + ViT-bigG image encoder) to `folder`.
 
-    Layout read by `pipe.load_ip_adapter(folder, subfolder="", weight_name="ip-adapter.safetensors",
+    Layout read by `pipe.load_ip_adapter(folder, subfolder="", weight_name=weight_name,
     image_encoder_folder="image_encoder")`. Skipped when already written (the image encoder is 1.8 B parameters).
     """
     from safetensors.torch import save_file
@@ -392,7 +393,7 @@ def build_ip_adapter_files(
         hidden = attention_hidden_size(unet.config, name)
         tensors[f"ip_adapter.{index}.to_k_ip.weight"] = rand(hidden, cross)
         tensors[f"ip_adapter.{index}.to_v_ip.weight"] = rand(hidden, cross)
-    save_file(tensors, folder / "ip-adapter.safetensors")
+    save_file(tensors, folder / weight_name)
     n = sum(t.numel() for t in tensors.values())
     logger.info("wrote IP-Adapter weights: %.1f M parameters, %d k/v pairs", n / 1e6, (len(tensors) - 4) // 2)
     done.write_text("ok\n")

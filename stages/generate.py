@@ -1,5 +1,6 @@
-"""generate stage: render every planned story in one mode (baseline | lora | ref_guided).
+"""generate stage: bring outputs/<mode> up to date with the plans, in one mode (baseline | lora | ref_guided).
 
+Stories rendered before from the same inputs are kept (a killed run resumes); the others are rendered.
 Several GPUs: `accelerate launch -m stages.generate <same arguments>` shards the stories across processes.
 """
 
@@ -7,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storyboard.generate.frames import MODES
 from storyboard.generate.run import render_to
+from storyboard.settings import MODES
 from storyboard.stage import run_stage
 from storyboard.story.plan import read_plan
 

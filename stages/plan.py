@@ -1,21 +1,21 @@
-"""plan stage: each story in params.yaml -> a JSON plan of 6-10 frames (LLM or offline planner)."""
+"""plan stage: each story in params.yaml -> a JSON plan of 6-10 frames (LLM or offline planner).
+
+Plans are kept between runs (a `persist` output): a story is planned again only when its text, the character or
+the plan settings change, so hand edits to data/plans/<story>.json survive `dvc repro`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from storyboard.fsutil import atomic_path
+from storyboard.log import logger
 from storyboard.stage import run_stage
-from storyboard.story.plan import make_planner, plan_story, plan_to_json
+from storyboard.story.update import update_plans
 
 
 def main(args, settings) -> None:
-    planner = make_planner(settings.plan)
-    with atomic_path(Path(args.out)) as staged:
-        staged.mkdir(parents=True)
-        for story in settings.stories:
-            plan = plan_story(planner, story, settings.character)
-            (staged / f"{story.id}.json").write_text(plan_to_json(plan), encoding="utf-8")
+    counts = update_plans(Path(args.out), settings.stories, settings.character, settings.plan)
+    logger.info("plans: %d made, %d kept", counts["planned"], counts["kept"])
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ DEFAULT_DATASET = "data/dataset"  # the caption stage's output in dvc.yaml
 
 
 def _generate(args) -> None:
-    from storyboard.generate.frames import MODES
     from storyboard.generate.run import render_plans
-    from storyboard.story.plan import make_planner, plan_story, plan_to_json
+    from storyboard.settings import MODES
+    from storyboard.story.plan import plan_to_json
+    from storyboard.story.planners import make_planner, plan_story
 
     settings = load_settings(args.params)
     story = Story(id=slug(args.story)[:48], text=args.story)
@@ -43,7 +44,8 @@ def _generate(args) -> None:
 
 
 def _plan(args) -> None:
-    from storyboard.story.plan import make_planner, plan_story, plan_to_json
+    from storyboard.story.plan import plan_to_json
+    from storyboard.story.planners import make_planner, plan_story
 
     settings = load_settings(args.params)
     plan = plan_story(make_planner(settings.plan), Story(id=slug(args.story)[:48], text=args.story), settings.character)
@@ -82,14 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     tiny = sub.add_parser("build-tiny-models", help="build the tiny profile's random-weight models")
     tiny.set_defaults(func=_tiny_models)
 
-    from storyboard.evaluate import study
+    from storyboard.evaluate.study.cli import add_commands as add_study_commands
 
-    serve = sub.add_parser("study-serve", help="blind rating page for the rendered storyboards (local web server)")
-    study.add_serve_arguments(serve)
-    serve.set_defaults(func=study.serve_study)
-    summary = sub.add_parser("study-summarise", help="ratings -> metrics (mean per mode with 95%% CI, agreement)")
-    study.add_summarise_arguments(summary)
-    summary.set_defaults(func=study.summarise_study_cmd)
+    add_study_commands(sub)
 
     args = parser.parse_args(argv)
     setup_logging()

@@ -37,6 +37,9 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"
 # device, fp8 needs a GPU of compute capability 8.9 or newer (H100, L4, RTX 40xx). Both change the frames a
 # little; none keeps the model's own precision.
 Quantize = Literal["none", "int8", "fp8"]
+# The three ways generate renders a story; each is its own DVC stage (generate@<mode>), and evaluate compares them.
+Mode = Literal["baseline", "lora", "ref_guided"]
+MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided")
 
 
 class Character(_Section):
@@ -232,6 +235,9 @@ class Generate(_Section):
         "face",
         description="ref_guided: the IP-Adapter gets frame 1's face crop, or the whole frame; faceid: the IP-Adapter "
         "FaceID gets the face-recognition embedding of frame 1's face",
+    )
+    face_min_score: Fraction = Field(
+        0.5, description="ref_guided: face detector confidence below which frame 1's face is not the reference"
     )
     contact_sheet_columns: PositiveInt = 4
     gif_frame_ms: PositiveInt = 900

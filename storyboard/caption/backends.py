@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Protocol
 from PIL import Image
 
 from storyboard.errors import StoryboardError
+from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected
 from storyboard.settings import Caption, Character
 
 
@@ -43,12 +42,35 @@ class CaptionBackend(Protocol):
     def caption(self, image: Image.Image, source: Path) -> CaptionResult: ...
 
 
-def with_trigger(text: str, trigger: str) -> str:
-    """The caption always starts with the trigger token: added by us, never left to the model."""
+# Straight, typographic and guillemet quotes: exported datasets and chat models wrap captions in any of them.
+QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb\u201e"
+
+
+def clean_caption(text: str) -> str:
+    """One line, without the quotes or whitespace around it: `  "a man waves"\n` -> `a man waves`.
+
+    A trailing quote is taken off only together with a leading one, so "the merchants'" keeps its apostrophe.
+    """
     text = " ".join(text.split())
-    if re.match(rf"^{re.escape(trigger)}\b", text):
-        return text
-    return f"{trigger}, {text}"
+    while text and text[0] in QUOTES:
+        text = text[1:].strip()
+        if text and text[-1] in QUOTES:
+            text = text[:-1].strip()
+    return text
+
+
+def with_trigger(text: str, trigger: str) -> str:
+    """The cleaned caption, starting with the trigger token exactly once: added by us, never left to the model.
+
+    A caption that already opens with the trigger (in any case, after punctuation or quotes: `"aldar_kose_man,
+    ...`, `*Aldar_Kose_Man* waves`) keeps it where it is, spelled as the trigger and without those marks.
+    """
+    text = clean_caption(text)
+    quotes = re.escape(QUOTES)
+    opening = re.match(rf"^[\W_]*?{re.escape(trigger)}(?!\w)[{quotes}*_]*", text, flags=re.IGNORECASE)
+    if opening:
+        return trigger + text[opening.end() :]
+    return f"{trigger}, {text}" if text else trigger
 
 
 class TemplateBackend:
@@ -75,7 +97,8 @@ class SidecarBackend:
                 f"{source}: no caption file {sidecar.name} beside it (caption.backend is sidecar); "
                 "write one, or use caption.backend: template or openai"
             )
-        text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+        # utf-8-sig: a byte-order mark (Windows editors, some exporters) is not part of the caption
+        text = clean_caption(sidecar.read_text(encoding="utf-8-sig", errors="replace"))
         if not text:
             raise CaptionError(f"{sidecar}: empty caption file; write a caption into it or delete it")
         return CaptionResult(text)
@@ -100,86 +123,36 @@ def image_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class OpenAIBackend:
-    """Any OpenAI-compatible chat-completions endpoint with image input.
+CAPTION_ENDPOINT = Purpose(
+    section="caption",
+    offline="caption offline with `-S caption.backend=sidecar` (a .txt beside each image) or "
+    "`-S caption.backend=template`",
+    later="captions received so far are cached, rerun later",
+    error=CaptionError,
+)
 
-    The official client retries 429/5xx/timeouts with exponential backoff and honours Retry-After
-    (`max_retries`); a bad key or a missing model raises at once and stops the stage.
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat-completions endpoint with image input (client and errors: storyboard.openai_client).
+
+    A bad key or a missing model stops the stage at once; a 400/422 fails this one image and the others go on.
     """
 
     name = "openai"
     paid = True
 
     def __init__(self, settings: Caption):
-        import openai
-
-        cfg = settings.openai
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise CaptionError(
-                f"caption.backend is openai but ${cfg.api_key_env} is not set: export your key, or caption offline "
-                "with `-S caption.backend=sidecar` (a .txt beside each image) or `-S caption.backend=template`"
-            )
         self.settings = settings
-        self.client = openai.OpenAI(
-            api_key=key,
-            base_url=cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None,
-            timeout=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-        )
+        self.endpoint = ChatEndpoint(settings.openai, CAPTION_ENDPOINT)
 
     def _ask(self, prompt: str, url: str) -> tuple[str | None, str | None, int, int]:
-        import openai
-
-        cfg = self.settings.openai
+        content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
         try:
-            response = self.client.chat.completions.create(
-                model=cfg.model,
-                temperature=cfg.temperature,
-                max_tokens=cfg.max_tokens,
-                messages=[
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "text", "text": prompt},
-                            {"type": "image_url", "image_url": {"url": url}},
-                        ],
-                    }
-                ],
-            )
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise CaptionError(f"the caption endpoint rejected the key in ${cfg.api_key_env}: {e}") from None
-        except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+            response = self.endpoint.complete([{"role": "user", "content": content}])
+        except RequestRejected as e:
             # This image, not the setup: exclude it with the reason and go on with the others.
             raise ImageRejected(f"the caption endpoint rejected this image ({e.status_code}): {e.message}") from None
-        except openai.NotFoundError as e:
-            raise CaptionError(
-                f"model {cfg.model!r} not found at the caption endpoint; set caption.openai.model ({e})"
-            ) from None
-        # The client has already retried 429/5xx/timeouts max_retries times: what is left stops the stage with
-        # one line, not a traceback. Captions received so far are cached, so a rerun pays only for the rest.
-        except openai.APIConnectionError as e:  # also timeouts
-            raise CaptionError(
-                f"the caption endpoint {self.client.base_url} is unreachable or timed out "
-                f"(after {cfg.max_retries} retries: {e}); captions received so far are cached, rerun later"
-            ) from None
-        except openai.APIStatusError as e:
-            raise CaptionError(
-                f"the caption endpoint answered {e.status_code} (after up to {cfg.max_retries} retries for "
-                f"429/5xx): {e.message}; captions received so far are cached, rerun later"
-            ) from None
-        except json.JSONDecodeError as e:  # a body that is not JSON, e.g. a proxy's truncated reply
-            raise CaptionError(
-                f"the caption endpoint {self.client.base_url} sent a reply that is not JSON ({e}); "
-                "is caption.openai.base_url an OpenAI-compatible API?"
-            ) from None
-        choices = getattr(response, "choices", None)  # a non-JSON content type comes back as plain text
-        if not choices:
-            raise CaptionError(
-                f"the caption endpoint {self.client.base_url} sent a reply without choices "
-                f"({str(response)[:100]!r}); is caption.openai.base_url an OpenAI-compatible API?"
-            )
-        message = choices[0].message
+        message = response.choices[0].message
         usage = response.usage
         return (
             message.content,
@@ -200,8 +173,9 @@ class OpenAIBackend:
                     None, failed=True, reason=str(e), tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt
                 )
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
+            text = clean_caption(text) if text else text  # a quoted "I'm sorry..." is still a refusal
             if not is_refusal(text, refusal):
-                return CaptionResult(text.strip(), tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt)
+                return CaptionResult(text, tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt)
             reasons.append((refusal or text or "empty reply").strip()[:200])
         return CaptionResult(
             None, refused=True, reason=" | ".join(reasons), tokens_in=tokens_in, tokens_out=tokens_out, requests=2

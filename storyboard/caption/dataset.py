@@ -18,22 +18,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from storyboard.caption.backends import CaptionBackend, CaptionError, CaptionResult, with_trigger
+from storyboard.dataset import ManifestRecord
 from storyboard.fsutil import atomic_path, write_json
 from storyboard.images import BadImage, content_hash, list_images, load_rgb
 from storyboard.log import logger
 from storyboard.settings import Caption, Character
-
-
-@dataclass
-class ManifestRecord:
-    source: str  # path relative to the input folder, as the user named it
-    sha256: str
-    status: str  # "ok" | "excluded" | "duplicate"
-    image: str | None = None  # file in the dataset's images/ folder
-    caption: str | None = None
-    reason: str = ""
-    width: int = 0
-    height: int = 0
 
 
 @dataclass
@@ -220,19 +209,3 @@ def _report(records: list[ManifestRecord]) -> str:
     else:
         lines.append("Every image is in the dataset.")
     return "\n".join(lines) + "\n"
-
-
-def read_manifest(dataset_dir: Path) -> list[ManifestRecord]:
-    path = Path(dataset_dir) / "manifest.jsonl"
-    if not path.exists():
-        raise CaptionError(f"{path} missing: run the caption stage first (`dvc repro caption`)")
-    with open(path, encoding="utf-8") as f:
-        return [ManifestRecord(**json.loads(line)) for line in f if line.strip()]
-
-
-def load_references(dataset_dir: Path | None) -> list[Image.Image]:
-    """The training images: the character as the user drew it, for likeness checks and cross figures."""
-    if dataset_dir is None or not (Path(dataset_dir) / "manifest.jsonl").exists():
-        return []
-    records = [r for r in read_manifest(dataset_dir) if r.status == "ok"]
-    return [Image.open(Path(dataset_dir) / "images" / r.image).convert("RGB") for r in records]

@@ -2,7 +2,9 @@
 
 The report is one folder (index.html plus assets/ holding copies of the frames, linked relatively), so it opens
 from the file system with no server and can be moved or zipped whole. No JavaScript, no external CSS or fonts:
-it must render offline. Every piece of text from the run goes through html.escape.
+it must render offline. The page is the Jinja2 template templates/report.html (with report.css), rendered with
+autoescaping on: story text, scenes and params are user and LLM text. This module turns the run into the
+template's plain values.
 """
 
 from __future__ import annotations
@@ -11,21 +13,21 @@ import json
 import math
 import shutil
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
 import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from PIL import Image
 
 from storyboard import TINY_NOTICE
 from storyboard.evaluate.sweep_report import sweep_section
 from storyboard.fsutil import atomic_path
-from storyboard.generate.frames import MODES
 from storyboard.log import logger
-from storyboard.settings import Settings
+from storyboard.settings import MODES, Settings
 
 NA = "n/a"
 THUMB_PX = 160  # thumbnail width; frames narrower than this (tiny profile: 64 px) are upscaled pixelated
@@ -73,52 +75,6 @@ FRAME_COLUMNS: tuple[Column, ...] = (
     Column("seconds", "seconds", ".2f"),
 )
 
-CSS = """
-:root { --fg: #1d2330; --muted: #5f6b7a; --line: #d9dee5; --bg: #f6f7f9; --card: #fff; --accent: #2456a6; }
-* { box-sizing: border-box; }
-body { margin: 0; padding: 24px 32px 48px; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto,
-       "Helvetica Neue", Arial, sans-serif; color: var(--fg); background: var(--bg); }
-h1 { font-size: 24px; margin: 0 0 4px; }
-h2 { font-size: 18px; margin: 32px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
-h3 { font-size: 16px; margin: 24px 0 4px; }
-p { margin: 4px 0 8px; }
-code { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12px; }
-.meta, .hint { color: var(--muted); }
-.hint { font-size: 12px; }
-.notice { margin: 12px 0; padding: 10px 14px; border: 1px solid #e0a100; border-left: 6px solid #e0a100;
-          background: #fff6da; font-weight: 600; max-width: 1100px; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; background: var(--card); }
-table.scores th, table.scores td { padding: 5px 10px; border: 1px solid var(--line); text-align: right;
-                                   white-space: nowrap; }
-/* headers wrap on their spaces so the figures table fits a laptop screen; the figures never wrap */
-table.scores th { background: #eef1f5; font-weight: 600; white-space: normal; min-width: 64px; }
-table.scores thead th { vertical-align: bottom; font-size: 12px; }
-table.scores thead th:not(.lead) { width: 104px; }  /* equal columns, labels wrap to at most two lines */
-table.scores th[scope=row], table.scores td.text, table.scores thead th.lead { text-align: left; }
-table.scores th[scope=row] { width: 150px; }
-td.story-id { font-weight: 600; vertical-align: top; }
-.na { color: #9aa3ae; }
-.mode-note { display: block; font-weight: 400; font-size: 11px; color: var(--muted); }
-.story-text { font-size: 15px; max-width: 1100px; }
-table.frames { border: 1px solid var(--line); }
-table.frames th, table.frames td { border: 1px solid var(--line); vertical-align: top; padding: 6px; }
-table.frames thead th { background: #eef1f5; font-weight: 600; text-align: center; font-size: 12px; }
-table.frames tbody th { text-align: left; width: 130px; min-width: 130px; background: #fafbfc; }
-td.frame { width: 172px; min-width: 172px; }
-td.frame img { display: block; width: 160px; height: auto; background: #ddd; border-radius: 2px; }
-img.px { image-rendering: pixelated; }
-.shot { font-size: 11px; color: var(--accent); font-weight: 600; margin-top: 4px; }
-.scene { font-size: 12px; margin: 2px 0 4px; width: 160px; overflow-wrap: anywhere; }
-dl.fs { display: grid; grid-template-columns: auto auto; gap: 0 8px; margin: 0; font-size: 11px; width: 160px; }
-dl.fs dt { color: var(--muted); }
-dl.fs dd { margin: 0; text-align: right; font-variant-numeric: tabular-nums; }
-.missing { color: #a33; font-size: 12px; }
-details { background: var(--card); border: 1px solid var(--line); padding: 8px 12px; }
-summary { cursor: pointer; font-weight: 600; }
-pre { margin: 8px 0 0; font-size: 12px; overflow-x: auto; }
-"""
-
 
 def fmt(value: Any, spec: str = "") -> str:
     """A cell's text: n/a for None/NaN (nothing could be scored), yes/no for bools, numbers by `spec`."""
@@ -136,51 +92,44 @@ def fmt(value: Any, spec: str = "") -> str:
     return str(value)
 
 
-def _cell(value: Any, spec: str, tag: str = "td") -> str:
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    na: bool  # shown greyed: nothing could be scored
+
+
+def _cell(value: Any, spec: str) -> Cell:
     text = fmt(value, spec)
-    cls = ' class="na"' if text == NA else ""
-    return f"<{tag}{cls}>{escape(text)}</{tag}>"
+    return Cell(text, text == NA)
 
 
 def _present(columns: tuple[Column, ...], rows: list[dict]) -> list[Column]:
     return [c for c in columns if any(c.key in r for r in rows)]
 
 
-def _summary_table(table_id: str, rows: list[tuple[list[str], dict]], head: list[str]) -> str:
-    """rows: (the leading header cells as HTML, the figures dict). Only columns some row has are shown."""
-    columns = _present(SUMMARY_COLUMNS, [figures for _, figures in rows])
-    out = [f'<div class="scroll"><table class="scores" id="{table_id}"><thead><tr>']
-    out += [f'<th scope="col" class="lead">{escape(h)}</th>' for h in head]
-    out += [f'<th scope="col">{escape(c.label)}</th>' for c in columns]
-    out.append("</tr></thead><tbody>")
-    for lead, figures in rows:
-        out.append("<tr>" + "".join(lead) + "".join(_cell(figures.get(c.key), c.fmt) for c in columns) + "</tr>")
-    out.append("</tbody></table></div>")
-    return "".join(out)
+def _table(rows: list[dict]) -> dict[str, Any]:
+    """rows: {"mode", "figures", and for per-story rows "story_id"/"story_rowspan"}; only columns some row has."""
+    columns = _present(SUMMARY_COLUMNS, [row["figures"] for row in rows])
+    return {
+        "columns": columns,
+        "rows": [{**row, "cells": [_cell(row["figures"].get(c.key), c.fmt) for c in columns]} for row in rows],
+    }
 
 
-def _mode_header(mode: str, note: bool = True) -> str:
-    text = MODE_NOTES.get(mode) if note else None
-    note_html = f'<span class="mode-note">{escape(text)}</span>' if text else ""
-    return f'<th scope="row">{escape(mode)}{note_html}</th>'
-
-
-def _ablation(metrics: dict) -> str:
-    rows = [([_mode_header(mode)], metrics.get(mode) or {}) for mode in MODES]
-    return (
-        '<section><h2>Ablation</h2><p class="hint">Means over every frame of every story. CLIP scores are cosine '
-        "similarities (-1..1); &ldquo;vs frame 1&rdquo; compares each later frame with frame 1 of its story and "
-        "mode. n/a: no frame could be scored (see the face detection rate).</p>"
-        + _summary_table("ablation", rows, ["mode"])
-        + "</section>"
+def _ablation(metrics: dict) -> dict[str, Any]:
+    return _table(
+        [
+            {"story_rowspan": 0, "mode": mode, "note": MODE_NOTES.get(mode), "figures": metrics.get(mode) or {}}
+            for mode in MODES
+        ]
     )
 
 
-def _per_story(metrics: dict, settings: Settings) -> str:
+def _per_story(metrics: dict, settings: Settings) -> dict[str, Any] | None:
     """The same figures per story, when the metrics carry them (metrics[mode]["stories"][story_id])."""
     per_mode = {mode: (metrics.get(mode) or {}).get("stories") or {} for mode in MODES}
     if not any(per_mode.values()):
-        return ""
+        return None
     order = [s.id for s in settings.stories]
     order += sorted({sid for stories in per_mode.values() for sid in stories} - set(order))
     rows = []
@@ -188,9 +137,17 @@ def _per_story(metrics: dict, settings: Settings) -> str:
         modes = [mode for mode in MODES if story_id in per_mode[mode]]
         for n, mode in enumerate(modes):
             # The story named once per group (rowspan); the ablation table above already explains the modes.
-            story = f'<td class="text story-id" rowspan="{len(modes)}">{escape(story_id)}</td>' if n == 0 else ""
-            rows.append(([story, _mode_header(mode, note=False)], per_mode[mode][story_id]))
-    return "<section><h2>Per story</h2>" + _summary_table("per-story", rows, ["story", "mode"]) + "</section>"
+            span = len(modes) if n == 0 else 0
+            rows.append(
+                {
+                    "story_id": story_id,
+                    "story_rowspan": span,
+                    "mode": mode,
+                    "note": None,
+                    "figures": per_mode[mode][story_id],
+                }
+            )
+    return _table(rows)
 
 
 @dataclass
@@ -237,71 +194,67 @@ def _copy_story(
     return thumbs
 
 
-def _frame_cell(thumb: Thumb) -> str:
+def _frame_view(thumb: Thumb) -> dict[str, Any]:
     r = thumb.record
-    cls = ' class="px"' if thumb.width < THUMB_PX else ""  # upscaled tiny frames: keep pixels crisp, not blurred
-    height = max(1, round(THUMB_PX * thumb.height / thumb.width))
-    alt = f"frame {r['index']}: {r.get('scene', '')}"
-    shot = " · ".join(escape(str(r[k])) for k in ("shot", "pose") if r.get(k))
-    scores = "".join(f"<dt>{escape(c.label)}</dt>{_cell(thumb.scores.get(c.key), c.fmt, 'dd')}" for c in FRAME_COLUMNS)
-    return (
-        f'<td class="frame"><a href="{escape(thumb.src)}"><img src="{escape(thumb.src)}" alt="{escape(alt)}" '
-        f'width="{THUMB_PX}" height="{height}"{cls} loading="eager"></a>'
-        f'<div class="shot">{shot}</div><div class="scene">{escape(str(r.get("scene", "")))}</div>'
-        f'<dl class="fs">{scores}</dl></td>'
-    )
+    return {
+        "src": thumb.src,
+        "height": max(1, round(THUMB_PX * thumb.height / thumb.width)),
+        "pixelated": thumb.width < THUMB_PX,  # upscaled tiny frames: keep pixels crisp, not blurred
+        "alt": f"frame {r['index']}: {r.get('scene', '')}",
+        "shot": " · ".join(str(r[k]) for k in ("shot", "pose") if r.get(k)),
+        "scene": str(r.get("scene", "")),
+        "scores": [(c.label, _cell(thumb.scores.get(c.key), c.fmt)) for c in FRAME_COLUMNS],
+    }
 
 
-def _story_section(story_id: str, text: str, by_mode: dict[str, list[Thumb] | str]) -> str:
-    count = max((len(t) for t in by_mode.values() if isinstance(t, list)), default=0)
-    out = [
-        f'<section class="story" id="story-{escape(story_id)}"><h3>{escape(story_id)}</h3>',
-        f'<p class="story-text">{escape(text)}</p><div class="scroll"><table class="frames"><thead><tr><th>mode</th>',
-        "".join(f"<th>frame {i}</th>" for i in range(1, count + 1)),
-        "</tr></thead><tbody>",
-    ]
+def _story_view(story_id: str, text: str, by_mode: dict[str, list[Thumb] | str]) -> dict[str, Any]:
+    rows = []
     for mode, thumbs in by_mode.items():
-        out.append(f"<tr>{_mode_header(mode)}")
-        if isinstance(thumbs, str):
-            out.append(f'<td class="missing" colspan="{max(count, 1)}">{escape(thumbs)}</td>')
-        else:
-            out += [_frame_cell(t) for t in thumbs]
-            out += ["<td></td>"] * (count - len(thumbs))
-        out.append("</tr>")
-    out.append("</tbody></table></div></section>")
-    return "".join(out)
+        missing = thumbs if isinstance(thumbs, str) else None
+        frames = [] if isinstance(thumbs, str) else [_frame_view(t) for t in thumbs]
+        rows.append({"mode": mode, "note": MODE_NOTES.get(mode), "missing": missing, "frames": frames})
+    count = max((len(t) for t in by_mode.values() if isinstance(t, list)), default=0)
+    return {"id": story_id, "text": text, "count": count, "rows": rows}
+
+
+_TEMPLATES = Environment(
+    loader=PackageLoader("storyboard.evaluate", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,  # a misspelt name fails the render instead of leaving a blank
+    keep_trailing_newline=True,
+)
+
+
+def evaluated_params(settings: Settings) -> dict:
+    """The params the evaluate stage lists in dvc.yaml, and no others: a report that showed more would show values
+    this run never read (a changed train param does not rerun evaluate)."""
+    sections = {"profile", "runtime", "character", "stories", "models", "evaluate"}
+    data = settings.model_dump(mode="json", include=sections)
+    data["character"] = {k: data["character"][k] for k in ("name", "trigger")}
+    sdxl = data["models"]["sdxl"]
+    data["models"]["sdxl"] = {k: sdxl[k] for k in ("clip", "face_backend", "face_model", "face_model_root")}
+    return data
 
 
 def render_html(
     settings: Settings, metrics: dict, stories: dict[str, dict[str, list[Thumb] | str]], checkpoints: str = ""
 ) -> str:
     """The page itself, from figures and already-copied thumbnails (no file access: easy to unit-test)."""
-    title = f"Storyboard report: {settings.character.name}"
-    notice = f'<p class="notice" id="tiny-notice" role="note">{escape(TINY_NOTICE)}</p>' if settings.is_tiny else ""
     story_text = {s.id: s.text for s in settings.stories}
-    params = yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=120)
-    parts = [
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><header>",
-        f"<h1>{escape(title)}</h1>",
-        f'<p class="meta">profile <b id="profile">{escape(settings.profile)}</b> · trigger '
-        f"<code>{escape(settings.character.trigger)}</code> · {len(settings.stories)} stories · modes: "
-        f"{escape(', '.join(MODES))}</p>",
-        notice,
-        "</header><main>",
-        _ablation(metrics),
-        _per_story(metrics, settings),
-        checkpoints,
-        "<section><h2>Stories</h2>",
-        '<p class="hint">One row per mode, frames in order; click a frame for the full-size image. Scores under each '
-        "frame come from the evaluate stage; shot, pose and scene from the plan.</p>",
-        *(_story_section(sid, story_text.get(sid, ""), by_mode) for sid, by_mode in stories.items()),
-        "</section><section><h2>Parameters</h2>",
-        f"<details><summary>params of this run (validated settings, YAML)</summary><pre>{escape(params)}</pre>"
-        "</details></section></main></body></html>\n",
-    ]
-    return "".join(parts)
+    return _TEMPLATES.get_template("report.html").render(
+        title=f"Storyboard report: {settings.character.name}",
+        profile=settings.profile,
+        trigger=settings.character.trigger,
+        story_count=len(settings.stories),
+        modes=MODES,
+        notice=TINY_NOTICE if settings.is_tiny else None,
+        ablation=_ablation(metrics),
+        per_story=_per_story(metrics, settings),
+        checkpoints=Markup(checkpoints),  # built by sweep_report.py, which escapes the run's text
+        stories=[_story_view(sid, story_text.get(sid, ""), by_mode) for sid, by_mode in stories.items()],
+        thumb_px=THUMB_PX,
+        params=yaml.safe_dump(evaluated_params(settings), sort_keys=False, allow_unicode=True, width=120),
+    )
 
 
 def write_html_report(

@@ -8,16 +8,15 @@ from pathlib import Path
 import pandas as pd
 
 from storyboard import TINY_NOTICE
-from storyboard.caption.dataset import load_references
+from storyboard.dataset import load_training_images
 from storyboard.evaluate.html import write_html_report
 from storyboard.evaluate.scores import reference_features, score_mode, summarise, summarise_by_story
 from storyboard.fsutil import atomic_path, write_json, write_text
-from storyboard.generate.frames import MODES
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
 from storyboard.models.loading import Device, model_set
-from storyboard.settings import Settings
+from storyboard.settings import MODES, Settings
 
 TABLE_COLUMNS = {
     "clip_text_score": "CLIP text",
@@ -73,7 +72,7 @@ def evaluate_outputs(
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
     faces = load_face_backend(models, settings.evaluate.face_min_score)
-    references = reference_features(scorer, load_references(dataset_dir))
+    references = reference_features(scorer, load_training_images(dataset_dir))
     story_ids = [s.id for s in settings.stories]
     metrics: dict = {"profile": settings.profile, **({"notice": TINY_NOTICE} if settings.is_tiny else {})}
     frames: dict[str, pd.DataFrame] = {}

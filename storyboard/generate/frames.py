@@ -1,9 +1,8 @@
-"""The modes, and what rendering a frame yields: its prompt, every attempt's seed and scores, the image kept."""
+"""What rendering a frame yields: its prompt, every attempt's seed and scores, the image kept."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from PIL import Image
@@ -11,9 +10,6 @@ from PIL import Image
 from storyboard.models.prompts import literal
 from storyboard.settings import Character
 from storyboard.story.plan import Frame
-
-Mode = Literal["baseline", "lora", "ref_guided"]
-MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided")
 
 
 @dataclass

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from storyboard.generate.frames import MODES, Mode
 from storyboard.generate.renderer import StoryRenderer
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import FaceBackend
@@ -25,7 +24,7 @@ from storyboard.models.loading import (
     with_controlnet,
 )
 from storyboard.models.quantizing import check_quantize_supported
-from storyboard.settings import Character, Generate, ModelSet
+from storyboard.settings import MODES, Character, Generate, Mode, ModelSet
 
 
 def load_renderers(

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import torch
 from PIL import Image
 
-from storyboard.generate.frames import Attempt, Mode, RenderedFrame, frame_prompt
+from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
@@ -37,7 +37,7 @@ from storyboard.models.faces import FaceBackend
 from storyboard.models.loading import Device, faceid_input_size, native_resolution, over_same_modules
 from storyboard.models.prompts import PromptEmbeds, encode_prompts
 from storyboard.models.quantizing import quantize_in_place
-from storyboard.settings import Character, Generate
+from storyboard.settings import Character, Generate, Mode
 from storyboard.story.plan import StoryPlan
 from storyboard.story.poses import Shot, frame_pose, get_pose, render_openpose
 

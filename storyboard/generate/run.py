@@ -1,8 +1,11 @@
-"""Render every planned story in one mode: what the generate stage and `storyboard generate` both call."""
+"""Render every planned story in one mode: what the generate stage and `storyboard generate` both call.
+
+A story folder is written atomically and carries the hash of its inputs (see inputs.py); a rerun keeps every story
+whose inputs are unchanged and renders the rest, so a crash loses at most the story it was rendering.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -12,24 +15,17 @@ import torch
 from tqdm import tqdm
 
 from storyboard import TINY_NOTICE
-from storyboard.caption.dataset import load_references
-from storyboard.fsutil import atomic_path
-from storyboard.generate.frames import Mode, RenderedFrame
+from storyboard.dataset import load_training_images
+from storyboard.generate.frames import RenderedFrame
+from storyboard.generate.inputs import StoryInputs, file_sha256, is_rendered
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
 from storyboard.models.loading import Device, model_set
-from storyboard.settings import Settings
+from storyboard.settings import Mode, Settings
 from storyboard.story.plan import StoryPlan
-
-
-def lora_hash(lora_dir: Path | None) -> str | None:
-    if lora_dir is None:
-        return None
-    weights = Path(lora_dir) / "pytorch_lora_weights.safetensors"
-    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None
 
 
 def render_plans(
@@ -42,19 +38,36 @@ def render_plans(
 ) -> dict[Mode, list[Path]]:
     """Render each plan in each mode into out_roots[mode]/<story_id>/; return those folders per mode.
 
-    Models are loaded once for all the modes (see `load_renderers`), and when lora and ref_guided both run,
-    ref_guided takes each story's frame 1 from lora instead of rendering the same frame again.
+    Stories already there from the same inputs are kept as they are. Models are loaded once for all the modes (see
+    `load_renderers`), and only when some story needs rendering; when lora and ref_guided both run, ref_guided
+    takes each story's frame 1 from lora instead of rendering the same frame again.
     """
     models = model_set(settings)
+    lora_sha256 = file_sha256(Path(lora_dir) / "pytorch_lora_weights.safetensors") if lora_dir else None
+    written: dict[Mode, list[Path]] = {mode: [] for mode in modes}
+    todo: dict[Mode, list[tuple[StoryPlan, str]]] = {}
+    for mode in modes:
+        inputs = StoryInputs(settings, mode, models, lora_sha256, dataset_dir)
+        for plan in plans:
+            story_dir = Path(out_roots[mode]) / plan.story_id
+            written[mode].append(story_dir)
+            key = inputs.of(plan)
+            if is_rendered(story_dir, key):
+                logger.info("%s/%s: kept (rendered before from the same inputs)", mode, plan.story_id)
+            else:
+                todo.setdefault(mode, []).append((plan, key))
+    if not todo:
+        return written
+
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
-    training_images = load_references(dataset_dir)
+    training_images = load_training_images(dataset_dir)
     likeness_features = scorer.image_features(training_images) if training_images else None
     faces = None
-    if "ref_guided" in modes and settings.generate.reference in ("face", "faceid"):
-        faces = load_face_backend(models, settings.evaluate.face_min_score)
+    if "ref_guided" in todo and settings.generate.reference in ("face", "faceid"):
+        faces = load_face_backend(models, settings.generate.face_min_score)
     renderers = load_renderers(
-        modes,
+        list(todo),
         settings.generate,
         settings.character,
         models,
@@ -66,11 +79,10 @@ def render_plans(
         training_images,
     )
     notice = TINY_NOTICE if settings.is_tiny else None
-    written: dict[Mode, list[Path]] = {}
     lora_first: dict[str, RenderedFrame] = {}  # story id -> frame 1 as the lora mode settled it
     for renderer in renderers:
         mode = renderer.mode
-        for plan in tqdm(plans, desc=f"generate {mode}", unit="story"):
+        for plan, key in tqdm(todo[mode], desc=f"generate {mode}", unit="story"):
             t0 = time.perf_counter()
             reused = lora_first.get(plan.story_id) if mode == "ref_guided" else None
             frames = renderer.render(plan, first=reused)
@@ -86,7 +98,7 @@ def render_plans(
                 "notice": notice,
                 "planner": plan.planner,
                 "models": models.model_dump(mode="json"),
-                "lora_sha256": lora_hash(lora_dir) if mode != "baseline" else None,
+                "lora_sha256": lora_sha256 if mode != "baseline" else None,
                 "generate": settings.generate.model_dump(mode="json"),
                 "resolution": renderer.resolution,
                 "device": str(device.device),
@@ -97,6 +109,8 @@ def render_plans(
                 "identity_from": renderer.identity_from,
                 # training images the likeness check compared each frame with, besides frame 1
                 "likeness_references": len(training_images),
+                # what this story was rendered from; a rerun with the same hash keeps the folder
+                "inputs_sha256": key,
                 "seconds_total": round(seconds, 3),
                 "seconds_per_frame": round(seconds / len(frames), 3),
             }
@@ -105,8 +119,16 @@ def render_plans(
             out_dir = Path(out_roots[mode]) / plan.story_id
             write_story_outputs(out_dir, frames, metadata, sheet, settings.generate.gif_frame_ms)
             logger.info("%s/%s: %d frames in %.1f s -> %s", mode, plan.story_id, len(frames), seconds, out_dir)
-            written.setdefault(mode, []).append(out_dir)
     return written
+
+
+def remove_other_stories(out: Path, story_ids: Sequence[str]) -> None:
+    """Delete what a persisted output folder holds besides these stories: dropped stories, a killed run's temp
+    folders."""
+    for path in Path(out).iterdir() if Path(out).is_dir() else ():
+        if path.name not in story_ids:
+            logger.info("removing %s (not a story of this run)", path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def render_to(
@@ -117,27 +139,22 @@ def render_to(
     lora_dir: Path | None,
     dataset_dir: Path | None = None,
 ) -> None:
-    """Render all plans into `out`, atomically; under `accelerate launch`, the stories shard across processes.
+    """Bring `out` up to date with the plans: render what is missing or changed, keep the rest, drop the others.
 
-    Every process renders its share into one shared staging folder; when all are done, the main process renames
-    it into place, so `out` appears complete or not at all, whatever the number of processes.
+    Under `accelerate launch` the stories shard across processes; each writes its own story folders (atomically)
+    straight into `out`, and the main process tidies up when all are done.
     """
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    if state.num_processes == 1:
-        with atomic_path(out) as staged:
-            render_plans(settings, [mode], plans, {mode: staged}, lora_dir, dataset_dir)
-        return
-    staging = out.parent / f".{out.name}.shards"
+    out = Path(out)
     if state.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     with state.split_between_processes(plans) as mine:
-        logger.info("process %d of %d: %d stories", state.process_index, state.num_processes, len(mine))
-        render_plans(settings, [mode], list(mine), {mode: staging}, lora_dir, dataset_dir)
+        if state.num_processes > 1:
+            logger.info("process %d of %d: %d stories", state.process_index, state.num_processes, len(mine))
+        render_plans(settings, [mode], list(mine), {mode: out}, lora_dir, dataset_dir)
     state.wait_for_everyone()
     if state.is_main_process:
-        with atomic_path(out) as staged:
-            staging.rename(staged)
+        remove_other_stories(out, [plan.story_id for plan in plans])

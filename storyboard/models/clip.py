@@ -7,7 +7,12 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from storyboard.models.loading import Device, load
+from storyboard.models.loading import SDXL, Device, load
+
+CLIP_LAYOUT = (
+    "config.json and model.safetensors (a transformers CLIPModel) with its processor's files "
+    "(tokenizer.json or vocab.json and merges.txt, preprocessor_config.json)"
+)
 
 
 class ClipScorer:
@@ -19,8 +24,9 @@ class ClipScorer:
         self.source = source
         self.device = device.device
         # CLIP runs in fp32: it is small, and scores must not move with the generation dtype.
-        self.model = load("CLIP scoring model", source, CLIPModel.from_pretrained).to(self.device).eval()
-        self.processor = load("CLIP processor", source, CLIPProcessor.from_pretrained)
+        named = dict(setting=f"{SDXL}.clip", layout=CLIP_LAYOUT)
+        self.model = load("CLIP scoring model", source, CLIPModel.from_pretrained, **named).to(self.device).eval()
+        self.processor = load("CLIP processor", source, CLIPProcessor.from_pretrained, **named)
 
     @classmethod
     def from_model(cls, model, processor, device: Device, source: str = "in-memory") -> ClipScorer:

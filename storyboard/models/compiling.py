@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from storyboard.log import logger
@@ -10,6 +13,30 @@ from storyboard.settings import CompileMode, CompileScope
 # The blocks a UNet repeats (diffusers' `_repeated_blocks`); the ControlNet, which declares none, repeats the same.
 DEFAULT_REPEATED_BLOCKS = ("BasicTransformerBlock",)
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# Inductor's caches (FX graphs, AOTAutograd graphs, Triton kernels, autotuning) under the repo, ignored by git.
+# Every stage is its own process: without a cache that outlives it, each `dvc repro` compiles from scratch. By
+# default inductor keeps them in /tmp/torchinductor_<user>, which a pod's restart wipes while the repo's volume
+# stays; here they sit beside the code, per repo. TORCHINDUCTOR_CACHE_DIR set by the user wins.
+COMPILE_CACHE_DIR = Path(".cache/torch-compile")
+
+
+def persist_compile_cache(folder: Path = COMPILE_CACHE_DIR) -> Path:
+    """Point inductor's caches at `folder` unless the user chose a place; returns where they are.
+
+    The FX graph and AOTAutograd caches are on by default (torch 2.4+): a later process that compiles the same
+    graphs loads their kernels from there instead of compiling them again.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    # Inductor writes its default into the variable on first use; only another value is the user's choice.
+    if chosen and Path(chosen) != Path(default_cache_dir()).absolute():
+        return Path(chosen)
+    folder = folder.absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    logger.info("torch.compile caches in %s (kept across runs; TORCHINDUCTOR_CACHE_DIR moves them)", folder)
+    return folder
 
 
 def compile_in_place(module: torch.nn.Module, scope: CompileScope, mode: CompileMode) -> int:
@@ -21,6 +48,7 @@ def compile_in_place(module: torch.nn.Module, scope: CompileScope, mode: Compile
     """
     if scope == "none":
         return 0
+    persist_compile_cache()
     kwargs = {} if mode == "default" else {"mode": mode}
     if scope == "model":
         if module._compiled_call_impl is not None:

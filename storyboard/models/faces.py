@@ -232,13 +232,13 @@ def _model_pack_problem(model_dir: Path) -> str | None:
 
 def _missing_message(model_name: str, model_dir: Path, problem: str) -> str:
     return (
-        f"InsightFace model pack {model_name!r} is not usable: {problem}.\n"
+        f"InsightFace model pack {model_name!r} (models.sdxl.face_model) is not usable: {problem}.\n"
         f"  Put the pack's .onnx files in: {model_dir}/\n"
         f'  To get it, on a machine with internet: python -c "from insightface.app import FaceAnalysis; '
         f"FaceAnalysis(name='{model_name}')\" downloads it to ~/.insightface/models/{model_name}/ on first use; "
-        f"copy that folder here (or set models.<profile>.face_model_root to the folder that holds "
+        f"copy that folder here (or set models.sdxl.face_model_root to the folder that holds "
         f"models/{model_name}/). This pipeline never downloads it itself.\n"
-        f"  Offline alternative: set models.<profile>.face_backend: dlib in params.yaml (weights ship in the "
+        f"  Offline alternative: set models.sdxl.face_backend: dlib in params.yaml (weights ship in the "
         f"face_recognition_models package).\n"
         f"  Note: InsightFace's released model packs are for non-commercial research use only."
     )

@@ -5,6 +5,7 @@ Nothing here knows which profile is active beyond `model_set()`, which turns the
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import pickle
@@ -17,12 +18,23 @@ import torch
 
 from storyboard.errors import StoryboardError
 from storyboard.log import logger
+from storyboard.models.hub_errors import ModelRef, explain, is_loading_failure
+from storyboard.models.versions import version_problems
 from storyboard.settings import ModelSet, Runtime, Settings
 
 if TYPE_CHECKING:
     from storyboard.models.faces import FaceBackend
 
 T = TypeVar("T")
+
+# The params section that names the real models; the tiny ones are built under models.tiny.root.
+SDXL = "models.sdxl"
+# The files each kind of model folder holds, for the message that names a missing one.
+SDXL_LAYOUT = (
+    "model_index.json and the folders unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/ and "
+    "scheduler/, each with its config and weights (a diffusers SDXL pipeline)"
+)
+MODEL_LAYOUT = "config.json and diffusion_pytorch_model.safetensors"
 
 
 class ModelLoadError(StoryboardError):
@@ -63,20 +75,36 @@ class Device:
         return cls(device, dtype)
 
 
-def load(what: str, source: str, loader: Callable[..., T], /, **kwargs) -> T:
-    """Call `loader(source, **kwargs)`, turning "not found / no network" into one actionable message."""
+def load(
+    what: str,
+    source: str,
+    loader: Callable[..., T],
+    /,
+    *,
+    setting: str | None = None,
+    layout: str = "",
+    part: str = "",
+    **kwargs,
+) -> T:
+    """Call `loader(source, **kwargs)`; a failure of the model's files or of the way to them becomes one
+    ModelLoadError naming the model (`setting`: its params key), the id or folder, what went wrong and the fix
+    (`layout`: the files it should hold; `part`: the subfolder of a big repo that is all it needs)."""
+    check_versions()
     try:
         return loader(source, **kwargs)
-    except (OSError, ValueError) as e:
-        local = Path(source).exists()
-        hint = (
-            f"the folder {source} exists but does not hold a loadable {what}; delete it to rebuild"
-            if local
-            else f"'{source}' is not in the local Hugging Face cache and the hub could not be reached. "
-            f"On a machine with internet: `huggingface-cli download {source}`, then copy ~/.cache/huggingface; "
-            "or run offline with `-S profile=tiny`"
-        )
-        raise ModelLoadError(f"could not load the {what} from {source}: {hint}. ({type(e).__name__}: {e})") from e
+    except Exception as e:
+        if not is_loading_failure(e):
+            raise
+        ref = ModelRef(what, setting, source, layout, part)
+        raise ModelLoadError(explain(ref, e)) from e
+
+
+@functools.cache
+def check_versions() -> None:
+    """Once per process: an outdated diffusers/transformers/peft stops here, with the pip command, rather than
+    deep inside a pipeline call."""
+    if problems := version_problems():
+        raise ModelLoadError("; ".join(problems))
 
 
 def load_pipeline(models: ModelSet, device: Device):
@@ -85,9 +113,24 @@ def load_pipeline(models: ModelSet, device: Device):
 
     extra = {}
     if models.vae:
-        extra["vae"] = load("VAE", models.vae, AutoencoderKL.from_pretrained, dtype=device.dtype)
+        extra["vae"] = load(
+            "VAE",
+            models.vae,
+            AutoencoderKL.from_pretrained,
+            setting=f"{SDXL}.vae",
+            layout=MODEL_LAYOUT,
+            dtype=device.dtype,
+        )
     logger.info("loading SDXL from %s (%s, %s)", models.base, device.device, device.dtype)
-    pipe = load("SDXL base model", models.base, StableDiffusionXLPipeline.from_pretrained, dtype=device.dtype, **extra)
+    pipe = load(
+        "SDXL base model",
+        models.base,
+        StableDiffusionXLPipeline.from_pretrained,
+        setting=f"{SDXL}.base",
+        layout=SDXL_LAYOUT,
+        dtype=device.dtype,
+        **extra,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device.device)
 
@@ -108,7 +151,14 @@ def with_controlnet(pipe, models: ModelSet, device: Device):
     """The ControlNet variant of `pipe`: its own modules plus the ControlNet, loaded onto `device`."""
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
-    controlnet = load("ControlNet", models.controlnet, ControlNetModel.from_pretrained, dtype=device.dtype)
+    controlnet = load(
+        "ControlNet",
+        models.controlnet,
+        ControlNetModel.from_pretrained,
+        setting=f"{SDXL}.controlnet",
+        layout=MODEL_LAYOUT,
+        dtype=device.dtype,
+    )
     return over_same_modules(StableDiffusionXLControlNetPipeline, pipe, controlnet=controlnet.to(device.device))
 
 
@@ -132,6 +182,10 @@ def attach_ip_adapter(pipe, models: ModelSet, scale: float, *, faceid: bool = Fa
     if faceid:
         what, source, subfolder, weight = _faceid_weights(models)
         encoder = None
+        key, layout = (
+            "faceid_adapter",
+            f"{_in(subfolder)}{weight} ({SDXL}.faceid_adapter_subfolder, faceid_adapter_weight)",
+        )
     else:
         what, source, subfolder, weight = (
             "IP-Adapter",
@@ -140,9 +194,28 @@ def attach_ip_adapter(pipe, models: ModelSet, scale: float, *, faceid: bool = Fa
             models.ip_adapter_weight,
         )
         encoder = models.ip_adapter_image_encoder
+        key, layout = (
+            "ip_adapter",
+            f"{_in(subfolder)}{weight} ({SDXL}.ip_adapter_subfolder, ip_adapter_weight) and the image encoder "
+            f"{_in(subfolder)}{encoder}/ with config.json and model.safetensors ({SDXL}.ip_adapter_image_encoder)",
+        )
     logger.info("loading %s %s/%s", what, source, weight)
-    load(what, source, pipe.load_ip_adapter, subfolder=subfolder, weight_name=weight, image_encoder_folder=encoder)
+    load(
+        what,
+        source,
+        pipe.load_ip_adapter,
+        setting=f"{SDXL}.{key}",
+        layout=layout,
+        part=subfolder,
+        subfolder=subfolder,
+        weight_name=weight,
+        image_encoder_folder=encoder,
+    )
     pipe.set_ip_adapter_scale(scale)
+
+
+def _in(subfolder: str) -> str:
+    return f"{subfolder.strip('/')}/" if subfolder else ""
 
 
 def _faceid_weights(models: ModelSet) -> tuple[str, str, str, str]:

@@ -1,28 +1,18 @@
-"""Story plans: a one-line story split into 6-10 frames, by an LLM or offline.
+"""The plan file: a story split into 6-10 frames (scene, shot, pose, setting), as planners write it.
 
-A plan is a JSON file users may edit; generate reads it as it is, validated by the same schema.
-
-Scenes stay within `plan.scene_tokens` tokens of the real CLIP tokenizer: the LLM is told the budget, a reply
-with longer scenes is asked again with the measured counts, and what is still too long is cut at a word. Frame
-prompts reach the text encoders whole however long they are; the budget keeps the scene, the part that differs
-per frame, inside what CLIP's text scores (generate's check, evaluate) read, and each frame's prompt short.
+A plan is a JSON file users may edit; generate reads it as it is, validated by the same schema. The planners
+that write it live in planners.py, so reading a plan never involves the LLM client.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
-from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger
-from storyboard.models.bpe import count_tokens
-from storyboard.settings import Character, Plan, Story
-from storyboard.story.poses import POSE_NAMES, Shot, normalise_pose_label
+from storyboard.story.poses import POSE_NAMES, Shot
 
 
 class PlanError(StoryboardError):
@@ -53,6 +43,9 @@ class StoryPlan(BaseModel):
     planner: str
     frames: list[Frame] = Field(min_length=2, max_length=16)
     notice: str | None = None
+    # hash of what the planner was asked (story, character, plan settings): the plan stage replans only when it
+    # changes, so edits to the frames survive; None for plans written by hand
+    made_from: str | None = None
 
     @model_validator(mode="after")
     def _first_frame_shows_face(self) -> StoryPlan:
@@ -61,310 +54,9 @@ class StoryPlan(BaseModel):
         return self
 
 
-class FrameList(BaseModel):
-    """What the LLM is asked to return."""
-
-    model_config = ConfigDict(extra="forbid")
-    frames: list[Frame]
-
-
-class Planner(Protocol):
-    name: str
-
-    def frames(self, story: Story, character: Character) -> list[Frame]: ...
-
-
-def _beats(story: str) -> list[str]:
-    """The story's events, split at clause boundaries ("A, B and then C" -> A | B | C)."""
-    parts = re.split(r",|;|\.|\band then\b|\bthen\b|\band\b|\bbut\b|\bwhile\b", story)
-    return [p.strip() for p in parts if len(p.strip()) > 2]
-
-
-def _chunks(items: list[str], n: int) -> list[list[str]]:
-    """Split items into n contiguous, near-equal groups (n <= len(items)); none when n is 0."""
-    if n <= 0:  # a 2-frame budget (plan.max_frames: 2) leaves no room between the close-up and the end
-        return []
-    bounds = [round(i * len(items) / n) for i in range(n + 1)]
-    return [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-
-
-class OfflinePlanner:
-    """A deterministic planner that needs no key.
-
-    Arc: a front-facing close-up (the identity reference), one frame per story event (events merged when the
-    story has more than the frame budget; an establishing wide shot and reaction shots added when it has fewer),
-    and a closing shot. The frame count grows with the number of events, within plan.min/max_frames. Settings
-    carry over from the last event that names one. An LLM writes richer scenes; this one only rearranges the
-    story's own words.
-    """
-
-    name = "offline"
-
-    def __init__(self, settings: Plan):
-        self.settings = settings
-
-    def frames(self, story: Story, character: Character) -> list[Frame]:
-        return fit_scenes(self._frames(story, character), self.settings.scene_tokens)
-
-    def _frames(self, story: Story, character: Character) -> list[Frame]:
-        name = character.name
-        beats = _beats(story.text) or [story.text]
-        count = max(self.settings.min_frames, min(self.settings.max_frames, len(beats) + 2))
-        middle = count - 2
-        events = [
-            ", then ".join(_strip_subject(b, character) for b in group)
-            for group in _chunks(beats, min(middle, len(beats)))
-        ]
-        setting = next((s for b in beats if (s := _find_setting(b))), DEFAULT_SETTING)
-        frames = [
-            Frame(
-                scene=f"{name} faces the viewer, face clearly visible, in {setting}",
-                shot="close-up",
-                pose="standing",
-                setting=setting,
-            )
-        ]
-        fillers = middle - len(events)
-        if fillers > 0:
-            frames.append(
-                Frame(
-                    scene=f"{name} arrives in {setting}, seen from afar", shot="wide", pose="walking", setting=setting
-                )
-            )
-            fillers -= 1
-        shots: tuple[Shot, ...] = ("medium", "wide", "medium", "close-up")
-        reactions = ("grins, pleased with himself", "glances around, plotting his next move", "nods to himself")
-        for i, event in enumerate(events):
-            setting = _find_setting(event) or setting
-            frames.append(
-                Frame(
-                    scene=f"{name} {event}",
-                    shot=shots[i % len(shots)],
-                    pose=normalise_pose_label(event),
-                    setting=setting,
-                )
-            )
-            if fillers > 0 and i < len(events) - 1:
-                reaction = reactions[fillers % len(reactions)]
-                frames.append(Frame(scene=f"{name} {reaction}", shot="close-up", pose="talking", setting=setting))
-                fillers -= 1
-        while fillers > 0:
-            frames.append(
-                Frame(
-                    scene=f"{name} {reactions[fillers % len(reactions)]}",
-                    shot="medium",
-                    pose="talking",
-                    setting=setting,
-                )
-            )
-            fillers -= 1
-        frames.append(Frame(scene=f"{name} laughs, the story's end", shot="medium", pose="laughing", setting=setting))
-        return frames
-
-
-def _strip_subject(beat: str, character: Character) -> str:
-    text = re.sub(rf"^\s*{re.escape(character.name)}\s*", "", beat, flags=re.IGNORECASE)
-    return re.sub(r"^(he|she|they)\s+", "", text, flags=re.IGNORECASE) or beat
-
-
-DEFAULT_SETTING = "the open steppe"
-_SETTINGS = {
-    "bazaar": "a busy bazaar",
-    "market": "a busy bazaar",
-    "steppe": "the open steppe",
-    "yurt": "a yurt camp",
-    "mountain": "the mountains",
-    "river": "a river bank",
-    "night": "a moonlit night",
-    "desert": "desert dunes",
-    "village": "a village street",
-    "palace": "a khan's palace",
-    "sunrise": "the steppe at sunrise",
-}
-
-
-def fit_scene(scene: str, budget: int) -> str:
-    """`scene` cut at the last whole word that keeps it within `budget` CLIP tokens (unchanged if it fits)."""
-    if count_tokens(scene) <= budget:
-        return scene
-    words = scene.split()
-    while len(words) > 1 and count_tokens(" ".join(words)) > budget:
-        words.pop()
-    return " ".join(words).rstrip(",;:")
-
-
-def long_scenes(frames: list[Frame], budget: int) -> dict[int, int]:
-    """Frame index -> token count of each scene over `budget` tokens."""
-    counts = {i: count_tokens(f.scene) for i, f in enumerate(frames)}
-    return {i: n for i, n in counts.items() if n > budget}
-
-
-def fit_scenes(frames: list[Frame], budget: int) -> list[Frame]:
-    return [f.model_copy(update={"scene": fit_scene(f.scene, budget)}) for f in frames]
-
-
-def _find_setting(text: str) -> str | None:
-    lowered = text.lower()
-    return next((setting for word, setting in _SETTINGS.items() if word in lowered), None)
-
-
-PLAN_INSTRUCTIONS = (
-    "You plan storyboards for an animated film. Split the story into {min_frames}-{max_frames} frames (more "
-    "frames for stories with more events). Frame 1 is a close-up, front-facing view of {name}'s face, clearly "
-    "visible. For each frame give: scene (one sentence of what is visible, naming {name}; at most {scene_tokens} "
-    "CLIP tokens, about {scene_words} words), shot (close-up, medium or wide), pose (exactly one of: {poses}), "
-    "setting (a few words). Reply with JSON: "
-    '{{"frames": [{{"scene": ..., "shot": ..., "pose": ..., "setting": ...}}]}}.'
-)
-
-
-class OpenAIPlanner:
-    """Any OpenAI-compatible chat endpoint; the reply is validated against the schema and retried once."""
-
-    name = "openai"
-
-    def __init__(self, settings: Plan):
-        import openai
-
-        cfg = settings.openai
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise PlanError(
-                f"plan.backend is openai but ${cfg.api_key_env} is not set: export your key, "
-                "or plan offline with `-S plan.backend=offline`"
-            )
-        self.settings = settings
-        self.client = openai.OpenAI(
-            api_key=key,
-            base_url=cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None,
-            timeout=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-        )
-
-    def frames(self, story: Story, character: Character) -> list[Frame]:
-        import openai
-
-        cfg, s = self.settings.openai, self.settings
-        system = PLAN_INSTRUCTIONS.format(
-            min_frames=s.min_frames,
-            max_frames=s.max_frames,
-            name=character.name,
-            poses=", ".join(POSE_NAMES),
-            scene_tokens=s.scene_tokens,
-            scene_words=s.scene_tokens * 3 // 4,  # English prose: about 4 tokens per 3 words
-        )
-        messages = [
-            {"role": "system", "content": system},
-            {"role": "user", "content": f"Character: {character.name}, {character.description}.\nStory: {story.text}"},
-        ]
-        problem = ""
-        for attempt in range(2):
-            try:
-                reply = self._ask(messages)
-            except openai.APIConnectionError as e:
-                raise PlanError(
-                    f"the planner endpoint is unreachable ({e}); plan offline with `-S plan.backend=offline`"
-                ) from None
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                raise PlanError(f"the planner endpoint refused the request: {e}") from None
-            except openai.APIStatusError as e:  # 429/5xx left after the client's own retries
-                raise PlanError(
-                    f"the planner endpoint answered {e.status_code} after {cfg.max_retries} retries ({e.message}); "
-                    "rerun later, or plan offline with `-S plan.backend=offline`"
-                ) from None
-            except json.JSONDecodeError as e:
-                raise PlanError(f"the planner endpoint sent a reply that is not JSON ({e}); {_NOT_OPENAI}") from None
-            choices = getattr(reply, "choices", None)  # a non-JSON content type comes back as plain text
-            if not choices:
-                raise PlanError(
-                    f"the planner endpoint sent a reply without choices ({str(reply)[:100]!r}); {_NOT_OPENAI}"
-                )
-            text = choices[0].message.content or ""
-            try:
-                data = _with_known_poses(text)
-                frames = (
-                    FrameList.model_validate_json(text) if data is None else FrameList.model_validate(data)
-                ).frames
-            except ValidationError as e:
-                # The model is told which field was wrong and why, not only that something was.
-                problem = _field_errors(e)
-            else:
-                if not s.min_frames <= len(frames) <= s.max_frames:
-                    problem = f"{len(frames)} frames; need {s.min_frames}-{s.max_frames}"
-                elif not (long := long_scenes(frames, s.scene_tokens)):
-                    return frames
-                elif attempt == 1:
-                    logger.warning(
-                        "planner scenes of %s over %d tokens after asking again: frames %s cut at a word",
-                        story.id,
-                        s.scene_tokens,
-                        ", ".join(str(i + 1) for i in long),
-                    )
-                    return fit_scenes(frames, s.scene_tokens)
-                else:
-                    problem = "; ".join(
-                        f"frames.{i}.scene is {n} tokens, over the budget of {s.scene_tokens}" for i, n in long.items()
-                    )
-            logger.warning("planner reply for %s was invalid (%s); asking again", story.id, problem)
-            messages += [
-                {"role": "assistant", "content": text},
-                {"role": "user", "content": f"That reply was invalid: {problem}. Reply again with valid JSON only."},
-            ]
-        raise PlanError(f"the planner returned no valid plan for story {story.id!r} after 2 tries: {problem}")
-
-    def _ask(self, messages: list[dict]):
-        """Structured output (the JSON schema enforced by the endpoint) where it is supported, else JSON mode;
-        either way the reply is validated here too."""
-        import openai
-
-        cfg = self.settings.openai
-        kwargs = dict(model=cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, messages=messages)
-        if self.settings.structured_output and not getattr(self, "_no_schema", False):
-            schema = {"name": "storyboard_plan", "schema": FrameList.model_json_schema(), "strict": False}
-            try:
-                return self.client.chat.completions.create(
-                    **kwargs, response_format={"type": "json_schema", "json_schema": schema}
-                )
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
-                logger.info("the planner endpoint takes no JSON schema (%s); using JSON mode", e.status_code)
-                self._no_schema = True
-        return self.client.chat.completions.create(**kwargs, response_format={"type": "json_object"})
-
-
-def _with_known_poses(text: str):
-    """Parse the reply and map free-text poses ("riding a horse") onto the pose library instead of failing.
-
-    Plan files that people edit are validated strictly; an LLM's near-miss is worth a mapping, not a retry.
-    """
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None  # not JSON: pydantic's own parser reports where
-    for frame in data.get("frames", []) if isinstance(data, dict) else []:
-        if isinstance(frame, dict) and isinstance(frame.get("pose"), str) and frame["pose"] not in POSE_NAMES:
-            mapped = normalise_pose_label(frame["pose"])
-            logger.info("planner pose %r mapped to %r", frame["pose"], mapped)
-            frame["pose"] = mapped
-    return data
-
-
-_NOT_OPENAI = "is plan.openai.base_url an OpenAI-compatible API? Or plan offline with `-S plan.backend=offline`"
-
-
-def _field_errors(e: ValidationError) -> str:
+def field_errors(e: ValidationError) -> str:
     """Every bad field on one line: `frames.2.pose: Value error, unknown pose 'flying'; ...`."""
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'json'}: {err['msg']}" for err in e.errors())
-
-
-def make_planner(settings: Plan) -> Planner:
-    return OpenAIPlanner(settings) if settings.backend == "openai" else OfflinePlanner(settings)
-
-
-def plan_story(planner: Planner, story: Story, character: Character, *, notice: str | None = None) -> StoryPlan:
-    frames = planner.frames(story, character)
-    # The identity reference must show the face, whatever the planner said.
-    frames[0] = frames[0].model_copy(update={"shot": "close-up"})
-    return StoryPlan(story_id=story.id, story=story.text, planner=planner.name, frames=frames, notice=notice)
 
 
 def read_plan(path: Path) -> StoryPlan:
@@ -374,7 +66,7 @@ def read_plan(path: Path) -> StoryPlan:
         raise PlanError(f"{path} missing: run the plan stage first (`dvc repro plan`)") from None
     except ValidationError as e:
         raise PlanError(
-            f"{path} is not a valid plan: {_field_errors(e)}. Fix the file or delete it and rerun plan"
+            f"{path} is not a valid plan: {field_errors(e)}. Fix the file or delete it and rerun plan"
         ) from None
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from storyboard.closure import code_fingerprint
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
 from storyboard.settings import ModelSet, Train
@@ -17,16 +18,21 @@ from storyboard.settings import ModelSet, Train
 if TYPE_CHECKING:
     from storyboard.train.trainer import LoraTrainer
 
+CODE = "stages.train"  # its import closure is all the code a training run goes through
+NOT_SHAPING = {"log_every", "validation", "checkpoint_every", "checkpoints_keep", "select", "select_tolerance"}
+
 
 def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution: int) -> str:
-    """Everything that shapes the weights: params, base model, data, and this package's code (a fixed bug must not
-    resume from checkpoints the bug made)."""
+    """Everything that shapes the weights: the train params, the models the latents and the UNet come from, the
+    data, and the code the train stage runs (a fixed bug must not resume from checkpoints the bug made)."""
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
-    # What only changes how often we look (logging, validation) or which step is kept does not change the weights.
-    looking = {"log_every", "validation", "checkpoints_keep", "select", "select_tolerance"}
-    shaping = settings.model_dump(mode="json", exclude=looking)
-    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
-    blob = json.dumps([shaping, models.base, hashlib.sha256(manifest).hexdigest(), resolution, code], sort_keys=True)
+    # What only changes how often we look or keep (logging, validation, checkpoints) or which step is chosen does
+    # not change the weights.
+    shaping = settings.model_dump(mode="json", exclude=NOT_SHAPING)
+    blob = json.dumps(
+        [shaping, models.base, models.vae, hashlib.sha256(manifest).hexdigest(), resolution, code_fingerprint(CODE)],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

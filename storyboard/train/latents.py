@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
-from storyboard.caption.dataset import read_manifest
+from storyboard.dataset import read_manifest
 from storyboard.log import logger
 from storyboard.settings import Train
 from storyboard.train.buckets import Bucket, fit_to_bucket, make_buckets, nearest_bucket

@@ -60,14 +60,14 @@ class ClipStepScorer:
 
     @cached_property
     def _parts(self):
-        from storyboard.caption.dataset import load_references
+        from storyboard.dataset import load_training_images
         from storyboard.evaluate.scores import reference_features
         from storyboard.models.clip import ClipScorer
         from storyboard.models.faces import load_face_backend
 
         clip = ClipScorer(self.models.clip, self.device)
         faces = load_face_backend(self.models, self.face_min_score)
-        references = reference_features(clip, load_references(self.dataset_dir))
+        references = reference_features(clip, load_training_images(self.dataset_dir))
         if references is None:
             raise ValueError(f"{self.dataset_dir} has no training images to score identity against")
         return clip, faces, references

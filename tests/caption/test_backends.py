@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,13 +9,7 @@ import pytest
 from openai_server import (
     DATA_URL_PREFIX,
     Completion,
-    Delay,
-    HTTPError,
-    Malformed,
     OpenAIServer,
-    bad_key,
-    closed_port_url,
-    rate_limited,
     server_error,
     unknown_model,
 )
@@ -72,6 +65,29 @@ def test_caption_request_carries_model_prompt_and_image(
     assert url.startswith(DATA_URL_PREFIX)
     [sent] = request.images()
     assert sent.size == (300, 200) and sent.getpixel((10, 10)) == (200, 40, 40)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [f'"{GOOD}"', f"\u201c{GOOD}\u201d\n", f"'{GOOD}'"],
+    ids=["double", "typographic", "single"],
+)
+def test_quoted_reply_is_cleaned(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image, reply: str
+) -> None:
+    openai_server.push(Completion(reply))
+
+    assert backend(make_caption, openai_server).caption(picture, Path("frame.png")).text == GOOD
+
+
+def test_quoted_refusal_is_still_a_refusal(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    openai_server.push(Completion("\"I'm sorry, I can't help with that.\""), Completion(GOOD))
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD and result.requests == 2
 
 
 # --- refusals: asked once more with the refusal prompt, then given up ---
@@ -154,136 +170,25 @@ def test_is_refusal(text: str | None, field: str | None, refused: bool) -> None:
     assert is_refusal(text, field) is refused
 
 
-# --- transient failures: retried by the client itself ---
+# --- the endpoint's failures (mapped in storyboard/openai_client.py, tested in tests/test_openai_client.py) ---
 
 
-def test_rate_limit_honours_retry_after_then_succeeds(
+def test_persistent_errors_are_caption_errors_that_keep_the_cache(
     openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
 ) -> None:
-    openai_server.push(rate_limited(retry_after_s=0.3), Completion(GOOD))
+    openai_server.script(default=lambda request: server_error())
 
-    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
-
-    assert result.text == GOOD and result.requests == 1  # one logical request; the retry is the client's
-    first, second = openai_server.requests
-    assert [r.headers["x-stainless-retry-count"] for r in (first, second)] == ["0", "1"]
-    assert second.received_at - first.received_at >= 0.25  # waited as Retry-After said
-    assert first.body == second.body
+    with pytest.raises(CaptionError, match=r"answered 500 after 1 retries.*captions received so far are cached"):
+        backend(make_caption, openai_server, max_retries=1).caption(picture, Path("frame.png"))
 
 
-def test_retry_after_zero_is_retried(
-    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
-) -> None:
-    openai_server.push(rate_limited(0), Completion(GOOD))
-
-    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
-
-    assert result.text == GOOD
-    assert len(openai_server.requests) == 2
-
-
-def test_server_error_is_retried(
-    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
-) -> None:
-    openai_server.push(server_error(), Completion(GOOD))
-
-    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
-
-    assert result.text == GOOD
-    assert len(openai_server.requests) == 2
-
-
-def test_timeout_is_retried(
-    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
-) -> None:
-    openai_server.push(Delay(3.0), Completion(GOOD))
-
-    start = time.monotonic()
-    result = backend(make_caption, openai_server, timeout_s=0.8).caption(picture, Path("frame.png"))
-
-    assert result.text == GOOD
-    assert len(openai_server.requests) == 2
-    assert time.monotonic() - start < 2.9  # gave up on the 3 s reply instead of waiting for it
-
-
-def test_rate_limit_that_never_ends_stops_with_a_caption_error(
-    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
-) -> None:
-    openai_server.script(default=lambda request: rate_limited(0.01))
-
-    with pytest.raises(CaptionError, match=r"429.*rerun"):
-        backend(make_caption, openai_server, max_retries=3).caption(picture, Path("frame.png"))
-
-    assert len(openai_server.requests) == 4  # the first try and max_retries=3 retries
-
-
-def test_unreachable_endpoint_is_a_caption_error(
-    openai_key: str, make_caption: MakeCaption, picture: Image.Image
-) -> None:
-    settings = make_caption(openai={"base_url": closed_port_url(), "max_retries": 0})
-
-    with pytest.raises(CaptionError, match="unreachable"):
-        OpenAIBackend(settings).caption(picture, Path("frame.png"))
-
-
-@pytest.mark.parametrize(
-    "reply",
-    [
-        Malformed(),
-        Malformed(b"<html><body>502 Bad Gateway</body></html>", content_type="text/html"),
-        Malformed(b'{"object": "list", "data": []}'),
-    ],
-    ids=["truncated-json", "html", "no-choices"],
-)
-def test_malformed_reply_is_a_caption_error(
-    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image, reply: Malformed
-) -> None:
-    openai_server.push(reply)
-
-    with pytest.raises(CaptionError, match="OpenAI-compatible"):
-        backend(make_caption, openai_server).caption(picture, Path("frame.png"))
-
-    assert len(openai_server.requests) == 1
-
-
-# --- fatal answers: stop at once with a message that says what to fix ---
-
-
-def test_bad_key_fails_fast_with_a_clear_message(
-    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
-) -> None:
-    openai_server.push(bad_key())
-
-    start = time.monotonic()
-    with pytest.raises(CaptionError, match=r"rejected the key in \$OPENAI_API_KEY") as err:
-        backend(make_caption, openai_server, max_retries=4).caption(picture, Path("frame.png"))
-
-    assert "Incorrect API key" in str(err.value)
-    assert len(openai_server.requests) == 1  # a 401 is never retried
-    assert time.monotonic() - start < 2.0  # retried with backoff it would take 0.5+1+2+4 s
-
-
-def test_forbidden_is_a_key_problem_too(
-    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
-) -> None:
-    openai_server.push(HTTPError(403, "Project does not have access to model gpt-4o", "invalid_request_error"))
-
-    with pytest.raises(CaptionError, match="rejected the key"):
-        backend(make_caption, openai_server).caption(picture, Path("frame.png"))
-
-    assert len(openai_server.requests) == 1
-
-
-def test_unknown_model_names_the_model(
+def test_unknown_model_names_the_caption_setting(
     openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
 ) -> None:
     openai_server.push(unknown_model("gpt-4o-visionary"))
 
     with pytest.raises(CaptionError, match=r"model 'gpt-4o-visionary' not found.*caption\.openai\.model"):
         backend(make_caption, openai_server, model="gpt-4o-visionary").caption(picture, Path("frame.png"))
-
-    assert len(openai_server.requests) == 1
-    assert openai_server.requests[0].model == "gpt-4o-visionary"
 
 
 def test_missing_key_points_to_the_offline_backends(monkeypatch: pytest.MonkeyPatch, make_caption: MakeCaption) -> None:
@@ -293,33 +198,6 @@ def test_missing_key_points_to_the_offline_backends(monkeypatch: pytest.MonkeyPa
         OpenAIBackend(make_caption())
 
     assert "caption.backend=sidecar" in str(err.value) and "caption.backend=template" in str(err.value)
-
-
-def test_key_is_read_from_the_configured_variable(
-    monkeypatch: pytest.MonkeyPatch, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
-) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.setenv("MY_GATEWAY_KEY", "gateway-secret")
-    settings = make_caption(openai_server, openai={"api_key_env": "MY_GATEWAY_KEY"})
-
-    OpenAIBackend(settings).caption(picture, Path("frame.png"))
-
-    assert openai_server.requests[0].headers["authorization"] == "Bearer gateway-secret"
-
-
-def test_base_url_falls_back_to_the_environment(
-    openai_key: str,
-    monkeypatch: pytest.MonkeyPatch,
-    openai_server: OpenAIServer,
-    make_caption: MakeCaption,
-    picture: Image.Image,
-) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
-    settings = make_caption(openai={"base_url": None})
-
-    result = OpenAIBackend(settings).caption(picture, Path("frame.png"))
-
-    assert result.text and len(openai_server.requests) == 1
 
 
 # --- offline backends ---
@@ -333,6 +211,35 @@ def test_sidecar_reads_the_txt_beside_the_image(tmp_path: Path, picture: Image.I
 
     assert result.text == "aldar_kose_man waves from a yurt door"
     assert (result.requests, result.tokens_in, result.tokens_out) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'"aldar_kose_man leaning toward a merchant, market stalls behind"\n',
+        b'\xef\xbb\xbf"aldar_kose_man leaning toward a merchant, market stalls behind"\r\n',  # BOM + CRLF
+        b"  'aldar_kose_man leaning toward a merchant,\n market stalls behind'  ",
+        b"aldar_kose_man leaning toward a merchant, market stalls behind",
+    ],
+    ids=["double-quotes", "bom-crlf", "single-quotes-two-lines", "plain"],
+)
+def test_quoted_sidecar_files_train_on_the_text_not_the_quotes(
+    tmp_path: Path, picture: Image.Image, content: bytes
+) -> None:
+    source = tmp_path / "pose_04.png"
+    source.with_suffix(".txt").write_bytes(content)
+
+    result = SidecarBackend().caption(picture, source)
+
+    assert result.text == "aldar_kose_man leaning toward a merchant, market stalls behind"
+    assert with_trigger(result.text, TRIGGER) == f"{TRIGGER} leaning toward a merchant, market stalls behind"
+
+
+def test_quoted_sidecar_with_nothing_inside_is_empty(tmp_path: Path, picture: Image.Image) -> None:
+    (tmp_path / "pose_05.txt").write_text(' " " \n', encoding="utf-8")
+
+    with pytest.raises(CaptionError, match=r"pose_05\.txt: empty caption file"):
+        SidecarBackend().caption(picture, tmp_path / "pose_05.png")
 
 
 def test_sidecar_missing_file_names_it(tmp_path: Path, picture: Image.Image) -> None:
@@ -375,6 +282,15 @@ def test_make_backend_picks_by_setting(
         ("  a man\n waves\tat   dawn ", f"{TRIGGER}, a man waves at dawn"),
         (f"{TRIGGER}ly walks", f"{TRIGGER}, {TRIGGER}ly walks"),  # a longer word is not the trigger
         (f"a man, {TRIGGER}", f"{TRIGGER}, a man, {TRIGGER}"),
+        # quoted captions, as exported datasets and chat models write them: quotes go, the trigger stays single
+        (f'"{TRIGGER} leaning toward a merchant"', f"{TRIGGER} leaning toward a merchant"),
+        (f'"{TRIGGER}, leaning toward a merchant', f"{TRIGGER}, leaning toward a merchant"),
+        (f"  \u201c{TRIGGER.title()}, smiling\u201d ", f"{TRIGGER}, smiling"),
+        (f"*{TRIGGER}* waves", f"{TRIGGER} waves"),
+        (f"- {TRIGGER}: waves", f"{TRIGGER}: waves"),
+        ("'a man in a fur hat'", f"{TRIGGER}, a man in a fur hat"),
+        ("the merchants'", f"{TRIGGER}, the merchants'"),  # an apostrophe, not a quote pair
+        ('""', TRIGGER),
     ],
 )
 def test_with_trigger(text: str, expected: str) -> None:

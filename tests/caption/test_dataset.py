@@ -21,7 +21,8 @@ from openai_server import (
 from PIL import Image
 
 from storyboard.caption.backends import CaptionError, make_backend
-from storyboard.caption.dataset import CaptionStats, caption_images, read_manifest
+from storyboard.caption.dataset import CaptionStats, caption_images
+from storyboard.dataset import read_manifest
 from storyboard.settings import Caption, Settings
 
 MakeCaption = Callable[..., Caption]

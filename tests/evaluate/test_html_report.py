@@ -21,9 +21,9 @@ from PIL import Image
 from storyboard import TINY_NOTICE
 from storyboard.evaluate.html import NA, fmt, write_html_report
 from storyboard.evaluate.scores import summarise
-from storyboard.generate.frames import MODES, Attempt, RenderedFrame
+from storyboard.generate.frames import Attempt, RenderedFrame
 from storyboard.generate.outputs import write_story_outputs
-from storyboard.settings import Settings, Story
+from storyboard.settings import MODES, Settings, Story
 from storyboard.story.plan import Frame
 
 FRAMES_PER_STORY = 3
@@ -140,7 +140,7 @@ def test_report_escapes_text_and_shows_missing_figures_as_na(tmp_path, params):
     index = write_html_report(tmp_path / "report", tmp_path / "outputs", metrics, frames, settings)
 
     page = index.read_text(encoding="utf-8")
-    assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;b&gt;" in page
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert TINY_NOTICE not in page  # sdxl profile: no tiny notice
 

@@ -12,9 +12,9 @@ from PIL import Image, ImageOps
 
 from storyboard.evaluate.report import evaluate_outputs
 from storyboard.evaluate.scores import EvaluateError, score_story, summarise
-from storyboard.generate.frames import MODES
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import DlibFaceBackend
+from storyboard.settings import MODES
 
 IMAGES = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data" / "images"
 

@@ -21,7 +21,7 @@ from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.run import render_plans
 from storyboard.models.faces import Face
 from storyboard.models.loading import ModelLoadError
-from storyboard.story.plan import OfflinePlanner, plan_story
+from storyboard.story.planners import OfflinePlanner, plan_story
 
 
 def _unit(seed: int, size: int = 128) -> np.ndarray:
@@ -110,9 +110,9 @@ def test_no_face_in_frame_1_falls_back_to_the_training_images(
 
 @pytest.mark.parametrize("where", ["frame_1", "training_images"])
 def test_metadata_says_whose_face_the_identity_is(where, tmp_path, tiny_settings, tiny_dataset, lora_dir, monkeypatch):
-    from storyboard.caption.dataset import load_references
+    from storyboard.dataset import load_training_images
 
-    training = load_references(tiny_dataset)
+    training = load_training_images(tiny_dataset)
     faces = KnownFaces(_unit(1)) if where == "frame_1" else KnownFaces(known=[(training[0], _unit(2))])
     # The face backend of the run: our double instead of dlib (which finds no face in noise or in these drawings).
     monkeypatch.setattr(run, "load_face_backend", lambda models, min_score: faces)

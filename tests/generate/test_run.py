@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from storyboard.generate.pipelines import load_renderers
-from storyboard.generate.run import render_plans
-from storyboard.story.plan import OfflinePlanner, plan_story
+from storyboard.generate.run import render_plans, render_to
+from storyboard.story.planners import OfflinePlanner, plan_story
 
 
 def _settings(tiny_settings):
@@ -78,3 +78,65 @@ def test_quantized_modes_in_one_run_give_the_frames_of_separate_runs(tmp_path, t
     assert 0 < max(diffs) < 2  # of 255
     meta = json.loads((together["lora"] / plan.story_id / "metadata.json").read_text())
     assert meta["generate"]["quantize"] == "int8"
+
+
+def _files(folder):
+    """Every file of a mode's output as bytes, but metadata.json without its timings (seconds differ run to run)."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name == "metadata.json":
+                meta = json.loads(data)
+                for record in [meta, *meta["frames"], *(a for f in meta["frames"] for a in f["attempts"])]:
+                    for key in [k for k in record if k.startswith("seconds")]:
+                        record.pop(key)
+                data = json.dumps(meta, sort_keys=True).encode()
+            out[path.relative_to(folder).as_posix()] = data
+    return out
+
+
+def test_a_rerun_keeps_finished_stories_and_renders_only_the_rest(tmp_path, tiny_settings, lora_dir):
+    settings = _settings(tiny_settings)
+    planner = OfflinePlanner(settings.plan)
+    plans = [plan_story(planner, story, settings.character) for story in settings.stories[:2]]
+    whole = tmp_path / "whole"
+    render_to(settings, "lora", plans, whole, lora_dir)
+
+    # A crash after the first story: its folder is complete, the second never got written, a temp folder is left.
+    crashed = tmp_path / "crashed"
+    render_to(settings, "lora", plans[:1], crashed, lora_dir)
+    (crashed / f".{plans[1].story_id}.half.tmp").mkdir()
+    first = (crashed / plans[0].story_id / "metadata.json").stat().st_mtime_ns
+    render_to(settings, "lora", plans, crashed, lora_dir)
+    assert (crashed / plans[0].story_id / "metadata.json").stat().st_mtime_ns == first  # kept, not re-rendered
+    assert _files(crashed) == _files(whole)  # the same outputs as an uninterrupted run, temp folder gone
+
+
+def test_only_the_story_whose_inputs_changed_is_rendered_again(tmp_path, tiny_settings, lora_dir):
+    settings = _settings(tiny_settings)
+    planner = OfflinePlanner(settings.plan)
+    plans = [plan_story(planner, story, settings.character) for story in settings.stories[:2]]
+    out = tmp_path / "out"
+    render_to(settings, "baseline", plans, out, lora_dir)
+    stamps = {p.story_id: (out / p.story_id / "metadata.json").stat().st_mtime_ns for p in plans}
+
+    edited = plans[1].model_copy(deep=True)
+    edited.frames[1] = edited.frames[1].model_copy(update={"scene": "Aldar Kose juggles three melons"})
+    render_to(settings, "baseline", [plans[0], edited], out, lora_dir)
+    assert (out / plans[0].story_id / "metadata.json").stat().st_mtime_ns == stamps[plans[0].story_id]
+    meta = json.loads((out / edited.story_id / "metadata.json").read_text())
+    assert meta["frames"][1]["scene"] == "Aldar Kose juggles three melons"
+
+    # a knob baseline does not read leaves its stories alone; one it reads renders them again
+    ip_only = settings.model_copy(update={"generate": settings.generate.model_copy(update={"ip_adapter_scale": 0.9})})
+    before = _files(out)
+    render_to(ip_only, "baseline", [plans[0], edited], out, lora_dir)
+    assert (
+        _files(out) == before
+        and (out / plans[0].story_id / "metadata.json").stat().st_mtime_ns == stamps[plans[0].story_id]
+    )
+    steps = settings.model_copy(update={"generate": settings.generate.model_copy(update={"steps": 3})})
+    render_to(steps, "baseline", [plans[0]], out, lora_dir)
+    assert (out / plans[0].story_id / "metadata.json").stat().st_mtime_ns != stamps[plans[0].story_id]
+    assert sorted(p.name for p in out.iterdir()) == [plans[0].story_id]  # the dropped story is gone

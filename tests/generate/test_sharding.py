@@ -12,7 +12,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from storyboard.story.plan import OfflinePlanner, plan_story, plan_to_json
+from storyboard.story.plan import plan_to_json
+from storyboard.story.planners import OfflinePlanner, plan_story
 
 REPO = Path(__file__).resolve().parents[2]
 

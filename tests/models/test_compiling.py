@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from storyboard.models.compiling import compile_in_place
+from storyboard.models.compiling import COMPILE_CACHE_DIR, compile_in_place, persist_compile_cache
 from storyboard.models.loading import load_pipeline
 
 
@@ -29,3 +31,17 @@ def test_none_and_model_scopes(tiny_models, cpu):
     assert pipe.unet._compiled_call_impl is None
     assert compile_in_place(pipe.vae, "model", "default") == 1
     assert pipe.vae._compiled_call_impl is not None
+
+
+def test_compile_caches_persist_in_the_repo_unless_the_user_chose(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    # Inductor writes its default into the variable on first use: that is not a user's choice.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert persist_compile_cache() == tmp_path / COMPILE_CACHE_DIR
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / COMPILE_CACHE_DIR)
+    assert (tmp_path / COMPILE_CACHE_DIR).is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert persist_compile_cache() == tmp_path / "mine"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

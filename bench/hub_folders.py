@@ -1,0 +1,126 @@
+"""Full-size random-weight model folders in the exact layout of each hub repo that params.yaml names.
+
+The rehearsal (bench/rehearse.py) points `models.sdxl.*` at these folders and runs the user's pipeline
+unchanged: `load_pipeline`, `with_controlnet`, `attach_ip_adapter` and `ClipScorer` read them through the same
+`from_pretrained` calls as the hub repos. Weights are random (seeded), so images are noise and scores mean
+nothing; sizes, classes, dtypes and file layout are the released ones (counts asserted in sdxl_from_config.py).
+
+Written under `root/<hub id>/`:
+    stabilityai/stable-diffusion-xl-base-1.0/   model_index.json, unet/ vae/ text_encoder/ text_encoder_2/
+                                                tokenizer/ tokenizer_2/ scheduler/
+    madebyollin/sdxl-vae-fp16-fix/              config.json + diffusion_pytorch_model.safetensors
+    h94/IP-Adapter/sdxl_models/                 ip-adapter_sdxl.safetensors, image_encoder/
+    xinsir/controlnet-openpose-sdxl-1.0/        config.json + diffusion_pytorch_model.safetensors
+    openai/clip-vit-large-patch14/              CLIPModel + CLIPProcessor (tokenizer, image processor)
+
+Weights are saved in bf16 (the hub repos hold fp32 and fp16 files): the pipeline loads them in its runtime
+dtype either way, and half the bytes halve the writing time. Each folder is skipped when already written.
+
+    python bench/hub_folders.py --root .cache/hub-rehearsal            # full size, on the GPU (~14 GB on disk)
+    python bench/hub_folders.py --root /tmp/hub --small --device cpu    # the CPU check
+Prints one JSON line: the folders and the `-S` overrides that point params.yaml at them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sdxl_from_config import (  # noqa: E402
+    build_clip_scorer_model,
+    build_controlnet,
+    build_ip_adapter_files,
+    build_pipeline,
+    build_vae,
+)
+
+from storyboard.log import logger, setup_logging  # noqa: E402
+
+BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+VAE = "madebyollin/sdxl-vae-fp16-fix"
+IP_ADAPTER = "h94/IP-Adapter"
+IP_SUBFOLDER = "sdxl_models"
+IP_WEIGHT = "ip-adapter_sdxl.safetensors"
+CONTROLNET = "xinsir/controlnet-openpose-sdxl-1.0"
+CLIP = "openai/clip-vit-large-patch14"
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "BUILT").exists()
+
+
+def _mark(folder: Path) -> None:
+    (folder / "BUILT").write_text("random weights: bench/hub_folders.py\n")
+
+
+def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dict[str, str]:
+    """Write every folder under `root` (skipping those already written); return the params overrides."""
+    dtype = torch.bfloat16 if device != "cpu" else torch.float32
+    base, vae_dir = root / BASE, root / VAE
+    ip_dir, cn_dir, clip_dir = root / IP_ADAPTER / IP_SUBFOLDER, root / CONTROLNET, root / CLIP
+    timings: dict[str, float] = {}
+    if not all(_done(d) for d in (base, ip_dir, cn_dir)):
+        t = time.perf_counter()
+        pipe = build_pipeline("sdxl", dtype, device, small=small, seed=seed)
+        pipe.save_pretrained(base)
+        _mark(base)
+        timings["base"] = time.perf_counter() - t
+        t = time.perf_counter()
+        build_controlnet(pipe.unet, small=small).save_pretrained(cn_dir)
+        _mark(cn_dir)
+        timings["controlnet"] = time.perf_counter() - t
+        t = time.perf_counter()
+        # The image encoder goes to sdxl_models/image_encoder, as in the hub repo.
+        build_ip_adapter_files(
+            ip_dir, pipe.unet, small=small, seed=seed, dtype=dtype, device=device, weight_name=IP_WEIGHT
+        )
+        timings["ip_adapter"] = time.perf_counter() - t
+        del pipe
+    if not _done(vae_dir):
+        build_vae(dtype, device, small=small, seed=seed + 100).save_pretrained(vae_dir)
+        _mark(vae_dir)
+    if not _done(clip_dir):
+        t = time.perf_counter()
+        model, processor = build_clip_scorer_model(torch.device(device), small=small, seed=seed)
+        # fp32, as the hub repo: ClipScorer loads it without a dtype, so the file's dtype is the scoring dtype.
+        model.float().save_pretrained(clip_dir)
+        processor.save_pretrained(clip_dir)
+        _mark(clip_dir)
+        timings["clip"] = time.perf_counter() - t
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    logger.info("model folders in %s (%s)", root, ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return {
+        "models.sdxl.base": str(base),
+        "models.sdxl.vae": str(vae_dir),
+        "models.sdxl.ip_adapter": str(root / IP_ADAPTER),
+        "models.sdxl.ip_adapter_subfolder": IP_SUBFOLDER,
+        "models.sdxl.ip_adapter_weight": IP_WEIGHT,
+        "models.sdxl.ip_adapter_image_encoder": "image_encoder",
+        "models.sdxl.controlnet": str(cn_dir),
+        "models.sdxl.clip": str(clip_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="folder to write the hub-layout folders under")
+    parser.add_argument("--device", default="cuda", help="where to build (cuda: bf16; cpu: fp32)")
+    parser.add_argument("--small", action="store_true", help="tiny sizes (the CPU check)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    setup_logging()
+    t = time.perf_counter()
+    overrides = write_folders(Path(args.root), device=args.device, small=args.small, seed=args.seed)
+    print(json.dumps({"root": args.root, "small": args.small, "s": round(time.perf_counter() - t, 1), **overrides}))
+
+
+if __name__ == "__main__":
+    main()

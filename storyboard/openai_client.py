@@ -1,0 +1,97 @@
+"""The one OpenAI client set-up and error mapping, shared by the caption and plan stages.
+
+`ChatEndpoint` builds the official client from an `OpenAIClient` settings section (model, base URL, key
+variable, timeout, retries) and sends chat completions. The client itself retries 429/5xx/timeouts with
+exponential backoff and honours Retry-After (`max_retries`); what is left after that becomes one error of the
+caller's kind (CaptionError, PlanError) whose message names the setting to fix. A 400/422 is raised as
+`RequestRejected` instead: it is about this one request (an image, a response format), and only the caller
+knows whether to skip it or ask differently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from storyboard.errors import StoryboardError
+from storyboard.settings import OpenAIClient
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion
+
+
+class RequestRejected(Exception):
+    """The endpoint refused this request as invalid (HTTP 400/422); the endpoint and key themselves work."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Purpose:
+    """Who calls, for the error messages: "caption" reads caption.openai; `offline` says how to do without a
+    key, `later` what a rerun keeps; `error` is the caller's error class."""
+
+    section: str  # the params section: caption, plan
+    offline: str
+    later: str
+    error: type[StoryboardError]
+
+
+class ChatEndpoint:
+    def __init__(self, cfg: OpenAIClient, purpose: Purpose):
+        import openai
+
+        self.cfg, self.purpose = cfg, purpose
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise purpose.error(
+                f"{purpose.section}.backend is openai but ${cfg.api_key_env} is not set: export your key, "
+                f"or {purpose.offline}"
+            )
+        self.client = openai.OpenAI(
+            api_key=key,
+            base_url=cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+            timeout=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+        )
+
+    @property
+    def what(self) -> str:
+        return f"the {self.purpose.section} endpoint {self.client.base_url}"
+
+    def complete(self, messages: list[dict[str, Any]], **options: Any) -> ChatCompletion:
+        """One chat completion with the settings' model, temperature and max_tokens; a reply with choices."""
+        import openai
+
+        cfg, purpose, fail = self.cfg, self.purpose, self.purpose.error
+        not_openai = f"is {purpose.section}.openai.base_url an OpenAI-compatible API?"
+        try:
+            reply = self.client.chat.completions.create(
+                model=cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, messages=messages, **options
+            )
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise fail(f"{self.what} rejected the key in ${cfg.api_key_env}: {e}") from None
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+            raise RequestRejected(e.status_code, e.message) from None
+        except openai.NotFoundError as e:
+            raise fail(
+                f"model {cfg.model!r} not found at {self.what}; set {purpose.section}.openai.model ({e})"
+            ) from None
+        except openai.APIConnectionError as e:  # also timeouts
+            raise fail(
+                f"{self.what} is unreachable or timed out (after {cfg.max_retries} retries: {e}); {purpose.later}"
+            ) from None
+        except openai.APIStatusError as e:  # 429/5xx left after the client's own retries
+            raise fail(
+                f"{self.what} answered {e.status_code} after {cfg.max_retries} retries ({e.message}); {purpose.later}"
+            ) from None
+        except json.JSONDecodeError as e:  # a body that is not JSON, e.g. a proxy's truncated reply
+            raise fail(f"{self.what} sent a reply that is not JSON ({e}); {not_openai}") from None
+        if not getattr(reply, "choices", None):  # a non-JSON content type comes back as plain text
+            raise fail(f"{self.what} sent a reply without choices ({str(reply)[:100]!r}); {not_openai}")
+        return reply

@@ -1,0 +1,143 @@
+"""The shared OpenAI client (caption and plan): set-up from settings, the client's own retries, and one error of
+the caller's kind per failure, through the real `openai` client against a local server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from openai_server import (
+    Completion,
+    Delay,
+    HTTPError,
+    Malformed,
+    OpenAIServer,
+    bad_key,
+    closed_port_url,
+    rate_limited,
+    server_error,
+    unknown_model,
+)
+
+from storyboard.errors import StoryboardError
+from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected
+from storyboard.settings import OpenAIClient
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+class DemoError(StoryboardError):
+    pass
+
+
+PURPOSE = Purpose(section="demo", offline="use -S demo.backend=offline", later="rerun later", error=DemoError)
+
+
+def endpoint(server: OpenAIServer | None = None, **client: object) -> ChatEndpoint:
+    fields = {"model": "gpt-test", "timeout_s": 2, "max_retries": 2}
+    if server is not None:
+        fields["base_url"] = server.base_url
+    fields.update(client)
+    return ChatEndpoint(OpenAIClient(**fields), PURPOSE)
+
+
+def test_request_carries_the_settings(openai_key: str, openai_server: OpenAIServer) -> None:
+    reply = endpoint(openai_server, temperature=0.7, max_tokens=55).complete(HELLO, response_format={"type": "x"})
+
+    assert reply.choices[0].message.content
+    [request] = openai_server.requests
+    assert request.headers["authorization"] == "Bearer test-key"
+    assert (request.model, request.body["temperature"], request.body["max_tokens"]) == ("gpt-test", 0.7, 55)
+    assert request.body["response_format"] == {"type": "x"} and request.messages == HELLO
+
+
+def test_key_comes_from_the_configured_variable_and_base_url_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, openai_server: OpenAIServer
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("MY_GATEWAY_KEY", "gateway-secret")
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
+
+    endpoint(api_key_env="MY_GATEWAY_KEY").complete(HELLO)
+
+    assert openai_server.requests[0].headers["authorization"] == "Bearer gateway-secret"
+    monkeypatch.delenv("MY_GATEWAY_KEY")
+    with pytest.raises(DemoError, match=r"demo\.backend is openai but \$MY_GATEWAY_KEY is not set.*demo\.backend="):
+        endpoint(api_key_env="MY_GATEWAY_KEY")
+
+
+# --- transient failures: retried by the client itself ---
+
+
+def test_rate_limit_honours_retry_after_then_succeeds(openai_key: str, openai_server: OpenAIServer) -> None:
+    openai_server.push(rate_limited(retry_after_s=0.3), Completion())
+
+    endpoint(openai_server).complete(HELLO)
+
+    first, second = openai_server.requests
+    assert [r.headers["x-stainless-retry-count"] for r in (first, second)] == ["0", "1"]
+    assert second.received_at - first.received_at >= 0.25  # waited as Retry-After said
+    assert first.body == second.body
+
+
+@pytest.mark.parametrize("first", [rate_limited(0), server_error()], ids=["retry-after-zero", "500"])
+def test_transient_errors_are_retried(openai_key: str, openai_server: OpenAIServer, first: HTTPError) -> None:
+    openai_server.push(first, Completion())
+
+    assert endpoint(openai_server).complete(HELLO).choices
+    assert len(openai_server.requests) == 2
+
+
+def test_timeout_is_retried(openai_key: str, openai_server: OpenAIServer) -> None:
+    openai_server.push(Delay(3.0), Completion())
+
+    start = time.monotonic()
+    assert endpoint(openai_server, timeout_s=0.8).complete(HELLO).choices
+    assert len(openai_server.requests) == 2
+    assert time.monotonic() - start < 2.9  # gave up on the 3 s reply instead of waiting for it
+
+
+# --- what is left after the retries: one error of the caller's kind ---
+
+
+def test_errors_that_outlast_the_retries(openai_key: str, openai_server: OpenAIServer) -> None:
+    openai_server.script(default=lambda request: rate_limited(0.01))
+    with pytest.raises(DemoError, match=r"answered 429 after 3 retries.*rerun later"):
+        endpoint(openai_server, max_retries=3).complete(HELLO)
+    assert len(openai_server.requests) == 4  # the first try and max_retries=3 retries
+
+    with pytest.raises(DemoError, match=r"is unreachable or timed out.*rerun later"):
+        endpoint(base_url=closed_port_url(), max_retries=0).complete(HELLO)
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (bad_key(), r"rejected the key in \$OPENAI_API_KEY: .*Incorrect API key"),
+        (HTTPError(403, "Project does not have access", "invalid_request_error"), "rejected the key"),
+        (unknown_model("gpt-test"), r"model 'gpt-test' not found.*set demo\.openai\.model"),
+        (Malformed(), r"not JSON.*demo\.openai\.base_url an OpenAI-compatible API"),
+        (Malformed(b"<html>502 Bad Gateway</html>", content_type="text/html"), "OpenAI-compatible"),
+        (Malformed(b'{"object": "list", "data": []}'), r"without choices.*OpenAI-compatible"),
+    ],
+    ids=["401", "403", "404-model", "truncated-json", "html", "no-choices"],
+)
+def test_fatal_answers_stop_at_once_naming_the_fix(
+    openai_key: str, openai_server: OpenAIServer, reply: HTTPError | Malformed, message: str
+) -> None:
+    openai_server.push(reply)
+
+    with pytest.raises(DemoError, match=message):
+        endpoint(openai_server, max_retries=4).complete(HELLO)
+
+    assert len(openai_server.requests) == 1  # never retried
+
+
+def test_an_invalid_request_is_left_to_the_caller(openai_key: str, openai_server: OpenAIServer) -> None:
+    openai_server.push(HTTPError(400, "Invalid image.", "invalid_request_error", "invalid_image"))
+
+    with pytest.raises(RequestRejected) as err:
+        endpoint(openai_server).complete(HELLO)
+
+    assert err.value.status_code == 400 and "Invalid image." in err.value.message
+    assert len(openai_server.requests) == 1
