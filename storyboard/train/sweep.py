@@ -8,8 +8,9 @@ features of the character crop, around the largest face, against the training im
 alignment is within `train.select_tolerance` of the best step's: an over-fit step, which gains identity by
 losing the prompt, is out.
 
-Samples and scores are kept beside the checkpoints under a name derived from the validation settings, so a
-resumed run scores only the steps it had not, and changed validation prompts never mix with old samples.
+Samples and scores are kept beside the checkpoints under names derived from the validation settings and from the
+scoring models and thresholds, so a resumed run scores only the steps it had not, and neither changed validation
+prompts nor another scoring model reuse what no longer applies.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class StepScore:
 
 
 class StepScorer(Protocol):
+    key: str  # names the scoring (models, thresholds): scores kept under another key are not reused
+
     def __call__(self, step: int, images: list[Image.Image], prompts: list[str]) -> tuple[float, float]:
         """(identity, text alignment) of one step's validation samples."""
         ...
@@ -50,11 +53,14 @@ class ClipStepScorer:
 
     def __init__(self, models: ModelSet, device, dataset_dir: Path, face_min_score: float):
         self.models, self.device, self.dataset_dir, self.face_min_score = models, device, dataset_dir, face_min_score
+        what = [models.clip, models.face_backend, models.face_model, models.face_model_root, face_min_score]
+        self.key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
 
     @classmethod
     def from_parts(cls, clip, faces, references) -> ClipStepScorer:
         """Wrap models built elsewhere (the GPU benchmark builds full-size CLIP from its config)."""
         scorer = cls.__new__(cls)
+        scorer.key = f"{clip.source}-{faces.name}"
         scorer.__dict__["_parts"] = (clip, faces, references)
         return scorer
 
@@ -128,7 +134,7 @@ class Sweep:
 
     def scores(self, scorer: StepScorer) -> list[StepScore]:
         """Every saved step's scores; only the steps not scored before call `scorer`."""
-        path = self.folder / "scores.json"
+        path = self.folder / f"scores-{scorer.key}.json"
         known = {s["step"]: StepScore(**s) for s in json.loads(path.read_text())} if path.exists() else {}
         out = []
         for step in self.saved_steps():

@@ -26,6 +26,8 @@ SCRIPT = {1: (0.70, 0.29), 2: (0.90, 0.10), 3: (0.60, 0.31)}
 class ScriptedScorer:
     """Scores each step as the script says, and records which steps it was asked about and with what."""
 
+    key = "scripted"
+
     def __init__(self, script: dict[int, tuple[float, float]]):
         self.script, self.calls = script, []
 
