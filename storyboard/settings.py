@@ -168,6 +168,12 @@ class Train(_Section):
     caption_dropout: Fraction = 0.0
     checkpoint_every: PositiveInt = 100
     checkpoints_keep: PositiveInt = 2
+    # best: at every saved step render the validation prompts, score identity and text alignment, keep the step of
+    # highest identity whose text alignment is within select_tolerance of the best step's; last: the final step.
+    select: Literal["best", "last"] = "best"
+    select_tolerance: Annotated[float, Field(ge=0, le=2)] = Field(
+        0.02, description="CLIP text-alignment drop from the best step beyond which a step counts as over-fit"
+    )
     resolution: Annotated[int, Field(ge=32)] | None = Field(
         None, description="None: the base model's native size (unet sample_size x VAE scale)"
     )
@@ -190,12 +196,21 @@ class Train(_Section):
             raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _best_needs_prompts(self) -> Train:
+        if self.select == "best" and not self.validation.prompts:
+            raise ValueError("select best scores samples of train.validation.prompts: give some, or select last")
+        return self
+
 
 class Plan(_Section):
     backend: Literal["openai", "offline"] = "openai"
     structured_output: bool = Field(True, description="ask for the JSON schema; falls back to JSON mode")
     min_frames: Annotated[int, Field(ge=2, le=16)] = 6
     max_frames: Annotated[int, Field(ge=2, le=16)] = 10
+    scene_tokens: Annotated[int, Field(ge=8, le=75)] = Field(
+        50, description="most CLIP tokens of a frame's scene (CLIP's text scores read 75)"
+    )
     openai: OpenAIClient
 
     @model_validator(mode="after")
@@ -278,7 +293,7 @@ class Settings(_Section):
     models: Models
     sample: Sample = Sample()
     caption: Caption
-    train: Train = Train()
+    train: Train = Field(default_factory=Train)
     plan: Plan
     generate: Generate = Generate()
     evaluate: Evaluate = Evaluate()

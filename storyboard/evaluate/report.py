@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -14,9 +15,6 @@ from storyboard.evaluate.scores import Locator, retried, score_mode, summarise, 
 from storyboard.evaluate.vistorybench import DIFFERENCES
 from storyboard.fsutil import atomic_path, write_json, write_text
 from storyboard.log import logger
-from storyboard.models.clip import ClipScorer
-from storyboard.models.detector import CharacterDetector, detector_prompt
-from storyboard.models.faces import load_face_backend
 from storyboard.models.loading import Device, model_set
 from storyboard.settings import MODES, Settings
 
@@ -92,17 +90,12 @@ def evaluate_outputs(
     report_path: Path,
     html_dir: Path | None = None,
     dataset_dir: Path | None = None,
+    train_metrics_path: Path | None = None,
 ) -> dict:
     models = model_set(settings)
     device = Device.from_runtime(settings.runtime)
     face_backend = evaluate_face_backend(settings)
-    character = settings.character
-    locator = Locator(
-        CharacterDetector(models.detector, device),
-        ClipScorer(models.clip, device),
-        load_face_backend(models.model_copy(update={"face_backend": face_backend}), settings.evaluate.face_min_score),
-        detector_prompt(settings.evaluate.detector_prompt, character.name, character.description),
-    )
+    locator = Locator.of_evaluate(settings, models, device)
     references = locator.references(load_training_images(dataset_dir))
     story_ids = [s.id for s in settings.stories]
     metrics: dict = {
@@ -134,5 +127,8 @@ def evaluate_outputs(
     write_json(metrics_path, metrics)
     write_text(report_path, results_markdown(metrics, settings, locator.faces.name, models.clip))
     if html_dir is not None:
-        write_html_report(html_dir, outputs, metrics, frames, settings)
+        train_metrics = None
+        if train_metrics_path is not None and Path(train_metrics_path).exists():
+            train_metrics = json.loads(Path(train_metrics_path).read_text(encoding="utf-8"))
+        write_html_report(html_dir, outputs, metrics, frames, settings, train_metrics)
     return metrics

@@ -28,10 +28,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from storyboard.errors import StoryboardError
+from storyboard.evaluate.independence import evaluate_face_backend
 from storyboard.evaluate.vistorybench import cids, occm
 from storyboard.models.clip import ClipScorer
-from storyboard.models.detector import Box, CharacterDetector
-from storyboard.models.faces import Face, FaceBackend, cosine_similarity, largest_face
+from storyboard.models.detector import Box, CharacterDetector, detector_prompt
+from storyboard.models.faces import Face, FaceBackend, cosine_similarity, largest_face, load_face_backend
+from storyboard.models.loading import Device
+from storyboard.settings import ModelSet, Settings
 
 Attempt = Literal["kept", "first"]
 
@@ -92,6 +95,21 @@ class Locator:
         if face is not None or box is None:
             return Located(box, crop, face, face_in_box=face is not None and box is not None)
         return Located(box, crop, largest_face(self.faces.detect(image)), face_in_box=False)
+
+    @classmethod
+    def of_evaluate(cls, settings: Settings, models: ModelSet, device: Device) -> Locator:
+        """The locator the evaluate stage scores with; the train stage's checkpoint sweep uses it too, so a step
+        is chosen by the identity figure evaluate reports."""
+        character = settings.character
+        return cls(
+            CharacterDetector(models.detector, device),
+            ClipScorer(models.clip, device),
+            load_face_backend(
+                models.model_copy(update={"face_backend": evaluate_face_backend(settings)}),
+                settings.evaluate.face_min_score,
+            ),
+            detector_prompt(settings.evaluate.detector_prompt, character.name, character.description),
+        )
 
     def references(self, images: list[Image.Image]) -> References | None:
         """ViStoryBench's reference crops: each image's top box; the whole images only when none has a box."""

@@ -17,7 +17,9 @@ either threshold is redone with a new seed, up to `max_retries` times; the attem
 margin, min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
 
 Frames of a story go through the pipeline as one batch, each with its own seeded generator, so a frame is the
-same whether rendered alone or in a batch. Retries are batched too.
+same whether rendered alone or in a batch. Retries are batched too. The story's prompts are encoded once, whole
+(compel, storyboard/models/prompts.py), and every attempt reuses their rows. ref_guided's pose condition is the
+planned pose framed for the planned shot (close-up, medium, wide).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from contextlib import contextmanager
 import torch
 from PIL import Image
 
-from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt, warn_if_truncated
+from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
@@ -37,10 +39,11 @@ from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, faceid_input_size, native_resolution, over_same_modules
+from storyboard.models.prompts import PromptEmbeds, encode_prompts
 from storyboard.models.quantizing import quantize_in_place
 from storyboard.settings import Character, Generate, Mode
 from storyboard.story.plan import StoryPlan
-from storyboard.story.poses import get_pose, render_openpose
+from storyboard.story.poses import Shot, frame_pose, get_pose, render_openpose
 
 SEED_STRIDE = 1000  # attempt k of frame i uses seed + k * SEED_STRIDE + i
 
@@ -78,6 +81,7 @@ class StoryRenderer:
             self.first_pipe = over_same_modules(StableDiffusionXLPipeline, pipe)
         self._apply_knobs()
         self.resolution = settings.resolution or native_resolution(self.pipe)
+        self._encoded: tuple[list[str], PromptEmbeds] | None = None  # the last story's prompts, encoded once
 
     @property
     def identity_from(self) -> IdentitySource | None:
@@ -111,13 +115,29 @@ class StoryRenderer:
             # eager kernels spend most of their time converting layouts, which compiling removes.
             compile_in_place(pipe.vae.decoder, "model", "default")
 
+    def encode(self, prompts: list[str]) -> PromptEmbeds:
+        """Every word of `prompts` and of the negative prompt through both text encoders (compel), in one call."""
+        return encode_prompts(self.pipe, prompts, self.settings.negative_prompt)
+
+    def _embeds_of(self, frames: list[RenderedFrame]) -> PromptEmbeds:
+        """The frames' rows of the story's encoded prompts; prompts not encoded yet are encoded now, together."""
+        prompts = [f.prompt for f in frames]
+        if self._encoded is None or not set(prompts) <= set(self._encoded[0]):
+            self._encoded = (prompts, self.encode(prompts))
+        known, embeds = self._encoded
+        return embeds.rows([known.index(p) for p in prompts])
+
     def _run(
-        self, prompts: list[str], seeds: list[int], poses: list[str] | None, ip_reference: IpReference | None
+        self,
+        embeds: PromptEmbeds,
+        seeds: list[int],
+        poses: list[tuple[str, Shot]] | None,
+        ip_reference: IpReference | None,
     ) -> list[Image.Image]:
+        """One pipeline call: a batch of encoded prompts, one seed each; `poses`: (pose, shot) per frame."""
         s = self.settings
         kwargs = dict(
-            prompt=prompts,
-            negative_prompt=[s.negative_prompt] * len(prompts),
+            **embeds.pipeline_kwargs(),
             num_inference_steps=s.steps,
             guidance_scale=s.guidance_scale,
             height=self.resolution,
@@ -132,7 +152,10 @@ class StoryRenderer:
                 with self._faceid_lora_off():
                     return self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images
             self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
-            conditions = [render_openpose(get_pose(p), self.resolution, self.resolution) for p in poses or []]
+            conditions = [
+                render_openpose(frame_pose(get_pose(pose), shot), self.resolution, self.resolution)
+                for pose, shot in poses or []
+            ]
             kwargs.update(
                 image=conditions,
                 controlnet_conditioning_scale=s.controlnet_scale,
@@ -176,7 +199,8 @@ class StoryRenderer:
         """Render one attempt of `frames` as a batch and record their text scores and likeness features."""
         seeds = [self.settings.seed + attempt * SEED_STRIDE + f.index for f in frames]
         t0 = time.perf_counter()
-        images = self._run([f.prompt for f in frames], seeds, [f.frame.pose for f in frames], ip_reference)
+        poses = [(f.frame.pose, f.frame.shot) for f in frames]
+        images = self._run(self._embeds_of(frames), seeds, poses, ip_reference)
         seconds = (time.perf_counter() - t0) / len(frames)
         texts = self.scorer.text_scores(images, [f.frame.scene for f in frames])
         features = self.likeness.image_features(images) if self.likeness is not None else [None] * len(images)
@@ -228,7 +252,8 @@ class StoryRenderer:
             RenderedFrame(index=i, frame=f, prompt=frame_prompt(f, self.character, self.settings.style))
             for i, f in enumerate(plan.frames, start=1)
         ]
-        warn_if_truncated(self.pipe, [f.prompt for f in frames])
+        self._encoded = None
+        self._embeds_of(frames)  # the whole story in one encoding; attempts and retries take their rows
         rest = frames[1:]
         if self.mode == "ref_guided":
             # Later frames are conditioned on frame 1, so it is settled first, alone.

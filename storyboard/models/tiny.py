@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from storyboard import TINY_NOTICE
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
+from storyboard.models import bpe
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
@@ -36,50 +37,28 @@ FACEID_LORA_RANK = 4
 FACEID_LORA_STRENGTH = 4.0
 
 
-def byte_level_vocab(size: int | None = None) -> dict[str, int]:
-    """A byte-level BPE vocab with no merges: every printable byte is a token, alone or word-final.
-
-    No installed package ships a CLIP vocab, so we write one. Character-level tokens are enough for
-    plumbing: prompts tokenise, truncate at 77 and embed like real ones. With `size`, filler tokens pad the
-    vocab to that many entries (the full-size benchmarks use CLIP's 49408), the two specials last.
-    """
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    symbols = sorted(ByteLevel.alphabet())
-    vocab: dict[str, int] = {}
-    for s in symbols:
-        vocab[s] = len(vocab)
-    for s in symbols:
-        vocab[s + "</w>"] = len(vocab)
-    while size is not None and len(vocab) < size - 2:
-        vocab[f"<|filler{len(vocab)}|>"] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return vocab
-
-
-def _tokenizer(folder: Path) -> None:
-    from transformers import CLIPTokenizer
-
-    tok = CLIPTokenizer(vocab=byte_level_vocab(), merges=[], model_max_length=77)
-    # A constructor that silently ignores its vocab yields 2 tokens; check before anything trains on it.
-    ids = tok("abc xyz").input_ids
-    if len(tok) < 400 or len(ids) != 2 + len("abc") + len("xyz"):
-        raise RuntimeError(f"tiny CLIP tokenizer is broken: vocab {len(tok)}, ids {ids}")
-    tok.save_pretrained(folder)
+def _tokenizers(folder: Path) -> None:
+    """SDXL's two tokenizers, the real CLIP BPE (storyboard/models/bpe.py): token counts in CI are the real ones."""
+    for sub, pad in (("tokenizer", bpe.EOS), ("tokenizer_2", bpe.SDXL_PAD_2)):
+        tok = bpe.clip_tokenizer(pad_token=pad)
+        # A constructor that silently ignores its vocab yields 2 tokens; check before anything trains on it.
+        ids = tok("a photo of a cat").input_ids
+        if len(tok) != bpe.VOCAB_SIZE or ids != [49406, 320, 1125, 539, 320, 2368, 49407]:
+            raise RuntimeError(f"tiny CLIP tokenizer is broken: vocab {len(tok)}, ids {ids}")
+        tok.save_pretrained(folder / sub)
 
 
 def _text_config(**extra):
     from transformers import CLIPTextConfig
 
-    vocab_size = len(byte_level_vocab())
+    vocab_size = bpe.VOCAB_SIZE
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=TEXT_DIM,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=77,
+        max_position_embeddings=bpe.MAX_TOKENS,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
@@ -147,14 +126,13 @@ def _build_sdxl(folder: Path) -> object:
         timestep_spacing="leading",
         steps_offset=1,
     )
-    _tokenizer(folder / "_tok")
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "_tok")
+    _tokenizers(folder / "_tok")
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(_text_config()),
         text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_DIM)),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok" / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder / "_tok" / "tokenizer_2"),
         unet=unet,
         scheduler=scheduler,
     )
@@ -261,7 +239,7 @@ def _build_clip(folder: Path) -> None:
     )
     CLIPModel(config).save_pretrained(folder / "clip")
     processor = CLIPProcessor(
-        image_processor=_image_processor(), tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok")
+        image_processor=_image_processor(), tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok" / "tokenizer")
     )
     processor.save_pretrained(folder / "clip")
 

@@ -24,14 +24,15 @@ if TYPE_CHECKING:
     from storyboard.train.trainer import LoraTrainer
 
 CODE = "stages.train"  # its import closure is all the code a training run goes through
-NOT_SHAPING = {"log_every", "validation", "checkpoint_every", "checkpoints_keep"}
+NOT_SHAPING = {"log_every", "validation", "checkpoint_every", "checkpoints_keep", "select", "select_tolerance"}
 
 
 def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution: int) -> str:
     """Everything that shapes the weights: the train params, the models the latents and the UNet come from, the
     data, and the code the train stage runs (a fixed bug must not resume from checkpoints the bug made)."""
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
-    # What only changes how often we look or keep (logging, validation, checkpoints) does not change the weights.
+    # What only changes how often we look or keep (logging, validation, checkpoints) or which step is chosen does
+    # not change the weights.
     shaping = settings.model_dump(mode="json", exclude=NOT_SHAPING)
     blob = json.dumps(
         [shaping, models.base, models.vae, hashlib.sha256(manifest).hexdigest(), resolution, code_fingerprint(CODE)],

@@ -78,9 +78,18 @@ def test_tiny_pipeline_end_to_end(repo):
         assert set(m["stories"]) == set(stories)
         assert (root / f"metrics/frames/{mode}.csv").exists()
     html = (root / "reports/index.html").read_text()
-    assert "plumbing" in html and html.count("<img") == sum(
-        len(json.loads((root / f"data/plans/{s}.json").read_text())["frames"]) for s in stories
-    ) * len(MODES)
+    train_metrics = json.loads((root / "metrics/train.json").read_text())
+    every, last = params["train"]["checkpoint_every"], params["train"]["max_steps"]
+    assert train_metrics["select"] == "best"
+    assert [s["step"] for s in train_metrics["steps"]] == sorted({*range(every, last, every), last})
+    checkpoint_samples = sum(len(paths) for paths in train_metrics["samples"].values())
+    assert (
+        "plumbing" in html
+        and 'id="checkpoints"' in html
+        and html.count("<img")
+        == sum(len(json.loads((root / f"data/plans/{s}.json").read_text())["frames"]) for s in stories) * len(MODES)
+        + checkpoint_samples
+    )
     shown = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env)
     assert "clip_text_score" in shown and "face_detection_rate" in shown and "character_detection_rate" in shown
     assert "vistorybench_self_cids" in shown and "vistorybench_self_cids_first_attempt" in shown
@@ -90,6 +99,8 @@ def test_tiny_pipeline_end_to_end(repo):
     loss_points = plots["training loss"][0]["content"]["data"]["values"]
     assert len(loss_points) == params["train"]["max_steps"] and "loss" in loss_points[0]
     assert "CLIP text score per frame" in plots
+    sweep_points = plots["checkpoint sweep"][0]["content"]["data"]["values"]
+    assert {p["step"] for p in sweep_points} == {s["step"] for s in train_metrics["steps"]}
     assert any(name.endswith(".png") for name in plots)  # validation samples from training
 
     # nothing reached for a hub: the tiny models were built here

@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from storyboard.generate.frames import RenderedFrame, frame_prompt
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.renderer import SEED_STRIDE
+from storyboard.models.bpe import count_tokens
 from storyboard.models.likeness import LikenessScorer
 from storyboard.story.plan import Frame, StoryPlan
 
@@ -49,10 +51,38 @@ def test_prompt_carries_trigger_and_description(tiny_settings):
 
 def test_batch_gives_the_same_frames_as_one_by_one(tiny_settings, tiny_models, cpu, scorer, lora_dir):
     r = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir)
-    batch = r._run(["a", "b"], [7, 8], None, None)
-    alone = r._run(["b"], [8], None, None)
+    batch = r._run(r.encode(["a", "b"]), [7, 8], None, None)
+    alone = r._run(r.encode(["b"]), [8], None, None)
     assert np.abs(_pixels(batch[1]) - _pixels(alone[0])).max() <= 2  # same seed -> same frame, up to rounding
     assert np.abs(_pixels(batch[0]) - _pixels(batch[1])).mean() > 1
+
+
+def test_every_word_of_a_long_prompt_reaches_the_unet(tiny_settings, tiny_models, cpu, scorer):
+    """A word changed at the end of a 120-token prompt changes what the UNet's cross-attention reads."""
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=1)
+    head = frame_prompt(PLAN.frames[1], tiny_settings.character, tiny_settings.generate.style)
+
+    def prompt(last: str) -> str:
+        return f"{head}, {', '.join(['dust on the road'] * 9)}, a {last} hat"
+
+    def unet_text(**call) -> torch.Tensor:
+        seen = []
+        hook = r.pipe.unet.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True
+        )
+        try:
+            r.pipe(**call, num_inference_steps=1, height=64, width=64, output_type="latent")
+        finally:
+            hook.remove()
+        return seen[0]
+
+    assert 110 <= count_tokens(prompt("red")) <= 130
+    red, blue = (unet_text(**r.encode([prompt(c)]).pipeline_kwargs()) for c in ("red", "blue"))
+    assert red.shape[1] == 2 * 77 and not torch.equal(red, blue)
+    # the negative prompt (the first half of the classifier-free guidance batch) is padded, not changed
+    assert torch.equal(red[0], blue[0])
+    # plain diffusers reads the first 77 tokens: there the same change never reached the UNet
+    assert torch.equal(unet_text(prompt=prompt("red")), unet_text(prompt=prompt("blue")))
 
 
 def test_retry_rule_keeps_the_best_attempt(tiny_settings, tiny_models, cpu, scorer, lora_dir):
