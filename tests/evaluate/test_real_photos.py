@@ -13,12 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
+from test_scores import write_story
 
 from storyboard.evaluate.scores import Locator, score_story, summarise
 from storyboard.models.clip import ClipScorer
 from storyboard.models.detector import CharacterDetector
 from storyboard.models.faces import DlibFaceBackend
-from tests.evaluate.test_scores import write_story
 
 IMAGES = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data" / "images"
 
