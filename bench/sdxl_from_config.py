@@ -110,7 +110,7 @@ TEXT_ENCODER_CONFIG: dict[str, Any] = {
     "layer_norm_eps": 1e-5,
     "projection_dim": 768,
     # As published. eos_token_id 2 is the legacy value that makes CLIP pool at argmax(input_ids), i.e. at the
-    # highest id, which is <|endoftext|> (49407) in the real vocab and in the padded one below.
+    # highest id, which is <|endoftext|> (49407) in the real vocab.
     "bos_token_id": 0,
     "eos_token_id": 2,
     "pad_token_id": 1,
@@ -276,24 +276,11 @@ def build_vae(
     return vae
 
 
-def padded_vocab() -> dict[str, int]:
-    """The tiny profile's byte-level vocab padded to CLIP's 49408 entries, specials at CLIP's ids 49406/49407
-    (the text encoders pool at the highest id). Prompts tokenise to one token per character, so any prompt of
-    38+ characters fills all 77 positions, as the storyboard's real prompts do."""
-    from storyboard.models.tiny import byte_level_vocab
+def build_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The real CLIP BPE tokenizer (storyboard/models/bpe.py), so prompts take as many tokens as on a real pod."""
+    from storyboard.models.bpe import clip_tokenizer
 
-    return byte_level_vocab(VOCAB_SIZE)
-
-
-def build_tokenizer():
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer(vocab=padded_vocab(), merges=[], model_max_length=MAX_POSITIONS)
-    # A constructor that silently ignores its vocab yields 2 tokens; check before anything runs on it.
-    ids = tokenizer("abc xyz").input_ids
-    if len(tokenizer) != VOCAB_SIZE or len(ids) != 2 + 6 or ids[0] != VOCAB_SIZE - 2 or ids[-1] != VOCAB_SIZE - 1:
-        raise RuntimeError(f"padded CLIP tokenizer is broken: vocab {len(tokenizer)}, ids {ids}")
-    return tokenizer
+    return clip_tokenizer(pad_token)
 
 
 def build_text_encoders(
@@ -318,9 +305,8 @@ def build_text_encoders(
         name = f"text encoder {i + 1} ({cls.__name__}{', small' if small else ''})"
         _log_built(name, encoder, expect=None if small else ("text_encoder", "text_encoder_2")[i])
         encoders.append(encoder)
-    tokenizer = build_tokenizer()
-    # SDXL ships two tokenizers that differ only in the pad token; one object serves both here.
-    return encoders[0], encoders[1], tokenizer, tokenizer
+    # SDXL ships two tokenizers that differ only in the pad token.
+    return encoders[0], encoders[1], build_tokenizer(), build_tokenizer(pad_token="!")
 
 
 def build_controlnet(unet, *, small: bool = False):

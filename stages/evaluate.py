@@ -15,6 +15,7 @@ def arguments(parser) -> None:
     parser.add_argument("--report", required=True, help="Markdown results table to write")
     parser.add_argument("--html", required=True, help="folder for the HTML report (index.html + assets)")
     parser.add_argument("--dataset", required=True, help="training dataset: the references of the cross figure")
+    parser.add_argument("--train-metrics", help="the train stage's metrics JSON: the report's checkpoint section")
 
 
 def main(args, settings) -> None:
@@ -26,6 +27,7 @@ def main(args, settings) -> None:
         Path(args.report),
         html_dir=Path(args.html),
         dataset_dir=Path(args.dataset),
+        train_metrics_path=Path(args.train_metrics) if args.train_metrics else None,
     )
 
 

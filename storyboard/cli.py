@@ -59,6 +59,17 @@ def _tiny_models(args) -> None:
     logger.info("tiny models: %s", tiny_model_set(settings.models.tiny).base)
 
 
+def _compare(args) -> None:
+    from storyboard.compare import compare, render_markdown
+
+    plots = None if args.no_plots else Path(args.plots)
+    report = render_markdown(compare(args.base, args.head, plots))
+    if args.out:
+        Path(args.out).write_text(report, encoding="utf-8")
+        logger.info("comparison written to %s", args.out)
+    sys.stdout.write(report)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="storyboard", description=__doc__)
     parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default: %(default)s)")
@@ -83,6 +94,14 @@ def main(argv: list[str] | None = None) -> None:
 
     tiny = sub.add_parser("build-tiny-models", help="build the tiny profile's random-weight models")
     tiny.set_defaults(func=_tiny_models)
+
+    comp = sub.add_parser("compare", help="Markdown report for a pull request: params, metrics and plots vs a base")
+    comp.add_argument("base", help="commit, branch or tag to compare against, e.g. main")
+    comp.add_argument("--head", help="revision to compare (default: the workspace)")
+    comp.add_argument("--out", default="compare.md", help="Markdown file (default: %(default)s; also printed)")
+    comp.add_argument("--plots", default="compare-plots", help="folder for `dvc plots diff` HTML (%(default)s)")
+    comp.add_argument("--no-plots", action="store_true", help="skip the plots")
+    comp.set_defaults(func=_compare)
 
     from storyboard.evaluate.study.cli import add_commands as add_study_commands
 

@@ -68,7 +68,13 @@ class ModelSet(_Section):
     faceid_adapter_subfolder: str = ""
     faceid_adapter_weight: str | None = None
     controlnet: str
-    clip: str
+    clip: str = Field(description="CLIP: generate's text check; evaluate's text and character (CIDS) scores")
+    likeness: str = Field(
+        "facebook/dinov2-base", description="DINOv2: generate's likeness check only (never an evaluate score)"
+    )
+    detector: str = Field(
+        "IDEA-Research/grounding-dino-tiny", description="Grounding DINO: evaluate locates the character with it"
+    )
     face_backend: Literal["insightface", "dlib"]
     face_model: str = Field("buffalo_l", description="InsightFace model pack name (insightface backend)")
     face_model_root: str | None = Field(None, description="InsightFace model root; None: ~/.insightface")
@@ -162,6 +168,12 @@ class Train(_Section):
     caption_dropout: Fraction = 0.0
     checkpoint_every: PositiveInt = 100
     checkpoints_keep: PositiveInt = 2
+    # best: at every saved step render the validation prompts, score identity and text alignment, keep the step of
+    # highest identity whose text alignment is within select_tolerance of the best step's; last: the final step.
+    select: Literal["best", "last"] = "best"
+    select_tolerance: Annotated[float, Field(ge=0, le=2)] = Field(
+        0.02, description="CLIP text-alignment drop from the best step beyond which a step counts as over-fit"
+    )
     resolution: Annotated[int, Field(ge=32)] | None = Field(
         None, description="None: the base model's native size (unet sample_size x VAE scale)"
     )
@@ -184,12 +196,21 @@ class Train(_Section):
             raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _best_needs_prompts(self) -> Train:
+        if self.select == "best" and not self.validation.prompts:
+            raise ValueError("select best scores samples of train.validation.prompts: give some, or select last")
+        return self
+
 
 class Plan(_Section):
     backend: Literal["openai", "offline"] = "openai"
     structured_output: bool = Field(True, description="ask for the JSON schema; falls back to JSON mode")
     min_frames: Annotated[int, Field(ge=2, le=16)] = 6
     max_frames: Annotated[int, Field(ge=2, le=16)] = 10
+    scene_tokens: Annotated[int, Field(ge=8, le=75)] = Field(
+        50, description="most CLIP tokens of a frame's scene (CLIP's text scores read 75)"
+    )
     openai: OpenAIClient
 
     @model_validator(mode="after")
@@ -213,7 +234,7 @@ class Generate(_Section):
         0.25, description="CLIP cosine similarity of frame and scene text below which a frame is redone"
     )
     likeness_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
-        0.70, description="CLIP image cosine (frame vs frame 1 and the training images) below which it is redone"
+        0.70, description="DINOv2 image cosine (frame vs frame 1 and the training images) below which it is redone"
     )
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     frames_per_batch: PositiveInt = Field(
@@ -256,6 +277,17 @@ class Generate(_Section):
 
 class Evaluate(_Section):
     face_min_score: Fraction = Field(0.5, description="face detector confidence below which a face is ignored")
+    face_backend: Literal["auto", "insightface", "dlib"] = Field(
+        "auto",
+        description="face model of the face figures; auto: the profile's face_backend, or the other one when "
+        "generate.reference is faceid (a figure must not come from the embedding generate conditioned on)",
+    )
+    detector_prompt: str = Field(
+        "character",
+        min_length=1,
+        description="Grounding DINO's text query for the character; {name} and {description} are filled in "
+        "from `character` (ViStoryBench prompts 'character')",
+    )
 
 
 class Settings(_Section):
@@ -266,7 +298,7 @@ class Settings(_Section):
     models: Models
     sample: Sample = Sample()
     caption: Caption
-    train: Train = Train()
+    train: Train = Field(default_factory=Train)
     plan: Plan
     generate: Generate = Generate()
     evaluate: Evaluate = Evaluate()
@@ -279,6 +311,16 @@ class Settings(_Section):
         if dupes:
             raise ValueError(f"story ids must be unique; repeated: {', '.join(dupes)}")
         return stories
+
+    @model_validator(mode="after")
+    def _evaluate_face_model_is_independent(self) -> Settings:
+        conditioning = self.models.tiny.face_backend if self.profile == "tiny" else self.models.sdxl.face_backend
+        if self.generate.reference == "faceid" and self.evaluate.face_backend == conditioning:
+            raise ValueError(
+                f"evaluate.face_backend {conditioning} is the face model generate.reference: faceid conditions on, "
+                "so its face scores would measure the conditioning: set evaluate.face_backend: auto (the other one)"
+            )
+        return self
 
     @property
     def is_tiny(self) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from openai_server import OpenAIServer
+from s3_server import S3Server
 
 from storyboard.settings import Settings, load_settings
 
@@ -34,3 +35,13 @@ def openai_server() -> Iterator[OpenAIServer]:
     """A scripted chat-completions server on 127.0.0.1; see tests/openai_server.py."""
     with OpenAIServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS's S3 API on 127.0.0.1 (free ports, its own key pair, bucket `storyboard`); see tests/s3_server.py."""
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -40,12 +40,17 @@ def _table(*rows: tuple) -> dict[str, set[str]]:
 
 EXPECTED = _table(
     (MODELS, "profile", "runtime.device", "runtime.dtype", "models.tiny.root", "models.tiny.seed"),
-    ({"sample", "caption", "plan", *GENERATE, "evaluate"}, "character.name"),
+    # train: train.select best scores each saved step with evaluate's locator (detector prompt, face backend)
+    ({"sample", "caption", "train", "plan", *GENERATE, "evaluate"}, "character.name"),
     ({"sample", "caption", *GENERATE, "evaluate"}, "character.trigger"),
-    ({"caption", "plan", *GENERATE}, "character.description"),
+    ({"caption", "train", "plan", *GENERATE, "evaluate"}, "character.description"),
     ({"plan", *GENERATE, "evaluate"}, "stories"),
     ({"train", *GENERATE}, "models.sdxl.base", "models.sdxl.vae"),
-    ({*GENERATE, "evaluate"}, "models.sdxl.clip"),
+    ({"train", *GENERATE, "evaluate"}, "models.sdxl.clip"),
+    (GENERATE, "models.sdxl.likeness"),
+    # evaluate's (and the sweep's), but ref_guided lists every model (one DVC slot); its stories' input hash leaves
+    # the detector out, so that rerun renders nothing
+    ({"train", "generate@ref_guided", "evaluate"}, "models.sdxl.detector"),
     (
         {"generate@ref_guided"},
         "models.sdxl.ip_adapter",
@@ -58,7 +63,7 @@ EXPECTED = _table(
         "models.sdxl.controlnet",
     ),
     (
-        {"generate@ref_guided", "evaluate"},
+        {"train", "generate@ref_guided", "evaluate"},
         "models.sdxl.face_backend",
         "models.sdxl.face_model",
         "models.sdxl.face_model_root",
@@ -126,6 +131,8 @@ EXPECTED = _table(
         "train.validation.prompts",
         "train.validation.steps",
         "train.validation.seed",
+        "train.select",
+        "train.select_tolerance",
     ),
     (
         {"plan"},
@@ -133,6 +140,7 @@ EXPECTED = _table(
         "plan.structured_output",
         "plan.min_frames",
         "plan.max_frames",
+        "plan.scene_tokens",
         "plan.openai.model",
         "plan.openai.base_url",
         "plan.openai.api_key_env",
@@ -167,10 +175,11 @@ EXPECTED = _table(
         {"generate@ref_guided"},
         "generate.ip_adapter_scale",
         "generate.controlnet_scale",
-        "generate.reference",
         "generate.face_min_score",
     ),
-    ({"evaluate"}, "evaluate.face_min_score"),
+    # evaluate (and the sweep) pick their face backend apart from the one FaceID conditions on
+    ({"train", "generate@ref_guided", "evaluate"}, "generate.reference"),
+    ({"train", "evaluate"}, "evaluate.face_min_score", "evaluate.face_backend", "evaluate.detector_prompt"),
 )
 
 

@@ -19,8 +19,9 @@ def tiny_settings(params: Settings, tmp_path_factory) -> Settings:
     """The repo's params on the tiny profile, with models built in a session temp folder."""
     root = tmp_path_factory.mktemp("tiny-models")
     models = params.models.model_copy(update={"tiny": params.models.tiny.model_copy(update={"root": root})})
-    # Eager, as `make tiny` runs: compiling on a CPU only slows a plumbing check (compile has its own tests).
-    train = params.train.model_copy(update={"compile": "none"})
+    # Eager, as `make tiny` runs: compiling on a CPU only slows a plumbing check (compile has its own tests). The
+    # last step, not a sweep: tests that train for a LoRA don't pay for scoring steps (tests/train/test_sweep.py).
+    train = params.train.model_copy(update={"compile": "none", "select": "last"})
     return params.model_copy(update={"profile": "tiny", "models": models, "train": train})
 
 

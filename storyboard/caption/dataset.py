@@ -22,6 +22,7 @@ from storyboard.dataset import ManifestRecord
 from storyboard.fsutil import atomic_path, write_json
 from storyboard.images import BadImage, content_hash, list_images, load_rgb
 from storyboard.log import logger
+from storyboard.remote import RemoteMirror
 from storyboard.settings import Caption, Character
 
 
@@ -44,17 +45,21 @@ class CaptionStats:
 class CaptionCache:
     """One JSON file per (image, model, prompt): survives reruns and kills, read before paying again."""
 
-    def __init__(self, folder: Path, backend: str, settings: Caption):
+    def __init__(self, folder: Path, backend: str, settings: Caption, mirror: RemoteMirror | None = None):
         self.folder = Path(folder)
         self.salt = json.dumps([backend, settings.openai.model, settings.prompt, settings.refusal_prompt])
+        self.mirror = mirror  # the DVC remote, so paid captions outlive the pod (storyboard/remote.py)
+
+    def _key(self, sha: str) -> str:
+        return hashlib.sha256(f"{sha}\0{self.salt}".encode()).hexdigest()
 
     def _path(self, sha: str) -> Path:
-        key = hashlib.sha256(f"{sha}\0{self.salt}".encode()).hexdigest()
+        key = self._key(sha)
         return self.folder / key[:2] / f"{key}.json"
 
     def get(self, sha: str) -> CaptionResult | None:
         path = self._path(sha)
-        if not path.exists():
+        if not path.exists() and not (self.mirror and self.mirror.get_file(f"captions/{self._key(sha)}.json", path)):
             return None
         try:
             return CaptionResult(**json.loads(path.read_text(encoding="utf-8")))
@@ -64,6 +69,8 @@ class CaptionCache:
 
     def put(self, sha: str, result: CaptionResult) -> None:
         write_json(self._path(sha), asdict(result))
+        if self.mirror:
+            self.mirror.put_file(self._path(sha), f"captions/{self._key(sha)}.json")
 
 
 def _fit(image: Image.Image, max_side: int) -> Image.Image:
@@ -91,7 +98,9 @@ def caption_images(
             "then `dvc add data/raw` and rerun"
         )
     stats = CaptionStats(backend=backend.name)
-    cache = CaptionCache(settings.cache_dir, backend.name, settings) if backend.paid else None
+    cache = (
+        CaptionCache(settings.cache_dir, backend.name, settings, RemoteMirror.from_project()) if backend.paid else None
+    )
     records: list[ManifestRecord] = []
     todo: list[tuple[ManifestRecord, Image.Image, Path]] = []
     seen: dict[str, ManifestRecord] = {}

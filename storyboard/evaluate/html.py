@@ -20,9 +20,11 @@ from urllib.parse import quote
 import pandas as pd
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from PIL import Image
 
 from storyboard import TINY_NOTICE
+from storyboard.evaluate.sweep_report import sweep_section
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
 from storyboard.settings import MODES, Settings
@@ -50,10 +52,15 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("frames", "frames", "d"),
     Column("clip_text_score", "CLIP text", ".3f"),
     Column("clip_image_to_first", "CLIP image vs frame 1", ".3f"),
+    Column("vistorybench_self_cids", "Self-CIDS (ViStoryBench)", ".3f"),
+    Column("vistorybench_self_cids_first_attempt", "Self-CIDS, first attempts", ".3f"),
+    Column("vistorybench_cross_cids", "Cross-CIDS (ViStoryBench)", ".3f"),
+    Column("character_detection_rate", "character detection rate", ".0%"),
     Column("character_to_first", "character vs frame 1", ".3f"),
     Column("character_pairwise", "character pairwise", ".3f"),
     Column("character_to_references", "character vs training set", ".3f"),
     Column("face_detection_rate", "face detection rate", ".0%"),
+    Column("face_in_box_rate", "face in character box", ".0%"),
     Column("face_similarity_to_first", "face sim. vs frame 1", ".3f"),
     Column("face_pairwise", "face sim. pairwise", ".3f"),
     Column("face_pairs_scored", "face pairs scored", "d"),
@@ -67,6 +74,7 @@ FRAME_COLUMNS: tuple[Column, ...] = (
     Column("clip_text_score", "CLIP text", ".3f"),
     Column("clip_image_to_first", "CLIP img vs 1", ".3f"),
     Column("character_to_first", "character vs 1", ".3f"),
+    Column("character_detected", "character found", ""),
     Column("face_detected", "face found", ""),
     Column("face_similarity_to_first", "face sim. vs 1", ".3f"),
     Column("attempts", "attempts", "d"),
@@ -234,7 +242,9 @@ def evaluated_params(settings: Settings) -> dict:
     return data
 
 
-def render_html(settings: Settings, metrics: dict, stories: dict[str, dict[str, list[Thumb] | str]]) -> str:
+def render_html(
+    settings: Settings, metrics: dict, stories: dict[str, dict[str, list[Thumb] | str]], checkpoints: str = ""
+) -> str:
     """The page itself, from figures and already-copied thumbnails (no file access: easy to unit-test)."""
     story_text = {s.id: s.text for s in settings.stories}
     return _TEMPLATES.get_template("report.html").render(
@@ -246,6 +256,7 @@ def render_html(settings: Settings, metrics: dict, stories: dict[str, dict[str, 
         notice=TINY_NOTICE if settings.is_tiny else None,
         ablation=_ablation(metrics),
         per_story=_per_story(metrics, settings),
+        checkpoints=Markup(checkpoints),  # built by sweep_report.py, which escapes the run's text
         stories=[_story_view(sid, story_text.get(sid, ""), by_mode) for sid, by_mode in stories.items()],
         thumb_px=THUMB_PX,
         params=yaml.safe_dump(evaluated_params(settings), sort_keys=False, allow_unicode=True, width=120),
@@ -253,12 +264,18 @@ def render_html(settings: Settings, metrics: dict, stories: dict[str, dict[str, 
 
 
 def write_html_report(
-    report_dir: Path, outputs_root: Path, metrics: dict, frames: dict[str, pd.DataFrame], settings: Settings
+    report_dir: Path,
+    outputs_root: Path,
+    metrics: dict,
+    frames: dict[str, pd.DataFrame],
+    settings: Settings,
+    train_metrics: dict | None = None,
 ) -> Path:
     """Write report_dir/index.html and report_dir/assets/ (frame copies) atomically; return the index.html path.
 
     outputs_root holds <mode>/<story_id>/{frame_NN.png, metadata.json} as generate writes them; metrics is
-    evaluate's metrics JSON; frames maps mode -> its per-frame scores (the frames/<mode>.csv table).
+    evaluate's metrics JSON; frames maps mode -> its per-frame scores (the frames/<mode>.csv table); train_metrics:
+    the train stage's metrics/train.json (the checkpoint choice).
     """
     report_dir, outputs_root = Path(report_dir), Path(outputs_root)
     with atomic_path(report_dir) as staged:
@@ -269,7 +286,8 @@ def write_html_report(
             s.id: {mode: _copy_story(outputs_root / mode / s.id, mode, s.id, assets, scores[mode]) for mode in MODES}
             for s in settings.stories
         }
-        (staged / "index.html").write_text(render_html(settings, metrics, stories), encoding="utf-8")
+        checkpoints = sweep_section(train_metrics, assets)
+        (staged / "index.html").write_text(render_html(settings, metrics, stories, checkpoints), encoding="utf-8")
     shown = sum(len(t) for by_mode in stories.values() for t in by_mode.values() if isinstance(t, list))
     logger.info("HTML report: %s (%d frames)", report_dir / "index.html", shown)
     return report_dir / "index.html"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,25 +10,46 @@ import pandas as pd
 from storyboard import TINY_NOTICE
 from storyboard.dataset import load_training_images
 from storyboard.evaluate.html import write_html_report
-from storyboard.evaluate.scores import reference_features, score_mode, summarise, summarise_by_story
+from storyboard.evaluate.independence import evaluate_face_backend, figure_provenance
+from storyboard.evaluate.scores import Locator, retried, score_mode, summarise, summarise_by_story
+from storyboard.evaluate.vistorybench import DIFFERENCES
 from storyboard.fsutil import atomic_path, write_json, write_text
 from storyboard.log import logger
-from storyboard.models.clip import ClipScorer
-from storyboard.models.faces import load_face_backend
 from storyboard.models.loading import Device, model_set
 from storyboard.settings import MODES, Settings
 
+# Figures also scored on each frame's first attempt (seed, no retries): "kept - first" is the retry loop's gain.
+FIRST_ATTEMPT_FIGURES = (
+    "clip_text_score",
+    "vistorybench_self_cids",
+    "vistorybench_cross_cids",
+    "vistorybench_self_cids_face",
+    "character_pairwise",
+    "character_to_references",
+    "face_pairwise",
+)
+
 TABLE_COLUMNS = {
     "clip_text_score": "CLIP text",
+    "vistorybench_self_cids": "Self-CIDS (ViStoryBench)",
+    "vistorybench_self_cids_first_attempt": "Self-CIDS, first attempts",
+    "vistorybench_cross_cids": "Cross-CIDS (ViStoryBench)",
+    "vistorybench_self_cids_face": "Self-CIDS face",
+    "character_detection_rate": "character detection rate",
     "character_to_first": "character vs frame 1",
     "character_pairwise": "character pairwise",
     "character_to_references": "character vs training set",
     "face_detection_rate": "face detection rate",
+    "face_in_box_rate": "face in character box",
     "face_similarity_to_first": "face sim. vs frame 1",
     "face_pairwise": "face sim. pairwise",
     "attempts_per_frame": "attempts / frame",
     "seconds_per_frame": "s / frame",
 }
+
+
+def _with_first(kept: dict, first: dict) -> dict:
+    return {**kept, **{f"{key}_first_attempt": first[key] for key in FIRST_ATTEMPT_FIGURES}}
 
 
 def _table(rows: dict[str, dict]) -> str:
@@ -45,7 +67,10 @@ def results_markdown(metrics: dict, settings: Settings, face_backend: str, clip_
         lines += [f"> {TINY_NOTICE}", ""]
     lines += [
         f"Face backend: {face_backend}. CLIP model: {clip_model}. Similarities are cosines (-1..1); the two face "
-        "backends have different scales. n/a: no frame could be scored (see the detection rate).",
+        "backends have different scales. n/a: no frame could be scored (see the detection rate). "
+        "\"first attempts\": the same figure on each frame's first attempt, before generate's retries.",
+        "",
+        f"{DIFFERENCES}",
         "",
         "## All stories",
         "",
@@ -65,24 +90,45 @@ def evaluate_outputs(
     report_path: Path,
     html_dir: Path | None = None,
     dataset_dir: Path | None = None,
+    train_metrics_path: Path | None = None,
 ) -> dict:
     models = model_set(settings)
     device = Device.from_runtime(settings.runtime)
-    scorer = ClipScorer(models.clip, device)
-    faces = load_face_backend(models, settings.evaluate.face_min_score)
-    references = reference_features(scorer, load_training_images(dataset_dir))
+    face_backend = evaluate_face_backend(settings)
+    locator = Locator.of_evaluate(settings, models, device)
+    references = locator.references(load_training_images(dataset_dir))
     story_ids = [s.id for s in settings.stories]
-    metrics: dict = {"profile": settings.profile, **({"notice": TINY_NOTICE} if settings.is_tiny else {})}
+    metrics: dict = {
+        "profile": settings.profile,
+        **({"notice": TINY_NOTICE} if settings.is_tiny else {}),
+        "models": figure_provenance(settings, models, face_backend),
+        "vistorybench": DIFFERENCES,
+    }
     frames: dict[str, pd.DataFrame] = {}
     with atomic_path(frames_dir) as staged:
         staged.mkdir(parents=True)
         for mode in MODES:
-            frames[mode] = score_mode(outputs / mode, mode, story_ids, scorer, faces, references)
+            frames[mode], stories = score_mode(outputs / mode, mode, story_ids, locator, references)
             frames[mode].to_csv(staged / f"{mode}.csv", index=False)
-            metrics[mode] = {**summarise(frames[mode]), "stories": summarise_by_story(frames[mode])}
+            if retried(outputs / mode, story_ids):
+                first, first_stories = score_mode(outputs / mode, mode, story_ids, locator, references, "first")
+            else:  # no frame was retried: the first attempts are the kept frames
+                first, first_stories = frames[mode].assign(attempt="first"), stories
+            first.to_csv(staged / f"{mode}_first_attempt.csv", index=False)
+            first_by_story = summarise_by_story(first, first_stories)
+            metrics[mode] = {
+                **_with_first(summarise(frames[mode], stories), summarise(first, first_stories)),
+                "stories": {
+                    story: _with_first(kept, first_by_story[story])
+                    for story, kept in summarise_by_story(frames[mode], stories).items()
+                },
+            }
             logger.info("%s: %s", mode, {k: v for k, v in metrics[mode].items() if k != "stories"})
     write_json(metrics_path, metrics)
-    write_text(report_path, results_markdown(metrics, settings, faces.name, models.clip))
+    write_text(report_path, results_markdown(metrics, settings, locator.faces.name, models.clip))
     if html_dir is not None:
-        write_html_report(html_dir, outputs, metrics, frames, settings)
+        train_metrics = None
+        if train_metrics_path is not None and Path(train_metrics_path).exists():
+            train_metrics = json.loads(Path(train_metrics_path).read_text(encoding="utf-8"))
+        write_html_report(html_dir, outputs, metrics, frames, settings, train_metrics)
     return metrics

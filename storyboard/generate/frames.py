@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from storyboard.log import logger
+from storyboard.models.prompts import literal
 from storyboard.settings import Character
 from storyboard.story.plan import Frame
 
@@ -29,7 +29,8 @@ class RenderedFrame:
     image: Image.Image | None = None
     best: int = 0  # index into attempts of the kept one
     images: list[Image.Image] = field(default_factory=list, repr=False)  # every attempt, until settled
-    features: list[torch.Tensor] = field(default_factory=list, repr=False)  # CLIP image features per attempt
+    features: list[torch.Tensor | None] = field(default_factory=list, repr=False)  # likeness features per attempt
+    first_image: Image.Image | None = field(default=None, repr=False)  # the first attempt, when another was kept
 
     @property
     def score(self) -> float:
@@ -41,30 +42,18 @@ class RenderedFrame:
 
 
 def frame_prompt(frame: Frame, character: Character, style: str) -> str:
-    """Trigger token and character description in every prompt, so every frame asks for the same person."""
+    """Trigger token and character description in every prompt, so every frame asks for the same person.
+
+    The prompt reaches the text encoders whole, however long (storyboard/models/prompts.py). The plan's scene and
+    setting are read literally; the character description and style may use compel's weighting syntax.
+    """
     parts = [
         character.trigger,
         f"{character.name}, {character.description}",
-        frame.scene,
+        literal(frame.scene),
         f"{frame.shot} shot",
-        frame.setting,
+        literal(frame.setting),
     ]
     if style:
         parts.append(style)
     return ", ".join(p.strip().rstrip(".") for p in parts if p.strip())
-
-
-def warn_if_truncated(pipe, prompts: list[str]) -> None:
-    """CLIP text encoders read 77 tokens; say so rather than drop the end of a prompt silently."""
-    tokenizer = pipe.tokenizer
-    lengths = [len(tokenizer(p).input_ids) for p in prompts]
-    long = [n for n in lengths if n > tokenizer.model_max_length]
-    if long:
-        logger.warning(
-            "%d of %d prompts exceed the %d tokens the text encoders read (longest %d); their ends are dropped: "
-            "shorten character.description or generate.style",
-            len(long),
-            len(prompts),
-            tokenizer.model_max_length,
-            max(long),
-        )

@@ -22,8 +22,10 @@ MODE_KNOBS: dict[Mode, frozenset[str]] = {
     "lora": frozenset({"lora_scale"}),
     "ref_guided": frozenset({"lora_scale", "ip_adapter_scale", "controlnet_scale", "reference", "face_min_score"}),
 }
-# The models baseline and lora load; ref_guided loads every model of the set (adapters, ControlNet, faces).
-RENDER_MODELS = ("base", "vae", "clip")
+# The models baseline and lora load; ref_guided loads every model of the set (adapters, ControlNet, faces) but
+# evaluate's detector.
+RENDER_MODELS = ("base", "vae", "clip", "likeness")
+EVALUATE_MODELS = ("detector",)
 RENDER_CODE = "storyboard.generate.run"  # its import closure is all the code a render runs through
 
 
@@ -40,7 +42,7 @@ class StoryInputs:
 
     def __init__(self, settings: Settings, mode: Mode, models: ModelSet, lora_sha256: str | None, dataset: Path | None):
         others = set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]
-        used_models = models.model_dump(mode="json")
+        used_models = models.model_dump(mode="json", exclude=set(EVALUATE_MODELS))
         if mode != "ref_guided":
             used_models = {k: used_models[k] for k in RENDER_MODELS}
         self.common = {

@@ -60,13 +60,19 @@ def story_gif(frames: list[RenderedFrame]) -> list[Image.Image]:
 def write_story_outputs(
     out_dir: Path, frames: list[RenderedFrame], metadata: dict, sheet: Image.Image, gif_frame_ms: int = 900
 ) -> None:
-    """Write one story's folder atomically: frame_01.png..., metadata.json, contact_sheet.png, story.gif."""
+    """Write one story's folder atomically: frame_01.png..., metadata.json, contact_sheet.png, story.gif, and
+    first_attempts/frame_NN.png for each frame that kept a later attempt (evaluate scores the retries' gain)."""
     with atomic_path(out_dir) as staged:
         staged.mkdir(parents=True)
         records = []
         for f in frames:
             name = f"frame_{f.index:02d}.png"
             f.image.save(staged / name)
+            first = name
+            if f.first_image is not None:
+                first = f"first_attempts/{name}"
+                (staged / "first_attempts").mkdir(exist_ok=True)
+                f.first_image.save(staged / first)
             records.append(
                 {
                     "index": f.index,
@@ -81,6 +87,7 @@ def write_story_outputs(
                     "likeness": f.likeness,
                     "attempts": [asdict(a) for a in f.attempts],
                     "kept_attempt": f.best + 1,
+                    "first_attempt_file": first,
                     "seconds": round(sum(a.seconds for a in f.attempts), 3),
                 }
             )

@@ -12,6 +12,7 @@ from PIL import Image
 from storyboard.generate.renderer import StoryRenderer
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import FaceBackend
+from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import (
     Device,
     attach_ip_adapter,
@@ -38,6 +39,7 @@ def load_renderers(
     likeness_features: torch.Tensor | None = None,
     faces: FaceBackend | None = None,
     training_images: Sequence[Image.Image] = (),
+    likeness: LikenessScorer | None = None,
 ) -> Iterator[StoryRenderer]:
     """One renderer per requested mode, in the order baseline, lora, ref_guided, over models loaded once.
 
@@ -75,4 +77,6 @@ def load_renderers(
             from diffusers import StableDiffusionXLPipeline
 
             own = over_same_modules(StableDiffusionXLPipeline, pipe, unet=copy.deepcopy(pipe.unet))
-        yield StoryRenderer(mode, own, settings, character, scorer, device, likeness_features, faces, training_images)
+        yield StoryRenderer(
+            mode, own, settings, character, scorer, device, likeness_features, faces, training_images, likeness
+        )

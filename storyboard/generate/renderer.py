@@ -8,14 +8,20 @@
               face instead (the training images' mean face when frame 1 has none). ip_reference.py takes
               that input from frame 1.
 
-The check: each attempt gets a text score (CLIP cosine of frame and scene text) and a likeness score (CLIP image
-cosine to frame 1, averaged with the mean cosine to the training images when they are given). A frame below
+The check: each attempt gets a text score (CLIP cosine of frame and scene text) and a likeness score (DINOv2 image
+cosine to frame 1, averaged with the mean cosine to the training images when they are given). DINOv2, not CLIP:
+evaluate scores characters with CLIP image features (ViStoryBench's CIDS), and a figure must not come from the
+model that picked the frame. Each frame's first attempt is kept beside it, so evaluate can measure what the
+retries changed. A frame below
 either threshold is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse
 margin, min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
 
 Frames of a story go through the pipeline in batches of generate.frames_per_batch (ref_guided: frame 1 alone, then
-the later ones), each frame with its own seeded generator; retries are batched too. Under `accelerate launch` the
-batches of a story spread over the processes (sharing.py): the frames are the same bytes as one process renders.
+the later ones), each frame with its own seeded generator; retries are batched too. The story's prompts are
+encoded once, whole (compel, storyboard/models/prompts.py), and every attempt reuses their rows. Under `accelerate
+launch` the batches of a story spread over the processes (sharing.py): the frames are the same bytes as one
+process renders. ref_guided's pose condition is the planned pose framed for the planned shot (close-up, medium,
+wide).
 """
 
 from __future__ import annotations
@@ -28,18 +34,20 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt, warn_if_truncated
+from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
 from storyboard.generate.sharing import SOLO, Group, frame_batches
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend
+from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, faceid_input_size, native_resolution, over_same_modules
+from storyboard.models.prompts import PromptEmbeds, encode_prompts
 from storyboard.models.quantizing import quantize_in_place
 from storyboard.settings import Character, Generate, Mode
 from storyboard.story.plan import StoryPlan
-from storyboard.story.poses import get_pose, render_openpose
+from storyboard.story.poses import Shot, frame_pose, get_pose, render_openpose
 
 SEED_STRIDE = 1000  # attempt k of frame i uses seed + k * SEED_STRIDE + i
 
@@ -58,12 +66,14 @@ class StoryRenderer:
         likeness_features: torch.Tensor | None = None,
         faces: FaceBackend | None = None,
         training_images: Sequence[Image.Image] = (),
+        likeness: LikenessScorer | None = None,
     ):
-        """Wrap a ready pipeline (`load_renderers` is the usual way to get one). `likeness_features`: the CLIP
-        image features of the training images, which the likeness check compares frames with besides frame 1;
-        `training_images`: the fallback identity of generate.reference: faceid."""
+        """Wrap a ready pipeline (`load_renderers` is the usual way to get one). `scorer`: CLIP, for the text
+        check; `likeness`: DINOv2, for the likeness check (None: no likeness check, as in the speed benchmarks);
+        `likeness_features`: its features of the training images, which the likeness check compares frames with
+        besides frame 1; `training_images`: the fallback identity of generate.reference: faceid."""
         self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
-        self.device, self.likeness_features = device, likeness_features
+        self.device, self.likeness, self.likeness_features = device, likeness, likeness_features
         self.ip_references = IpReferences(settings.reference, faces, training_images)
         self.faceid = mode == "ref_guided" and settings.reference == "faceid"
         # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same modules renders it without
@@ -75,6 +85,7 @@ class StoryRenderer:
             self.first_pipe = over_same_modules(StableDiffusionXLPipeline, pipe)
         self._apply_knobs()
         self.resolution = settings.resolution or native_resolution(self.pipe)
+        self._encoded: tuple[list[str], PromptEmbeds] | None = None  # the last story's prompts, encoded once
 
     @property
     def identity_from(self) -> IdentitySource | None:
@@ -108,13 +119,29 @@ class StoryRenderer:
             # eager kernels spend most of their time converting layouts, which compiling removes.
             compile_in_place(pipe.vae.decoder, "model", "default")
 
+    def encode(self, prompts: list[str]) -> PromptEmbeds:
+        """Every word of `prompts` and of the negative prompt through both text encoders (compel), in one call."""
+        return encode_prompts(self.pipe, prompts, self.settings.negative_prompt)
+
+    def _embeds_of(self, frames: list[RenderedFrame]) -> PromptEmbeds:
+        """The frames' rows of the story's encoded prompts; prompts not encoded yet are encoded now, together."""
+        prompts = [f.prompt for f in frames]
+        if self._encoded is None or not set(prompts) <= set(self._encoded[0]):
+            self._encoded = (prompts, self.encode(prompts))
+        known, embeds = self._encoded
+        return embeds.rows([known.index(p) for p in prompts])
+
     def _run(
-        self, prompts: list[str], seeds: list[int], poses: list[str] | None, ip_reference: IpReference | None
+        self,
+        embeds: PromptEmbeds,
+        seeds: list[int],
+        poses: list[tuple[str, Shot]] | None,
+        ip_reference: IpReference | None,
     ) -> list[Image.Image]:
+        """One pipeline call: a batch of encoded prompts, one seed each; `poses`: (pose, shot) per frame."""
         s = self.settings
         kwargs = dict(
-            prompt=prompts,
-            negative_prompt=[s.negative_prompt] * len(prompts),
+            **embeds.pipeline_kwargs(),
             num_inference_steps=s.steps,
             guidance_scale=s.guidance_scale,
             height=self.resolution,
@@ -129,7 +156,10 @@ class StoryRenderer:
                 with self._faceid_lora_off():
                     return self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images
             self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
-            conditions = [render_openpose(get_pose(p), self.resolution, self.resolution) for p in poses or []]
+            conditions = [
+                render_openpose(frame_pose(get_pose(pose), shot), self.resolution, self.resolution)
+                for pose, shot in poses or []
+            ]
             kwargs.update(
                 image=conditions,
                 controlnet_conditioning_scale=s.controlnet_scale,
@@ -170,13 +200,14 @@ class StoryRenderer:
                 unet.enable_lora()
 
     def _attempt(self, frames: list[RenderedFrame], attempt: int, ip_reference: IpReference | None) -> None:
-        """Render one attempt of `frames` as a batch and record their text scores and image features."""
+        """Render one attempt of `frames` as a batch and record their text scores and likeness features."""
         seeds = [self.settings.seed + attempt * SEED_STRIDE + f.index for f in frames]
         t0 = time.perf_counter()
-        images = self._run([f.prompt for f in frames], seeds, [f.frame.pose for f in frames], ip_reference)
+        poses = [(f.frame.pose, f.frame.shot) for f in frames]
+        images = self._run(self._embeds_of(frames), seeds, poses, ip_reference)
         seconds = (time.perf_counter() - t0) / len(frames)
-        features = self.scorer.image_features(images)
-        texts = self.scorer.text_scores(images, [f.frame.scene for f in frames], features)
+        texts = self.scorer.text_scores(images, [f.frame.scene for f in frames])
+        features = self.likeness.image_features(images) if self.likeness is not None else [None] * len(images)
         for f, image, seed, text, feat in zip(frames, images, seeds, texts, features, strict=True):
             f.attempts.append(
                 Attempt(seed=seed, clip_text_score=round(text, 5), likeness=None, seconds=round(seconds, 3))
@@ -184,7 +215,9 @@ class StoryRenderer:
             f.images.append(image)
             f.features.append(feat)
 
-    def _likeness(self, feature: torch.Tensor, anchor: torch.Tensor | None) -> float | None:
+    def _likeness(self, feature: torch.Tensor | None, anchor: torch.Tensor | None) -> float | None:
+        if feature is None:
+            return None
         parts = []
         if anchor is not None:
             parts.append(float(feature @ anchor))
@@ -227,13 +260,13 @@ class StoryRenderer:
             RenderedFrame(index=i, frame=f, prompt=frame_prompt(f, self.character, self.settings.style))
             for i, f in enumerate(plan.frames, start=1)
         ]
-        warn_if_truncated(self.pipe, [f.prompt for f in frames])
+        self._encoded = None
+        self._embeds_of(frames)  # the whole story in one encoding; attempts and retries take their rows
         per_batch = self.settings.frames_per_batch
         if self.mode == "ref_guided":
             # Later frames are conditioned on frame 1, so it is settled first, alone, by the main process.
             if first is not None and first.prompt == frames[0].prompt:
-                frames[0] = first
-                anchor = self.scorer.image_features([first.image])[0]
+                frames[0], anchor = first, self._anchor(first)  # every process has it from its lora share
             else:
                 if group.is_main:
                     self._attempt(frames[:1], 0, None)
@@ -244,8 +277,8 @@ class StoryRenderer:
             for batch in mine:
                 self._attempt(batch, 0, ip_reference)
         else:
-            # No frame conditions another: frame 1 renders in the first batch, and only the likeness check
-            # waits for it (the later frames are judged against it).
+            # No frame conditions another: frame 1 renders in the first batch (the main process's), and only the
+            # likeness check waits for it (the later frames are judged against it).
             ip_reference = None
             mine = group.share(frame_batches(frames, per_batch))
             for batch in mine:
@@ -260,17 +293,26 @@ class StoryRenderer:
             done.update(share)
         return [frames[0] if f.index == 1 else done[f.index] for f in frames]
 
-    def _shared_first(self, first: RenderedFrame, group: Group) -> tuple[RenderedFrame, torch.Tensor]:
-        """Frame 1 as the main process settled it, and its CLIP image features (the likeness anchor), on every
-        process: sent, not rendered again, so each process judges against the very same frame."""
+    def _shared_first(self, first: RenderedFrame, group: Group) -> tuple[RenderedFrame, torch.Tensor | None]:
+        """Frame 1 as the main process settled it, and its likeness features (the anchor), on every process: sent,
+        not rendered again, so each process judges against the very same frame."""
         if group.is_main:
-            sent = (_kept(first), first.features[first.best].cpu())
+            anchor = self._anchor(first)
+            sent = (_kept(first), None if anchor is None else anchor.cpu())
         else:
             sent = None
         kept, anchor = group.broadcast(sent)
-        return kept, anchor.to(self.scorer.device)
+        return kept, None if anchor is None else anchor.to(self.device.device)
+
+    def _anchor(self, first: RenderedFrame) -> torch.Tensor | None:
+        """Frame 1's likeness features: what later frames must resemble."""
+        if self.likeness is None:
+            return None
+        return first.features[first.best] if first.features else self.likeness.image_features([first.image])[0]
 
 
 def _kept(frame: RenderedFrame) -> RenderedFrame:
-    """The frame as it leaves the renderer: the kept image and every attempt's record, not every attempt's image."""
-    return replace(frame, images=[], features=[])
+    """The frame as it leaves the renderer: the kept image, the first attempt when another was kept, and every
+    attempt's record; not every attempt's image (a frame 1 reused from lora has been through here already)."""
+    first_image = (frame.images[0] if frame.best != 0 else None) if frame.images else frame.first_image
+    return replace(frame, images=[], features=[], first_image=first_image)

@@ -24,6 +24,7 @@ from storyboard.generate.sharing import SOLO, Group
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
+from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, model_set
 from storyboard.settings import Mode, Settings
 from storyboard.story.plan import StoryPlan
@@ -65,8 +66,9 @@ def render_plans(
 
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
+    likeness = LikenessScorer(models.likeness, device)
     training_images = load_training_images(dataset_dir)
-    likeness_features = scorer.image_features(training_images) if training_images else None
+    likeness_features = likeness.image_features(training_images) if training_images else None
     faces = None
     if "ref_guided" in todo and settings.generate.reference in ("face", "faceid"):
         faces = load_face_backend(models, settings.generate.face_min_score)
@@ -81,6 +83,7 @@ def render_plans(
         likeness_features,
         faces,
         training_images,
+        likeness,
     )
     notice = TINY_NOTICE if settings.is_tiny else None
     lora_first: dict[str, RenderedFrame] = {}  # story id -> frame 1 as the lora mode settled it
@@ -116,6 +119,15 @@ def render_plans(
                 "identity_from": renderer.identity_from,
                 # training images the likeness check compared each frame with, besides frame 1
                 "likeness_references": len(training_images),
+                # what picked each frame's kept attempt: every attempt's clip_text_score and likeness are these
+                # models' scores, the selection's own, not evaluate's (which uses none of them for identity)
+                "selection": {
+                    "text_model": models.clip,
+                    "likeness_model": models.likeness,
+                    "conditioning_face_backend": faces.name
+                    if faces is not None and settings.generate.reference == "faceid"
+                    else None,
+                },
                 # what this story was rendered from; a rerun with the same hash keeps the folder
                 "inputs_sha256": key,
                 "seconds_total": round(seconds, 3),

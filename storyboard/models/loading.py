@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 
 from storyboard.errors import StoryboardError
 from storyboard.log import logger
+from storyboard.models.gpus import cuda_index
 from storyboard.models.hub_errors import ModelRef, explain, is_loading_failure
 from storyboard.models.versions import version_problems
 from storyboard.settings import ModelSet, Runtime, Settings
@@ -64,8 +64,8 @@ class Device:
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ModelLoadError("runtime.device is cuda but no CUDA GPU is visible; set runtime.device: auto")
         if device.type == "cuda":
-            # Under `accelerate launch`, each process takes the GPU of its local rank.
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            # Under `accelerate launch`, each process takes the GPU of its local rank; else a free one (gpus.py).
+            device = torch.device("cuda", cuda_index())
         if runtime.dtype == "auto":
             # bf16 on GPUs (SDXL's fp16 VAE overflows without the fp16-fix VAE); fp32 on CPUs, where
             # half precision is slower, not faster.

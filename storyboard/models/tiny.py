@@ -18,10 +18,11 @@ from safetensors.torch import save_file
 from storyboard import TINY_NOTICE
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
+from storyboard.models import bpe
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 # Sizes: the smallest that keep every SDXL mechanism (two text encoders, pooled + time ids conditioning,
 # cross-attention blocks, a 2-level VAE) while a 64 px frame takes milliseconds on a CPU.
@@ -36,50 +37,28 @@ FACEID_LORA_RANK = 4
 FACEID_LORA_STRENGTH = 4.0
 
 
-def byte_level_vocab(size: int | None = None) -> dict[str, int]:
-    """A byte-level BPE vocab with no merges: every printable byte is a token, alone or word-final.
-
-    No installed package ships a CLIP vocab, so we write one. Character-level tokens are enough for
-    plumbing: prompts tokenise, truncate at 77 and embed like real ones. With `size`, filler tokens pad the
-    vocab to that many entries (the full-size benchmarks use CLIP's 49408), the two specials last.
-    """
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    symbols = sorted(ByteLevel.alphabet())
-    vocab: dict[str, int] = {}
-    for s in symbols:
-        vocab[s] = len(vocab)
-    for s in symbols:
-        vocab[s + "</w>"] = len(vocab)
-    while size is not None and len(vocab) < size - 2:
-        vocab[f"<|filler{len(vocab)}|>"] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return vocab
-
-
-def _tokenizer(folder: Path) -> None:
-    from transformers import CLIPTokenizer
-
-    tok = CLIPTokenizer(vocab=byte_level_vocab(), merges=[], model_max_length=77)
-    # A constructor that silently ignores its vocab yields 2 tokens; check before anything trains on it.
-    ids = tok("abc xyz").input_ids
-    if len(tok) < 400 or len(ids) != 2 + len("abc") + len("xyz"):
-        raise RuntimeError(f"tiny CLIP tokenizer is broken: vocab {len(tok)}, ids {ids}")
-    tok.save_pretrained(folder)
+def _tokenizers(folder: Path) -> None:
+    """SDXL's two tokenizers, the real CLIP BPE (storyboard/models/bpe.py): token counts in CI are the real ones."""
+    for sub, pad in (("tokenizer", bpe.EOS), ("tokenizer_2", bpe.SDXL_PAD_2)):
+        tok = bpe.clip_tokenizer(pad_token=pad)
+        # A constructor that silently ignores its vocab yields 2 tokens; check before anything trains on it.
+        ids = tok("a photo of a cat").input_ids
+        if len(tok) != bpe.VOCAB_SIZE or ids != [49406, 320, 1125, 539, 320, 2368, 49407]:
+            raise RuntimeError(f"tiny CLIP tokenizer is broken: vocab {len(tok)}, ids {ids}")
+        tok.save_pretrained(folder / sub)
 
 
 def _text_config(**extra):
     from transformers import CLIPTextConfig
 
-    vocab_size = len(byte_level_vocab())
+    vocab_size = bpe.VOCAB_SIZE
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=TEXT_DIM,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=77,
+        max_position_embeddings=bpe.MAX_TOKENS,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
@@ -147,14 +126,13 @@ def _build_sdxl(folder: Path) -> object:
         timestep_spacing="leading",
         steps_offset=1,
     )
-    _tokenizer(folder / "_tok")
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "_tok")
+    _tokenizers(folder / "_tok")
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(_text_config()),
         text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_DIM)),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok" / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder / "_tok" / "tokenizer_2"),
         unet=unet,
         scheduler=scheduler,
     )
@@ -261,9 +239,86 @@ def _build_clip(folder: Path) -> None:
     )
     CLIPModel(config).save_pretrained(folder / "clip")
     processor = CLIPProcessor(
-        image_processor=_image_processor(), tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok")
+        image_processor=_image_processor(), tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok" / "tokenizer")
     )
     processor.save_pretrained(folder / "clip")
+
+
+def _build_likeness(folder: Path) -> None:
+    """A DINOv2 (generate's likeness check), with the image processor class the hub's dinov2-base ships."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=IMAGE_SIZE, patch_size=8
+    )
+    Dinov2Model(config).save_pretrained(folder / "likeness")
+    size = {"shortest_edge": IMAGE_SIZE}
+    BitImageProcessor(size=size, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(
+        folder / "likeness"
+    )
+
+
+def detector_vocab() -> dict[str, int]:
+    """A WordPiece vocab for Grounding DINO's BERT tokenizer: BERT's specials, every letter as a word start and as a
+    continuation, so any lower-case prompt tokenizes (letter by letter) without [UNK]."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-", "'", *letters, *(f"##{c}" for c in letters)]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def _build_detector(folder: Path) -> None:
+    """A Grounding DINO of the transformers class evaluate loads: Swin backbone, BERT text encoder, 2 decoder
+    layers (the fewest whose box heads tie). Random weights: its boxes are arbitrary, often none pass the
+    threshold, so the whole-frame fallback runs too."""
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    vocab = detector_vocab()
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=256)
+    if tokenizer.tokenize("ab.") != ["a", "##b", "."]:  # a constructor ignoring its vocab would give [UNK]s
+        raise RuntimeError(f"tiny Grounding DINO tokenizer is broken: {tokenizer.tokenize('ab.')}")
+    backbone = SwinConfig(
+        image_size=NATIVE_RESOLUTION,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=4,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    text = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    config = GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=20,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
+    GroundingDinoForObjectDetection(config).save_pretrained(folder / "detector")
+    # 128 px in: the 5th feature level (stride 64) keeps 2x2 positions, which its group norm needs.
+    images = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 256})
+    GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder / "detector")
 
 
 def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
@@ -277,6 +332,8 @@ def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
         faceid_adapter_weight="ip-adapter-faceid.safetensors",
         controlnet=str(root / "controlnet"),
         clip=str(root / "clip"),
+        likeness=str(root / "likeness"),
+        detector=str(root / "detector"),
         face_backend=tiny.face_backend,
     )
 
@@ -301,6 +358,8 @@ def build_tiny_models(root: Path, *, seed: int) -> None:
         _build_ip_adapter(unet, folder)
         _build_clip(folder)
         _build_faceid_adapter(unet, folder)
+        _build_likeness(folder)
+        _build_detector(folder)
         (folder / "BUILT.json").write_text(
             json.dumps({"seed": seed, "build_version": BUILD_VERSION, "notice": TINY_NOTICE}, indent=2) + "\n"
         )

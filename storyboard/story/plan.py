@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from storyboard.errors import StoryboardError
-from storyboard.story.poses import POSE_NAMES
-
-Shot = Literal["close-up", "medium", "wide"]
+from storyboard.story.poses import POSE_NAMES, Shot
 
 
 class PlanError(StoryboardError):

@@ -1,4 +1,10 @@
-"""Planners: a one-line story split into 6-10 frames, by an LLM (any OpenAI-compatible endpoint) or offline."""
+"""Planners: a one-line story split into 6-10 frames, by an LLM (any OpenAI-compatible endpoint) or offline.
+
+Scenes stay within `plan.scene_tokens` tokens of the real CLIP tokenizer: the LLM is told the budget, a reply
+with longer scenes is asked again with the measured counts, and what is still too long is cut at a word. Frame
+prompts reach the text encoders whole however long they are; the budget keeps the scene, the part that differs
+per frame, inside what CLIP's text scores (generate's check, evaluate) read, and each frame's prompt short.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from storyboard.log import logger
+from storyboard.models.bpe import count_tokens
 from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected
 from storyboard.settings import Character, Plan, Story
 from storyboard.story.plan import Frame, PlanError, Shot, StoryPlan, field_errors
@@ -58,6 +65,9 @@ class OfflinePlanner:
         self.settings = settings
 
     def frames(self, story: Story, character: Character) -> list[Frame]:
+        return fit_scenes(self._frames(story, character), self.settings.scene_tokens)
+
+    def _frames(self, story: Story, character: Character) -> list[Frame]:
         name = character.name
         beats = _beats(story.text) or [story.text]
         count = max(self.settings.min_frames, min(self.settings.max_frames, len(beats) + 2))
@@ -134,6 +144,26 @@ _SETTINGS = {
 }
 
 
+def fit_scene(scene: str, budget: int) -> str:
+    """`scene` cut at the last whole word that keeps it within `budget` CLIP tokens (unchanged if it fits)."""
+    if count_tokens(scene) <= budget:
+        return scene
+    words = scene.split()
+    while len(words) > 1 and count_tokens(" ".join(words)) > budget:
+        words.pop()
+    return " ".join(words).rstrip(",;:")
+
+
+def long_scenes(frames: list[Frame], budget: int) -> dict[int, int]:
+    """Frame index -> token count of each scene over `budget` tokens."""
+    counts = {i: count_tokens(f.scene) for i, f in enumerate(frames)}
+    return {i: n for i, n in counts.items() if n > budget}
+
+
+def fit_scenes(frames: list[Frame], budget: int) -> list[Frame]:
+    return [f.model_copy(update={"scene": fit_scene(f.scene, budget)}) for f in frames]
+
+
 def _find_setting(text: str) -> str | None:
     lowered = text.lower()
     return next((setting for word, setting in _SETTINGS.items() if word in lowered), None)
@@ -142,8 +172,9 @@ def _find_setting(text: str) -> str | None:
 PLAN_INSTRUCTIONS = (
     "You plan storyboards for an animated film. Split the story into {min_frames}-{max_frames} frames (more "
     "frames for stories with more events). Frame 1 is a close-up, front-facing view of {name}'s face, clearly "
-    "visible. For each frame give: scene (one sentence of what is visible, naming {name}), shot (close-up, medium "
-    "or wide), pose (exactly one of: {poses}), setting (a few words). Reply with JSON: "
+    "visible. For each frame give: scene (one sentence of what is visible, naming {name}; at most {scene_tokens} "
+    "CLIP tokens, about {scene_words} words), shot (close-up, medium or wide), pose (exactly one of: {poses}), "
+    "setting (a few words). Reply with JSON: "
     '{{"frames": [{{"scene": ..., "shot": ..., "pose": ..., "setting": ...}}]}}.'
 )
 
@@ -169,14 +200,19 @@ class OpenAIPlanner:
     def frames(self, story: Story, character: Character) -> list[Frame]:
         s = self.settings
         system = PLAN_INSTRUCTIONS.format(
-            min_frames=s.min_frames, max_frames=s.max_frames, name=character.name, poses=", ".join(POSE_NAMES)
+            min_frames=s.min_frames,
+            max_frames=s.max_frames,
+            name=character.name,
+            poses=", ".join(POSE_NAMES),
+            scene_tokens=s.scene_tokens,
+            scene_words=s.scene_tokens * 3 // 4,  # English prose: about 4 tokens per 3 words
         )
         messages = [
             {"role": "system", "content": system},
             {"role": "user", "content": f"Character: {character.name}, {character.description}.\nStory: {story.text}"},
         ]
         problem = ""
-        for _attempt in range(2):
+        for attempt in range(2):
             text = self._ask(messages).choices[0].message.content or ""
             try:
                 data = _with_known_poses(text)
@@ -187,9 +223,22 @@ class OpenAIPlanner:
                 # The model is told which field was wrong and why, not only that something was.
                 problem = field_errors(e)
             else:
-                if s.min_frames <= len(frames) <= s.max_frames:
+                if not s.min_frames <= len(frames) <= s.max_frames:
+                    problem = f"{len(frames)} frames; need {s.min_frames}-{s.max_frames}"
+                elif not (long := long_scenes(frames, s.scene_tokens)):
                     return frames
-                problem = f"{len(frames)} frames; need {s.min_frames}-{s.max_frames}"
+                elif attempt == 1:
+                    logger.warning(
+                        "planner scenes of %s over %d tokens after asking again: frames %s cut at a word",
+                        story.id,
+                        s.scene_tokens,
+                        ", ".join(str(i + 1) for i in long),
+                    )
+                    return fit_scenes(frames, s.scene_tokens)
+                else:
+                    problem = "; ".join(
+                        f"frames.{i}.scene is {n} tokens, over the budget of {s.scene_tokens}" for i, n in long.items()
+                    )
             logger.warning("planner reply for %s was invalid (%s); asking again", story.id, problem)
             messages += [
                 {"role": "assistant", "content": text},

@@ -15,11 +15,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 Point = tuple[float, float]
+# How much of the character a frame shows: the planner picks one per frame, the condition image follows it.
+Shot = Literal["close-up", "medium", "wide"]
 
 POSE_NAMES: tuple[str, ...] = (
     "standing",
@@ -258,6 +261,50 @@ def get_pose(name: str) -> Pose:
         return POSES[name]
     except KeyError:
         raise KeyError(f"unknown pose {name!r}; known poses: {', '.join(POSE_NAMES)}") from None
+
+
+# Shot framing, in pose units (a standing figure is ~0.81 tall). The top of the head sits this far above the neck.
+_HEAD_ABOVE_NECK = 0.15
+_CLOSE_UP_BELOW_NECK = 0.05  # head and shoulders: the window ends just below the shoulder line
+_MEDIUM_BELOW_HIP = 0.07  # upper body: the window ends just below the hips
+_HEADROOM = 0.03
+_WIDE_FIGURE_HEIGHT = 0.6  # a wide shot shows the whole figure at this share of the frame height
+
+
+def _window(pose: Pose, shot: Shot) -> tuple[float, float, float]:
+    """The square of the pose's unit frame that a `shot` shows: (left, top, side)."""
+    neck = pose.point("neck")
+    hips = [pose.point("r_hip"), pose.point("l_hip")]
+    hip = (sum(h[0] for h in hips) / 2, max(h[1] for h in hips))
+    head_top = neck[1] - _HEAD_ABOVE_NECK - _HEADROOM
+    if shot == "close-up":
+        side, centre_x = neck[1] + _CLOSE_UP_BELOW_NECK - head_top, neck[0]
+    elif shot == "medium":
+        side, centre_x = hip[1] + _MEDIUM_BELOW_HIP - head_top, (neck[0] + hip[0]) / 2
+    else:
+        points = [p for p in pose.keypoints if p is not None]
+        top = min(head_top + _HEADROOM, *(p[1] for p in points))
+        bottom = max(p[1] for p in points)
+        left, right = min(p[0] for p in points), max(p[0] for p in points)
+        side = max(bottom - top, right - left) / _WIDE_FIGURE_HEIGHT
+        return (left + right - side) / 2, (top + bottom - side) / 2, side
+    return centre_x - side / 2, head_top, side
+
+
+def frame_pose(pose: Pose, shot: Shot) -> Pose:
+    """`pose` as a `shot` frames it: close-up = head and shoulders filling the frame, medium = the upper body down
+    to the hips, wide = the whole figure at ~60 % of the frame height.
+
+    Keypoints that fall outside the frame are dropped, as an OpenPose detector run on such a shot would miss them,
+    so the condition looks like those the ControlNet was trained on; what stays keeps the pose's own angles
+    (a close-up of "laughing" still has its tilted head, one of "looking_back" its turned face).
+    """
+    left, top, side = _window(pose, shot)
+    keypoints = []
+    for p in pose.keypoints:
+        q = None if p is None else ((p[0] - left) / side, (p[1] - top) / side)
+        keypoints.append(q if q is not None and 0.0 <= q[0] <= 1.0 and 0.0 <= q[1] <= 1.0 else None)
+    return Pose(name=pose.name, keypoints=tuple(keypoints))
 
 
 def _limb_polygon(a: tuple[float, float], b: tuple[float, float], half_width: float) -> list[tuple[float, float]]:

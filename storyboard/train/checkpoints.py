@@ -1,9 +1,13 @@
-"""Checkpoints: a folder per run fingerprint, saved atomically, the latest complete one resumed."""
+"""Checkpoints: a folder per run fingerprint, saved atomically, the latest complete one resumed.
+
+With a DVC remote configured, each checkpoint is also mirrored there as it is written (storyboard/remote.py), so a
+lost pod resumes on the next one from the last checkpoint instead of from step 0."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,13 +17,14 @@ import torch
 from storyboard.closure import code_fingerprint
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
+from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
 
 if TYPE_CHECKING:
     from storyboard.train.trainer import LoraTrainer
 
 CODE = "stages.train"  # its import closure is all the code a training run goes through
-NOT_SHAPING = {"log_every", "validation", "checkpoint_every", "checkpoints_keep"}
+NOT_SHAPING = {"log_every", "validation", "checkpoint_every", "checkpoints_keep", "select", "select_tolerance"}
 
 
 def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution: int, processes: int = 1) -> str:
@@ -27,7 +32,8 @@ def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution
     data, the code the train stage runs (a fixed bug must not resume from checkpoints the bug made), and the
     number of processes (one per GPU): it multiplies the effective batch, so a run on 2 GPUs never resumes on 1."""
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
-    # What only changes how often we look or keep (logging, validation, checkpoints) does not change the weights.
+    # What only changes how often we look or keep (logging, validation, checkpoints) or which step is chosen does
+    # not change the weights.
     shaping = settings.model_dump(mode="json", exclude=NOT_SHAPING)
     blob = json.dumps(
         [
@@ -44,20 +50,55 @@ def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def save_checkpoint(folder: Path, state: dict, keep: int) -> None:
+MARKER = "COMPLETE"
+
+
+def save_checkpoint(folder: Path, state: dict, keep: int, mirror: RemoteMirror | None = None) -> None:
     target = folder / f"step-{state['step']:07d}"
     with atomic_path(target) as staged:
         staged.mkdir()
         torch.save(state, staged / "state.pt")
-        (staged / "COMPLETE").write_text(str(state["step"]))
+        (staged / MARKER).write_text(str(state["step"]))
+    if mirror is not None:
+        # Hard links: the upload reads its own names, so rotating the checkpoint out below can't pull the files
+        # from under it, and it costs no copy.
+        snapshot = folder / f".mirror-{target.name}"
+        shutil.copytree(target, snapshot, copy_function=os.link, dirs_exist_ok=True)
+        mirror.in_background(_upload, mirror, folder, snapshot, target.name, keep)  # training goes on meanwhile
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _upload(mirror: RemoteMirror, folder: Path, snapshot: Path, name: str, keep: int) -> None:
+    """The checkpoint (marker last) and the validation samples so far; the remote keeps `keep` checkpoints too."""
+    rel = f"checkpoints/{folder.name}"
+    try:
+        if not mirror.put_dir(snapshot, f"{rel}/{name}", MARKER):
+            return
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+    for sample in sorted((folder / "validation").glob("*.png")):
+        mirror.put_file(sample, f"{rel}/validation/{sample.name}")
+    for old in mirror.complete_dirs(rel, MARKER)[:-keep]:
+        mirror.remove(f"{rel}/{old}")
+
+
+def fetch_latest(folder: Path, mirror: RemoteMirror) -> None:
+    """Bring the remote's latest complete checkpoint (and validation samples) here when it is newer than ours."""
+    rel = f"checkpoints/{folder.name}"
+    remote = mirror.complete_dirs(rel, MARKER)
+    local = latest_checkpoint(folder)
+    if not remote or (local is not None and local.name >= remote[-1]):
+        return
+    if mirror.get_dir(f"{rel}/{remote[-1]}", folder / remote[-1], MARKER):
+        mirror.get_missing(f"{rel}/validation", folder / "validation")
+        logger.info("fetched checkpoint %s of this run from the remote %s", remote[-1], mirror.label)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
     # Only folders with the COMPLETE marker count: atomic renames make a half-written one impossible, the
     # marker guards against copies made by other tools.
-    complete = [p for p in sorted(folder.glob("step-*")) if (p / "COMPLETE").exists()]
+    complete = [p for p in sorted(folder.glob("step-*")) if (p / MARKER).exists()]
     return complete[-1] if complete else None
 
 

@@ -18,7 +18,8 @@ fast, resumable and portable.
 
 The parts: parts.py (the frozen SDXL models), latents.py (the inputs, computed once), trainer.py (LoRA layers,
 optimizer, one step), checkpoints.py, progress.py (the per-step log and validation samples), validation.py,
-export.py (the weight files). This module runs them in order.
+sweep.py (train.select: best, which saved step becomes the LoRA), export.py (the weight files). This module runs
+them in order.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from tqdm import tqdm
 from storyboard.fsutil import atomic_path, write_json
 from storyboard.log import logger
 from storyboard.models.loading import Device
+from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
-from storyboard.train.checkpoints import fingerprint, latest_checkpoint, resume, save_checkpoint
+from storyboard.train.checkpoints import fetch_latest, fingerprint, latest_checkpoint, resume, save_checkpoint
 from storyboard.train.errors import TrainError
 from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS, export_kohya
 from storyboard.train.latents import LatentCache, load_examples
 from storyboard.train.parts import SdxlParts
 from storyboard.train.progress import TrainLog
+from storyboard.train.sweep import StepScorer, Sweep, choose, sweep_metrics
 from storyboard.train.trainer import LoraTrainer
 from storyboard.train.validation import validation_images
 
@@ -62,8 +65,15 @@ def train_lora(
     settings: Train,
     models: ModelSet,
     device: Device,
+    scorer: StepScorer | None = None,
+    metrics_path: Path | None = None,
 ) -> dict:
-    """Train, checkpoint every `checkpoint_every` steps, save the final LoRA (diffusers + kohya layouts)."""
+    """Train, checkpoint every `checkpoint_every` steps, save the chosen LoRA (diffusers + kohya layouts).
+
+    train.select best needs `scorer` (the stage passes sweep.ClipStepScorer); `metrics_path`: where the choice
+    and the per-step scores go (metrics/train.json)."""
+    if settings.select == "best" and scorer is None:
+        raise ValueError("train.select best needs a step scorer")
     from diffusers import StableDiffusionXLPipeline
 
     examples = load_examples(dataset_dir)
@@ -82,12 +92,18 @@ def train_lora(
     processes = accelerator.num_processes
     run_dir = Path(checkpoint_root) / fingerprint(settings, models, dataset_dir, resolution, processes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    start_step, history = resume(run_dir, trainer, steps)
     main = accelerator.is_main_process
+    # The DVC remote keeps the checkpoints of a pod that is lost mid-run (storyboard/remote.py).
+    mirror = RemoteMirror.from_project() if main else None
+    if mirror is not None:
+        fetch_latest(run_dir, mirror)
+    accelerator.wait_for_everyone()
+    start_step, history = resume(run_dir, trainer, steps)
     if start_step == 0 and main:
         _say_other_process_counts(Path(checkpoint_root), settings, models, dataset_dir, resolution, processes)
     log = TrainLog(live_dir, run_dir / "validation", history, start_step, main)
     validating = bool(main and settings.validation.every and settings.validation.prompts)
+    sweep = Sweep(run_dir, settings.validation) if main and settings.select == "best" else None
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
     try:
         for step in bar:
@@ -95,16 +111,24 @@ def train_lora(
             done = step + 1
             if len(log.pending) == settings.log_every or done == steps:
                 log.flush(trainer.learning_rate, bar)
+            samples = None  # the validation samples of this step, when rendered: the sweep's are the same
             if validating and done % settings.validation.every == 0 and done not in log.validated:
-                log.add_samples(done, validation_images(trainer, settings))
+                samples = validation_images(trainer, settings)
+                log.add_samples(done, samples)
             if done % settings.checkpoint_every == 0 and done < steps:
                 log.flush(trainer.learning_rate, bar)  # the checkpoint carries the history up to its own step
+                if sweep is not None and not sweep.has_step(done):  # before the checkpoint: a resume has it
+                    sweep.save_step(done, trainer.lora_layers(), samples or validation_images(trainer, settings))
                 state = trainer.state(done)  # on every process: it gathers each one's random state
                 if main:
-                    save_checkpoint(run_dir, {**state, "history": log.history}, settings.checkpoints_keep)
+                    save_checkpoint(run_dir, {**state, "history": log.history}, settings.checkpoints_keep, mirror)
         # The final weights always get samples, also when a resume had nothing left to train.
+        samples = None
         if validating and steps not in log.validated:
-            log.add_samples(steps, validation_images(trainer, settings))
+            samples = validation_images(trainer, settings)
+            log.add_samples(steps, samples)
+        if sweep is not None and not sweep.has_step(steps):
+            sweep.save_step(steps, trainer.lora_layers(), samples or validation_images(trainer, settings))
     except torch.cuda.OutOfMemoryError:
         raise TrainError(
             f"out of GPU memory at batch {settings.batch_size}, {resolution} px: lower train.batch_size (raise "
@@ -130,12 +154,26 @@ def train_lora(
     }
     final_state = trainer.state(steps)
     if main:
-        layers = trainer.lora_layers()
+        # Saved first: scoring the sweep may be killed too, and must not cost the training again.
+        save_checkpoint(run_dir, {**final_state, "history": log.history}, settings.checkpoints_keep, mirror)
+        metrics = {"select": settings.select, "chosen_step": steps, "steps": []}
+        if sweep is not None:
+            scores = sweep.scores(scorer)
+            chosen = choose(scores, settings.select_tolerance)
+            logger.info("train.select best: step %d of %s", chosen.step, [s.step for s in scores])
+            metrics = sweep_metrics(settings, scores, chosen, sweep.publish_samples(scores, chosen, Path(live_dir)))
+        summary["chosen_step"] = metrics["chosen_step"]
         with atomic_path(Path(out_dir)) as staged:
-            StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **layers)
+            if sweep is not None:
+                sweep.copy_lora(metrics["chosen_step"], staged)
+            else:
+                StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **trainer.lora_layers())
             export_kohya(staged / LORA_WEIGHTS, staged / KOHYA_WEIGHTS)
             write_json(staged / "training.json", summary)
-        save_checkpoint(run_dir, {**final_state, "history": log.history}, settings.checkpoints_keep)
+        if metrics_path is not None:
+            write_json(Path(metrics_path), {**metrics, "final_loss": summary["final_loss"]})
+    if mirror is not None:
+        mirror.wait()
     accelerator.wait_for_everyone()
     return summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from storyboard.models.prompts import encode_prompts
 from storyboard.settings import Train
 from storyboard.train.trainer import LoraTrainer
 
@@ -28,4 +29,6 @@ def validation_images(trainer: LoraTrainer, settings: Train) -> list[Image.Image
     generator = torch.Generator(device=parts.device).manual_seed(v.seed)
     # Eager, even with train.compile: a few samples now and then don't repay compiling inference graphs.
     with torch.no_grad(), trainer.accelerator.autocast(), torch.compiler.set_stance("force_eager"):
-        return pipe(v.prompts, num_inference_steps=v.steps, generator=generator).images
+        # Whole prompts, as generate reads them (compel): a sample shows what a frame's prompt would give.
+        embeds = encode_prompts(pipe, list(v.prompts))
+        return pipe(**embeds.pipeline_kwargs(), num_inference_steps=v.steps, generator=generator).images

@@ -82,7 +82,9 @@ def _fake_run(root: Path, stories: list[Story], scene_extra: str = "") -> tuple[
                         "character_to_first": None if i == 1 else 0.85,
                         "character_pairwise": 0.8,
                         "character_to_references": 0.7,
+                        "character_detected": i > 1,
                         "face_detected": face,
+                        "face_in_box": face and i > 1,
                         "face_similarity_to_first": 0.8 if face and i > 1 else None,
                         "face_pairwise": 0.75 if face else None,
                         "attempts": i,
@@ -90,9 +92,13 @@ def _fake_run(root: Path, stories: list[Story], scene_extra: str = "") -> tuple[
                     }
                 )
         frames[mode] = pd.DataFrame(rows)
-        by_story = {story.id: summarise(frames[mode][frames[mode]["story_id"] == story.id]) for story in stories}
+        cids = {"vistorybench_self_cids": 0.6, "vistorybench_cross_cids": 0.5, "vistorybench_occm": 90.0}
+        per_story = {story.id: cids for story in stories}
+        by_story = {
+            story.id: summarise(frames[mode][frames[mode]["story_id"] == story.id], per_story) for story in stories
+        }
         # A key the report does not know: it must be ignored, not break the tables.
-        metrics[mode] = {**summarise(frames[mode]), "stories": by_story, "some_future_key": 42}
+        metrics[mode] = {**summarise(frames[mode], per_story), "stories": by_story, "some_future_key": 42}
     return metrics, frames
 
 

@@ -65,12 +65,13 @@ def _faceid(tiny_settings, tiny_models, cpu, scorer, lora_dir, faces, training_i
 
 
 def test_the_identity_changes_the_frames_and_scale_0_ignores_it(tiny_settings, tiny_models, cpu, scorer, lora_dir):
-    args = (["a", "b"], [7, 8], ["standing", "riding"])
     renderer = _faceid(tiny_settings, tiny_models, cpu, scorer, lora_dir, KnownFaces(), ip_adapter_scale=1.0)
+    args = (renderer.encode(["a", "b"]), [7, 8], [("standing", "medium"), ("riding", "wide")])
     a, b = (renderer._run(*args, ip_reference=torch.from_numpy(_unit(seed))) for seed in (1, 2))
     assert all(np.abs(_pixels(x) - _pixels(y)).mean() > 0.1 for x, y in zip(a, b, strict=True))
 
     off = _faceid(tiny_settings, tiny_models, cpu, scorer, lora_dir, KnownFaces(), ip_adapter_scale=0.0)
+    args = (off.encode(["a", "b"]), *args[1:])
     with_identity = off._run(*args, ip_reference=torch.from_numpy(_unit(1)))
     without = off._run(*args, ip_reference=torch.zeros(128))
     assert all(np.array_equal(_pixels(x), _pixels(y)) for x, y in zip(with_identity, without, strict=True))

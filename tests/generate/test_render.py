@@ -6,19 +6,25 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from storyboard.generate.frames import RenderedFrame, frame_prompt
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.renderer import SEED_STRIDE
+from storyboard.models.bpe import count_tokens
+from storyboard.models.likeness import LikenessScorer
 from storyboard.story.plan import Frame, StoryPlan
 
 
 def _renderer(mode, tiny_settings, tiny_models, cpu, scorer, lora_dir, **generate):
     settings = tiny_settings.generate.model_copy(update={"steps": 3, **generate})
     lora = None if mode == "baseline" else lora_dir
-    return next(load_renderers((mode,), settings, tiny_settings.character, tiny_models, cpu, scorer, lora))
+    likeness = LikenessScorer(tiny_models.likeness, cpu)
+    return next(
+        load_renderers((mode,), settings, tiny_settings.character, tiny_models, cpu, scorer, lora, likeness=likeness)
+    )
 
 
 PLAN = StoryPlan(
@@ -45,10 +51,38 @@ def test_prompt_carries_trigger_and_description(tiny_settings):
 
 def test_batch_gives_the_same_frames_as_one_by_one(tiny_settings, tiny_models, cpu, scorer, lora_dir):
     r = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir)
-    batch = r._run(["a", "b"], [7, 8], None, None)
-    alone = r._run(["b"], [8], None, None)
+    batch = r._run(r.encode(["a", "b"]), [7, 8], None, None)
+    alone = r._run(r.encode(["b"]), [8], None, None)
     assert np.abs(_pixels(batch[1]) - _pixels(alone[0])).max() <= 2  # same seed -> same frame, up to rounding
     assert np.abs(_pixels(batch[0]) - _pixels(batch[1])).mean() > 1
+
+
+def test_every_word_of_a_long_prompt_reaches_the_unet(tiny_settings, tiny_models, cpu, scorer):
+    """A word changed at the end of a 120-token prompt changes what the UNet's cross-attention reads."""
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=1)
+    head = frame_prompt(PLAN.frames[1], tiny_settings.character, tiny_settings.generate.style)
+
+    def prompt(last: str) -> str:
+        return f"{head}, {', '.join(['dust on the road'] * 9)}, a {last} hat"
+
+    def unet_text(**call) -> torch.Tensor:
+        seen = []
+        hook = r.pipe.unet.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True
+        )
+        try:
+            r.pipe(**call, num_inference_steps=1, height=64, width=64, output_type="latent")
+        finally:
+            hook.remove()
+        return seen[0]
+
+    assert 110 <= count_tokens(prompt("red")) <= 130
+    red, blue = (unet_text(**r.encode([prompt(c)]).pipeline_kwargs()) for c in ("red", "blue"))
+    assert red.shape[1] == 2 * 77 and not torch.equal(red, blue)
+    # the negative prompt (the first half of the classifier-free guidance batch) is padded, not changed
+    assert torch.equal(red[0], blue[0])
+    # plain diffusers reads the first 77 tokens: there the same change never reached the UNet
+    assert torch.equal(unet_text(prompt=prompt("red")), unet_text(prompt=prompt("blue")))
 
 
 def test_retry_rule_keeps_the_best_attempt(tiny_settings, tiny_models, cpu, scorer, lora_dir):
@@ -82,15 +116,17 @@ def test_likeness_alone_triggers_retries(tiny_settings, tiny_models, cpu, scorer
 
 
 def test_training_images_join_the_likeness(tiny_settings, tiny_models, cpu, scorer, lora_dir):
-    refs = scorer.image_features([Image.new("RGB", (64, 64), c) for c in ("red", "blue")])
     r = _renderer(
         "lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0, likeness_threshold=-1.0
     )
+    refs = r.likeness.image_features([Image.new("RGB", (64, 64), c) for c in ("red", "blue")])
     r.likeness_features = refs
     frames = r.render(PLAN)
     assert frames[0].likeness is not None
-    first = scorer.image_features([frames[0].image])[0]
-    feat = scorer.image_features([frames[1].image])[0]
+    # DINOv2, not the CLIP model evaluate scores characters with
+    assert r.likeness.source == tiny_models.likeness != tiny_models.clip
+    first = r.likeness.image_features([frames[0].image])[0]
+    feat = r.likeness.image_features([frames[1].image])[0]
     expected = (float(feat @ first) + float((refs @ feat).mean())) / 2
     assert frames[1].likeness == pytest.approx(expected, abs=1e-3)
 
@@ -145,7 +181,9 @@ def test_ref_guided_frame_1_skips_the_controlnet(tiny_settings, tiny_models, cpu
 
 
 def test_story_outputs(tmp_path, tiny_settings, tiny_models, cpu, scorer, lora_dir):
-    frames = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0).render(PLAN)
+    frames = _renderer(
+        "lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0, likeness_threshold=-1.0
+    ).render(PLAN)
     sheet = contact_sheet(frames, "test | lora", columns=2, notice="tiny profile: plumbing only")
     write_story_outputs(tmp_path / "story", frames, {"story_id": "test", "mode": "lora"}, sheet)
     names = sorted(p.name for p in (tmp_path / "story").iterdir())
@@ -180,3 +218,18 @@ def test_speed_knobs_reach_every_denoiser_and_the_vae_decoder(
     assert (pipe.vae.decoder._compiled_call_impl is not None) == compiled  # whole decoder, with the denoisers
     assert pipe.vae.encoder._compiled_call_impl is None and pipe.text_encoder._compiled_call_impl is None
     assert renderer.first_pipe.unet is pipe.unet  # ref_guided's frame 1 uses the same quantized, compiled UNet
+
+
+def test_first_attempts_saved_beside_the_kept_frames(tmp_path, tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    r = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=1.0, max_retries=1)
+    frames = r.render(PLAN)
+    write_story_outputs(tmp_path / "story", frames, {"story_id": "test"}, contact_sheet(frames, "t", columns=2))
+    meta = json.loads((tmp_path / "story/metadata.json").read_text())
+    for f, record in zip(frames, meta["frames"], strict=True):
+        first = Image.open(tmp_path / "story" / record["first_attempt_file"])
+        if f.best == 0:  # kept its first attempt: the frame itself, not saved twice
+            assert record["first_attempt_file"] == record["file"]
+        else:
+            assert record["first_attempt_file"] == f"first_attempts/frame_{f.index:02d}.png"
+            assert np.abs(_pixels(first) - _pixels(f.image)).mean() > 1  # another seed, another picture
+    assert any(f.best != 0 for f in frames)  # the text check can't pass at 1.0: the later attempt won somewhere

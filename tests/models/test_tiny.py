@@ -27,9 +27,10 @@ def test_tiny_models_load_through_from_pretrained(tiny_models, cpu):
     assert isinstance(pipe.unet, UNet2DConditionModel)
     assert pipe.unet.config.addition_embed_type == "text_time"
     assert native_resolution(pipe) == 64
-    # our own vocab: hundreds of tokens, one per character, not a 2-token stub
-    assert len(pipe.tokenizer) > 500
-    assert len(pipe.tokenizer("ab c").input_ids) == 2 + 3
+    # the real CLIP BPE (ids as openai/clip-vit-large-patch14's), not a 2-token stub; the second pads with "!"
+    assert len(pipe.tokenizer) == len(pipe.tokenizer_2) == 49408
+    assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert (pipe.tokenizer.pad_token_id, pipe.tokenizer_2.pad_token_id) == (49407, 0)
     cn = with_controlnet(pipe, tiny_models, cpu)
     assert isinstance(cn, StableDiffusionXLControlNetPipeline)
     attach_ip_adapter(cn, tiny_models, 0.5)

@@ -13,6 +13,7 @@ from openai_server import (
     server_error,
 )
 
+from storyboard.models.bpe import count_tokens
 from storyboard.settings import Plan, Settings, Story
 from storyboard.story.plan import PlanError, plan_to_json, read_plan
 from storyboard.story.planners import OfflinePlanner, OpenAIPlanner, _beats, make_planner, plan_story
@@ -114,6 +115,16 @@ def test_offline_respects_custom_frame_bounds(params: Settings, plan_settings: P
             assert frames[0].shot == "close-up"
 
 
+def test_offline_scenes_stay_within_the_token_budget(params: Settings, plan_settings: Plan) -> None:
+    planner = OfflinePlanner(plan_settings.model_copy(update={"scene_tokens": 12}))
+    frames = planner.frames(LONG, params.character)
+    assert all(count_tokens(f.scene) <= 12 for f in frames)
+    # cut at a word: each scene is the start of the one an unlimited budget gives
+    full = OfflinePlanner(plan_settings.model_copy(update={"scene_tokens": 75})).frames(LONG, params.character)
+    assert any(count_tokens(f.scene) > 12 for f in full)
+    assert all(g.scene.startswith(f.scene) for f, g in zip(frames, full, strict=True))
+
+
 def test_make_planner_offline_needs_no_key(monkeypatch: pytest.MonkeyPatch, plan_settings: Plan) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert isinstance(make_planner(plan_settings.model_copy(update={"backend": "offline"})), OfflinePlanner)
@@ -150,6 +161,7 @@ def test_openai_planner_request_and_valid_reply(
     assert system["role"] == "system" and user["role"] == "user"
     assert ", ".join(POSE_NAMES) in system["content"]
     assert "6-10 frames" in system["content"] and "close-up" in system["content"]
+    assert f"at most {plan_settings.scene_tokens} CLIP tokens" in system["content"]
     assert story.text in user["content"] and params.character.description in user["content"]
 
 
@@ -191,6 +203,27 @@ def test_openai_planner_maps_free_text_poses_instead_of_retrying(
     frames = planner_for(openai_server, plan_settings).frames(params.stories[0], params.character)
 
     assert [f.pose for f in frames][1:] == ["riding"] * 5 and len(openai_server.requests) == 1
+
+
+def test_openai_planner_asks_again_for_long_scenes_then_cuts_them(
+    openai_key: str, openai_server: OpenAIServer, params: Settings, plan_settings: Plan
+) -> None:
+    long = json.loads(frames_json(6))
+    long["frames"][3]["scene"] = "Aldar Kose " + "haggles loudly with the old spice seller, " * 6
+    tokens = count_tokens(long["frames"][3]["scene"])
+    assert tokens > 50
+    openai_server.push(Completion(json.dumps(long)), Completion(json.dumps(long)))
+    settings = plan_settings.model_copy(update={"scene_tokens": 50})
+
+    frames = planner_for(openai_server, settings).frames(params.stories[0], params.character)
+
+    feedback = last_user_text(openai_server.requests[1])
+    assert f"frames.3.scene is {tokens} tokens, over the budget of 50" in feedback
+    assert len(openai_server.requests) == 2
+    assert count_tokens(frames[3].scene) <= 50 and frames[3].scene.startswith("Aldar Kose haggles loudly")
+    assert [f.scene for i, f in enumerate(frames) if i != 3] == [
+        f["scene"] for i, f in enumerate(long["frames"]) if i != 3
+    ]
 
 
 def test_openai_planner_falls_back_to_json_mode_without_schema_support(

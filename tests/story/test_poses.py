@@ -12,6 +12,8 @@ from storyboard.story.poses import (
     KEYPOINT_NAMES,
     OPENPOSE_COLORS,
     POSE_NAMES,
+    Pose,
+    frame_pose,
     get_pose,
     normalise_pose_label,
     render_openpose,
@@ -102,6 +104,56 @@ def test_render_openpose_differs_by_pose_and_is_deterministic() -> None:
     b = np.asarray(render_openpose(get_pose("sitting"), 256, 256))
     assert np.array_equal(a1, a2)
     assert not np.array_equal(a1, b)
+
+
+LEGS = ("r_knee", "r_ankle", "l_knee", "l_ankle")
+FACE = ("nose", "r_eye", "l_eye", "r_ear", "l_ear")
+
+
+def _visible(pose: Pose, names) -> list[str]:
+    return [n for n in names if pose.point(n) is not None]
+
+
+def _head_size(pose: Pose) -> float:
+    """Neck to the nearest visible face point: how large the head is drawn."""
+    neck = pose.point("neck")
+    return min(math.dist(neck, pose.point(n)) for n in _visible(pose, FACE))
+
+
+@pytest.mark.parametrize("name", POSE_NAMES)
+def test_shots_frame_the_pose(name: str) -> None:
+    close, medium, wide = (frame_pose(get_pose(name), shot) for shot in ("close-up", "medium", "wide"))
+    # close-up: head and shoulders only, large
+    assert close.point("neck") and _visible(close, FACE) and _visible(close, ("r_shoulder", "l_shoulder"))
+    assert not _visible(close, ("r_hip", "l_hip", *LEGS))
+    assert _head_size(close) > 0.25
+    # medium: the upper body down to the hips, no feet
+    assert _visible(medium, ("r_hip", "l_hip")) and not _visible(medium, ("r_ankle", "l_ankle"))
+    # wide: the whole figure, smaller than the frame: its larger side spans 60 % of it, centred
+    assert all(p is not None for p in wide.keypoints[:14])
+    xs, ys = zip(*(p for p in wide.keypoints if p is not None), strict=True)
+    assert max(ys) - min(ys) <= 0.61 and max(max(xs) - min(xs), max(ys) - min(ys)) >= 0.45
+    assert 0.15 < min(ys) and max(ys) < 0.85
+    # the nearer the shot, the larger the head
+    assert _head_size(close) > _head_size(medium) > _head_size(wide)
+    # the pose's own angles carry over: the head keeps its turn (same face points hidden)
+    assert [p is None for p in close.keypoints[14:]] == [p is None for p in get_pose(name).keypoints[14:]]
+
+
+def test_condition_image_extent_per_shot() -> None:
+    """What the ControlNet sees: the lit rows of the condition image for each shot of the standing pose."""
+
+    def lit_rows(shot: str) -> tuple[float, float]:
+        rows = np.flatnonzero(
+            np.asarray(render_openpose(frame_pose(get_pose("standing"), shot), 256, 256)).any(2).any(1)
+        )
+        return rows[0] / 256, rows[-1] / 256
+
+    (c0, c1), (m0, m1), (w0, w1) = lit_rows("close-up"), lit_rows("medium"), lit_rows("wide")
+    assert c0 > 0.25 and c1 > 0.75  # face in the upper half, shoulders at the bottom edge
+    assert m0 < 0.2 and m1 > 0.85  # head at the top, hips at the bottom
+    assert 0.5 < w1 - w0 < 0.65  # the whole figure, smaller
+    assert c1 - c0 < m1 - m0
 
 
 @pytest.mark.parametrize(

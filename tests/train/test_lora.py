@@ -245,6 +245,8 @@ def test_two_processes_train_with_ddp(tmp_path, tiny_dataset, tiny_settings):
         "live",
         "--checkpoints",
         "ck",
+        "--metrics",
+        "train.json",
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -253,6 +255,7 @@ def test_two_processes_train_with_ddp(tmp_path, tiny_dataset, tiny_settings):
     assert len((tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()) == 5  # logged once, by rank 0
     (run_dir,) = (tmp_path / "ck").iterdir()
     assert sorted(p.name for p in run_dir.glob("step-*")) == ["step-0000002", "step-0000004"]
+    assert json.loads((tmp_path / "train.json").read_text())["chosen_step"] == 4  # train.select last, by rank 0
 
 
 def test_a_rerun_of_a_finished_run_keeps_its_plots(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):

@@ -25,7 +25,18 @@ def _train(cwd: Path, dataset: Path, out: str, processes: int) -> str:
         "CUDA_VISIBLE_DEVICES": "",
         "STORYBOARD_PROCESSES": str(processes),
     }
-    args = ["--dataset", str(dataset), "--out", out, "--live", f"{out}-live", "--checkpoints", "ck"]
+    args = [
+        "--dataset",
+        str(dataset),
+        "--out",
+        out,
+        "--live",
+        f"{out}-live",
+        "--checkpoints",
+        "ck",
+        "--metrics",
+        f"{out}.json",
+    ]
     cmd = [sys.executable, "-m", "storyboard.launch", "stages.train", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

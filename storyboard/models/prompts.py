@@ -1,0 +1,66 @@
+"""Prompts of any length through both SDXL text encoders, with compel.
+
+Each CLIP text encoder reads 77 tokens; past that, diffusers drops the end of a prompt. compel's CompelForSDXL
+splits a longer prompt into 75-token chunks at word or phrase boundaries, encodes every chunk through both
+encoders (penultimate hidden states, as SDXL conditions) and concatenates the chunks along the sequence, which
+the UNet's cross-attention reads whole. The pooled embedding (SDXL's added condition) comes from the second
+encoder on the prompt's first 77 tokens, as in diffusers and other long-prompt tools; the negative prompt is padded
+with empty-prompt chunks to the positive's length. A prompt within 77 tokens gives diffusers' own embeddings.
+
+The text is read in compel's syntax: "(word)1.3" or "word++" weigh a word; plain parentheses weigh their words
+by 1.1. Text that is meant literally (a planner's scene) goes through `literal` first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+
+def literal(text: str) -> str:
+    """`text` with compel's grouping parentheses escaped, so they are read as plain characters."""
+    return re.sub(r"([()])", r"\\\1", text)
+
+
+@dataclass(frozen=True)
+class PromptEmbeds:
+    """A batch's text conditioning, in the pipeline's argument names; rows follow the prompts' order."""
+
+    embeds: torch.Tensor  # (N, 77 x chunks, both encoders' widths)
+    pooled: torch.Tensor  # (N, second encoder's projection width)
+    negative: torch.Tensor
+    negative_pooled: torch.Tensor
+
+    def rows(self, index: list[int]) -> PromptEmbeds:
+        """The conditioning of some of the prompts (a retry batch), without encoding them again."""
+        return PromptEmbeds(*(t[index] for t in (self.embeds, self.pooled, self.negative, self.negative_pooled)))
+
+    def pipeline_kwargs(self) -> dict[str, torch.Tensor]:
+        return {
+            "prompt_embeds": self.embeds,
+            "pooled_prompt_embeds": self.pooled,
+            "negative_prompt_embeds": self.negative,
+            "negative_pooled_prompt_embeds": self.negative_pooled,
+        }
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> PromptEmbeds:
+    """Every word of `prompts` (and of the one `negative_prompt`) through `pipe`'s two text encoders, once.
+
+    `pipe` is any SDXL pipeline; with model CPU offload its hooks move the encoders to the device as usual.
+    """
+    from compel import CompelForSDXL
+
+    if not prompts:
+        raise ValueError("no prompts to encode")
+    compel = CompelForSDXL(pipe, device=pipe._execution_device)
+    # One negative, repeated by compel for every prompt: encoded once, not once per frame.
+    out = compel(list(prompts), negative_prompt=[negative_prompt])
+    negative, negative_pooled = out.negative_embeds, out.negative_pooled_embeds
+    if not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
+        # What SDXL's pipelines do for no negative prompt: zeros, not the embedding of "".
+        negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+    return PromptEmbeds(out.embeds, out.pooled_embeds, negative, negative_pooled)
