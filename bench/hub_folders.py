@@ -12,6 +12,12 @@ Written under `root/<hub id>/`:
     h94/IP-Adapter/sdxl_models/                 ip-adapter_sdxl.safetensors, image_encoder/
     xinsir/controlnet-openpose-sdxl-1.0/        config.json + diffusion_pytorch_model.safetensors
     openai/clip-vit-large-patch14/              CLIPModel + CLIPProcessor (tokenizer, image processor)
+    facebook/dinov2-base/                       Dinov2Model + BitImageProcessor (generate's likeness check)
+    IDEA-Research/grounding-dino-tiny/          GroundingDinoForObjectDetection + processor (evaluate's locator)
+
+Grounding DINO's tokenizer is BERT's WordPiece; bert-base-uncased's vocab.txt cannot be had offline, so the folder
+gets the tiny profile's letter vocabulary (storyboard.models.tiny.detector_vocab) in a full-size 30,522-row
+embedding: the detector's sizes are the released ones, its text query is a few tokens longer.
 
 Weights are saved in bf16 (the hub repos hold fp32 and fp16 files): the pipeline loads them in its runtime
 dtype either way, and half the bytes halve the writing time. Each folder is skipped when already written.
@@ -50,6 +56,8 @@ IP_SUBFOLDER = "sdxl_models"
 IP_WEIGHT = "ip-adapter_sdxl.safetensors"
 CONTROLNET = "xinsir/controlnet-openpose-sdxl-1.0"
 CLIP = "openai/clip-vit-large-patch14"
+LIKENESS = "facebook/dinov2-base"
+DETECTOR = "IDEA-Research/grounding-dino-tiny"
 
 
 def _done(folder: Path) -> bool:
@@ -58,6 +66,54 @@ def _done(folder: Path) -> bool:
 
 def _mark(folder: Path) -> None:
     (folder / "BUILT").write_text("random weights: bench/hub_folders.py\n")
+
+
+def build_likeness(folder: Path, *, small: bool, seed: int) -> None:
+    """DINOv2 base (Dinov2Config's defaults are facebook/dinov2-base's), with that repo's preprocessor settings."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2) if small else None
+    Dinov2Model(config or Dinov2Config()).save_pretrained(folder)  # fp32, as the hub repo
+    BitImageProcessor(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
+
+
+def build_detector(folder: Path, *, small: bool, seed: int) -> None:
+    """Grounding DINO tiny (GroundingDinoConfig's defaults: Swin-T backbone, BERT-base text encoder, 900 queries)."""
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
+
+    from storyboard.models.tiny import detector_vocab
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizerFast(vocab=detector_vocab(), do_lower_case=True, model_max_length=256)
+    config = GroundingDinoConfig()
+    if small:
+        config = GroundingDinoConfig(
+            text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            num_queries=20,
+        )
+    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer).save_pretrained(folder)
 
 
 def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dict[str, str]:
@@ -94,6 +150,12 @@ def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dic
         processor.save_pretrained(clip_dir)
         _mark(clip_dir)
         timings["clip"] = time.perf_counter() - t
+    for hub_id, build in ((LIKENESS, build_likeness), (DETECTOR, build_detector)):
+        if not _done(root / hub_id):
+            t = time.perf_counter()
+            build(root / hub_id, small=small, seed=seed)
+            _mark(root / hub_id)
+            timings[hub_id.split("/")[1]] = time.perf_counter() - t
     if device == "cuda":
         torch.cuda.empty_cache()
     logger.info("model folders in %s (%s)", root, ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
@@ -106,6 +168,8 @@ def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dic
         "models.sdxl.ip_adapter_image_encoder": "image_encoder",
         "models.sdxl.controlnet": str(cn_dir),
         "models.sdxl.clip": str(clip_dir),
+        "models.sdxl.likeness": str(root / LIKENESS),
+        "models.sdxl.detector": str(root / DETECTOR),
     }
 
 

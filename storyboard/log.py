@@ -16,11 +16,18 @@ def setup_logging(level: str | None = None) -> None:
     # Libraries that narrate every weight load drown the stage's own messages.
     for noisy in ("httpx", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Per-file "Loading weights" bars of the model libraries hide the stage's own progress bar.
+    # The model libraries read their verbosity when first imported. Importing them here instead would cost the
+    # stages that load no model (sample, caption, plan) several seconds of torch; quiet_model_libraries does the rest.
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # their warnings repeat per call (e.g. CLIP truncation)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def quiet_model_libraries() -> None:
+    """No per-file "Loading weights" bars from the model libraries (they hide the stage's own progress bar), and
+    their errors only, also when they were imported before setup_logging. Called before each model load."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    # Their warnings repeat per call (e.g. CLIP truncation, which generate reports once per story itself).
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger
+from storyboard.log import logger, quiet_model_libraries
 from storyboard.models.gpus import cuda_index
 from storyboard.models.hub_errors import ModelRef, explain, is_loading_failure
 from storyboard.models.versions import version_problems
@@ -90,6 +90,7 @@ def load(
     ModelLoadError naming the model (`setting`: its params key), the id or folder, what went wrong and the fix
     (`layout`: the files it should hold; `part`: the subfolder of a big repo that is all it needs)."""
     check_versions()
+    quiet_model_libraries()
     try:
         return loader(source, **kwargs)
     except Exception as e:
