@@ -15,6 +15,7 @@ from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.renderer import SEED_STRIDE
 from storyboard.models.bpe import count_tokens
 from storyboard.models.likeness import LikenessScorer
+from storyboard.models.prompts import encode_prompts
 from storyboard.story.plan import Frame, StoryPlan
 
 
@@ -83,6 +84,23 @@ def test_every_word_of_a_long_prompt_reaches_the_unet(tiny_settings, tiny_models
     assert torch.equal(red[0], blue[0])
     # plain diffusers reads the first 77 tokens: there the same change never reached the UNet
     assert torch.equal(unet_text(prompt=prompt("red")), unet_text(prompt=prompt("blue")))
+
+
+def test_packrat_parsing_keeps_the_embeddings(tiny_settings, tiny_models, cpu, scorer):
+    """storyboard.models.prompts turns on pyparsing's packrat cache for compel's parser: weighted, escaped and
+    plain prompts encode exactly as without it."""
+    import pyparsing
+
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=1)
+    prompts = ["a (red)1.4 hat, dust++ on the road", "a plain hat \\(not weighted\\)", "a long road " * 30]
+    cached = encode_prompts(r.pipe, prompts, "blurry--")
+    pyparsing.ParserElement.disable_memoization()
+    try:
+        plain = encode_prompts(r.pipe, prompts, "blurry--")
+    finally:
+        pyparsing.ParserElement.enable_packrat()
+    for a, b in zip(cached.pipeline_kwargs().values(), plain.pipeline_kwargs().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_retry_rule_keeps_the_best_attempt(tiny_settings, tiny_models, cpu, scorer, lora_dir):
