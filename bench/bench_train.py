@@ -250,6 +250,7 @@ class OursTrainer:
             compile=cfg.compile,
             compile_mode=cfg.compile_mode,
             seed=cfg.seed,
+            select="last",  # the step alone is timed: no checkpoint sweep
         )
         accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=device.type != "cuda")
         self.trainer = LoraTrainer(parts, cache, settings, accelerator, total_steps=10_000)
