@@ -108,10 +108,13 @@ def evaluate_outputs(
     with atomic_path(frames_dir) as staged:
         staged.mkdir(parents=True)
         for mode in MODES:
-            frames[mode], stories = score_mode(outputs / mode, mode, story_ids, locator, references)
+            located: dict = {}  # frames kept at their first attempt are located once for both passes
+            frames[mode], stories = score_mode(outputs / mode, mode, story_ids, locator, references, "kept", located)
             frames[mode].to_csv(staged / f"{mode}.csv", index=False)
             if retried(outputs / mode, story_ids):
-                first, first_stories = score_mode(outputs / mode, mode, story_ids, locator, references, "first")
+                first, first_stories = score_mode(
+                    outputs / mode, mode, story_ids, locator, references, "first", located
+                )
             else:  # no frame was retried: the first attempts are the kept frames
                 first, first_stories = frames[mode].assign(attempt="first"), stories
             first.to_csv(staged / f"{mode}_first_attempt.csv", index=False)

@@ -152,8 +152,12 @@ def score_story(
     locator: Locator,
     references: References | None = None,
     attempt: Attempt = "kept",
+    located_files: dict[Path, Located] | None = None,
 ) -> tuple[list[FrameScore], dict]:
-    """Per-frame scores and the story's ViStoryBench figures (see vistorybench.py)."""
+    """Per-frame scores and the story's ViStoryBench figures (see vistorybench.py).
+
+    `located_files`: what the locator found per file, kept across calls: a frame kept at its first attempt is the
+    same file in the kept and the first-attempt pass, and is located (detector, face backend) once."""
     meta_path = story_dir / "metadata.json"
     if not meta_path.exists():
         raise EvaluateError(f"{meta_path} missing: rerun `dvc repro generate@{mode}`")
@@ -164,7 +168,11 @@ def score_story(
     scorer = locator.scorer
     text = scorer.text_scores(images, [r["scene"] for r in records])
     to_first = scorer.image_scores(images[1:], images[0])
-    located = [locator.locate(im) for im in images]
+    located_files = {} if located_files is None else located_files
+    for file, image in zip(files, images, strict=True):
+        if file not in located_files:
+            located_files[file] = locator.locate(image)
+    located = [located_files[f] for f in files]
     crops = scorer.image_features([loc.crop for loc in located])
     crop_sims = crops @ crops.T
     to_refs = (crops @ references.clip.T).mean(dim=1) if references is not None else None
@@ -230,15 +238,17 @@ def score_mode(
     locator: Locator,
     references: References | None = None,
     attempt: Attempt = "kept",
+    located_files: dict[Path, Located] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """Every story's frames as one table, and each story's ViStoryBench figures."""
+    """Every story's frames as one table, and each story's ViStoryBench figures (`located_files`: see
+    score_story)."""
     rows: list[FrameScore] = []
     stories: dict[str, dict] = {}
     for story_id in tqdm(story_ids, desc=f"evaluate {mode} ({attempt} attempts)", unit="story"):
         story_dir = Path(mode_dir) / story_id
         if not story_dir.is_dir():
             raise EvaluateError(f"{story_dir} missing: rerun `dvc repro generate@{mode}`")
-        story_rows, stories[story_id] = score_story(story_dir, mode, locator, references, attempt)
+        story_rows, stories[story_id] = score_story(story_dir, mode, locator, references, attempt, located_files)
         rows += story_rows
     return pd.DataFrame([asdict(r) for r in rows]), stories
 

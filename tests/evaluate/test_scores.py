@@ -111,10 +111,15 @@ def test_first_attempts_are_scored_from_their_own_files(tmp_path, locator):
     face = Image.open(IMAGES / "Tom_Hanks_54745.png").convert("RGB").resize((256, 256))
     noise = Image.fromarray(np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8))
     story = write_story(tmp_path, [face, ImageOps.mirror(face)], first={2: noise})
-    kept, _ = score_story(story, "lora", locator)
-    first, _ = score_story(story, "lora", locator, attempt="first")
+    located: dict = {}
+    kept, _ = score_story(story, "lora", locator, located_files=located)
+    assert len(located) == 2
+    first, _ = score_story(story, "lora", locator, attempt="first", located_files=located)
     assert kept[1].face_detected and not first[1].face_detected  # frame 2's first attempt was the noise
     assert first[0].clip_text_score == kept[0].clip_text_score  # frame 1 was kept at its first attempt
+    # frame 1 is the same file in both passes: located once; frame 2's first attempt is its own file
+    assert sorted(f.name for f in located) == ["frame_01.png", "frame_02.png", "frame_02.png"]
+    assert first[0].face_detected == kept[0].face_detected and first[0].character_box == kept[0].character_box
 
 
 def test_first_attempt_missing_names_the_fix(tmp_path, locator):
