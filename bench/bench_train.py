@@ -263,6 +263,12 @@ class OursTrainer:
 TRAINERS = {"baseline": BaselineTrainer, "ours": OursTrainer}
 
 
+def _cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 def run_config(cfg: Config, warmup: int, steps: int, profile: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"impl": cfg.impl, "batch": cfg.batch, "resolution": cfg.resolution}
     if cfg.impl == "ours":
@@ -296,6 +302,8 @@ def run_config(cfg: Config, warmup: int, steps: int, profile: bool) -> dict[str,
             images_per_s=round(cfg.batch * cfg.processes * steps / seconds, 3),
             peak_allocated_gib=mem["peak_allocated_gib"],
             peak_reserved_gib=mem["peak_reserved_gib"],
+            # compiled graphs that ran without CUDA graphs (reduce-overhead silently falls back, e.g. under DDP)
+            cudagraph_skips=_cudagraph_skips(),
             last_loss=round(losses[-1], 5),
             finite=all(x == x and abs(x) != float("inf") for x in losses),
         )
