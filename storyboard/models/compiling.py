@@ -71,3 +71,22 @@ def mark_step_begin(scope: CompileScope, mode: CompileMode) -> None:
     """Tell CUDA graph trees a new iteration starts (the last one's outputs may be overwritten)."""
     if scope != "none" and mode in CUDA_GRAPH_MODES:
         torch.compiler.cudagraph_mark_step_begin()
+
+
+def warn_if_cudagraphs_skipped(scope: CompileScope, mode: CompileMode, what: str) -> int:
+    """After the compiled code has run: warn when CUDA graphs were asked for but inductor ran some graphs without
+    them (it falls back silently, e.g. on mutated inputs, which DDP can cause); returns how many were skipped."""
+    if scope == "none" or mode not in CUDA_GRAPH_MODES:
+        return 0
+    from torch._dynamo.utils import counters
+
+    skipped = int(counters["inductor"]["cudagraph_skips"])
+    if skipped:
+        logger.warning(
+            "%s: %d compiled graph(s) run without CUDA graphs (compile_mode %s), so those steps are slower; "
+            "TORCH_LOGS=perf_hints names the cause",
+            what,
+            skipped,
+            mode,
+        )
+    return skipped

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from storyboard.fsutil import atomic_path, write_json
 from storyboard.log import logger
+from storyboard.models.compiling import warn_if_cudagraphs_skipped
 from storyboard.models.loading import Device
 from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
@@ -111,6 +112,8 @@ def train_lora(
             done = step + 1
             if len(log.pending) == settings.log_every or done == steps:
                 log.flush(trainer.learning_rate, bar)
+                if done == start_step + settings.log_every and main:  # the compiled step has run by now
+                    warn_if_cudagraphs_skipped(settings.compile, settings.compile_mode, "train")
             samples = None  # the validation samples of this step, when rendered: the sweep's are the same
             if validating and done % settings.validation.every == 0 and done not in log.validated:
                 samples = validation_images(trainer, settings)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 import torch
+from torch._dynamo.utils import counters
 
-from storyboard.models.compiling import COMPILE_CACHE_DIR, compile_in_place, persist_compile_cache
+from storyboard.models.compiling import (
+    COMPILE_CACHE_DIR,
+    compile_in_place,
+    persist_compile_cache,
+    warn_if_cudagraphs_skipped,
+)
 from storyboard.models.loading import load_pipeline
 
 
@@ -45,3 +51,18 @@ def test_compile_caches_persist_in_the_repo_unless_the_user_chose(tmp_path, monk
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert persist_compile_cache() == tmp_path / "mine"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_skipped_cuda_graphs_are_reported_when_asked_for(caplog):
+    before = counters["inductor"]["cudagraph_skips"]
+    counters["inductor"]["cudagraph_skips"] = 3
+    try:
+        with caplog.at_level("WARNING", logger="storyboard"):
+            assert warn_if_cudagraphs_skipped("blocks", "reduce-overhead", "train") == 3
+            assert warn_if_cudagraphs_skipped("blocks", "default", "train") == 0  # no CUDA graphs asked for
+            assert warn_if_cudagraphs_skipped("none", "reduce-overhead", "train") == 0
+    finally:
+        counters["inductor"]["cudagraph_skips"] = before
+    (record,) = caplog.records
+    assert "train: 3 compiled graph(s) run without CUDA graphs" in record.getMessage()
+    assert "TORCH_LOGS=perf_hints" in record.getMessage()
