@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -87,58 +88,72 @@ def render_plans(
     )
     notice = TINY_NOTICE if settings.is_tiny else None
     lora_first: dict[str, RenderedFrame] = {}  # story id -> frame 1 as the lora mode settled it
-    for renderer in renderers:
-        mode = renderer.mode
-        for plan, key in tqdm(todo[mode], desc=f"generate {mode}", unit="story"):
-            t0 = time.perf_counter()
-            reused = lora_first.get(plan.story_id) if mode == "ref_guided" else None
-            frames = renderer.render(plan, first=reused, group=group)
-            seconds = time.perf_counter() - t0
-            if mode == "lora":
-                lora_first[plan.story_id] = frames[0]
-            if not group.is_main:
-                continue
-            metadata = {
-                "story_id": plan.story_id,
-                "story": plan.story,
-                "plan": plan.model_dump(mode="json"),
-                "mode": mode,
-                "profile": settings.profile,
-                "notice": notice,
-                "planner": plan.planner,
-                "models": models.model_dump(mode="json"),
-                "lora_sha256": lora_sha256 if mode != "baseline" else None,
-                "generate": settings.generate.model_dump(mode="json"),
-                "resolution": renderer.resolution,
-                "device": str(device.device),
-                "processes": group.size,
-                "dtype": str(device.dtype).removeprefix("torch."),
-                # frame 1 taken from the lora mode of the same run (its seconds are counted there)
-                "frame_1_from": "lora" if reused is not None and frames[0] is reused else None,
-                # generate.reference: faceid: whose face the identity embedding is (frame_1 | training_images)
-                "identity_from": renderer.identity_from,
-                # training images the likeness check compared each frame with, besides frame 1
-                "likeness_references": len(training_images),
-                # what picked each frame's kept attempt: every attempt's clip_text_score and likeness are these
-                # models' scores, the selection's own, not evaluate's (which uses none of them for identity)
-                "selection": {
-                    "text_model": models.clip,
-                    "likeness_model": models.likeness,
-                    "conditioning_face_backend": faces.name
-                    if faces is not None and settings.generate.reference == "faceid"
-                    else None,
-                },
-                # what this story was rendered from; a rerun with the same hash keeps the folder
-                "inputs_sha256": key,
-                "seconds_total": round(seconds, 3),
-                "seconds_per_frame": round(seconds / len(frames), 3),
-            }
-            title = f"{plan.story_id} | {mode} | {plan.story}"
-            sheet = contact_sheet(frames, title, settings.generate.contact_sheet_columns, notice)
-            out_dir = Path(out_roots[mode]) / plan.story_id
-            write_story_outputs(out_dir, frames, metadata, sheet, settings.generate.gif_frame_ms)
-            logger.info("%s/%s: %d frames in %.1f s -> %s", mode, plan.story_id, len(frames), seconds, out_dir)
+    # A story's files (PNG encoding, contact sheet, GIF: 3-4 s a story at 1024 px on the H200 machine) are written
+    # on a thread while the next story renders. Leaving the block waits for them, also when rendering fails, so
+    # every story rendered is kept.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="story-writer") as writer:
+        pending: list[Future] = []
+        for renderer in renderers:
+            mode = renderer.mode
+            for plan, key in tqdm(todo[mode], desc=f"generate {mode}", unit="story"):
+                t0 = time.perf_counter()
+                reused = lora_first.get(plan.story_id) if mode == "ref_guided" else None
+                frames = renderer.render(plan, first=reused, group=group)
+                seconds = time.perf_counter() - t0
+                if mode == "lora":
+                    lora_first[plan.story_id] = frames[0]
+                if not group.is_main:
+                    continue
+                metadata = {
+                    "story_id": plan.story_id,
+                    "story": plan.story,
+                    "plan": plan.model_dump(mode="json"),
+                    "mode": mode,
+                    "profile": settings.profile,
+                    "notice": notice,
+                    "planner": plan.planner,
+                    "models": models.model_dump(mode="json"),
+                    "lora_sha256": lora_sha256 if mode != "baseline" else None,
+                    "generate": settings.generate.model_dump(mode="json"),
+                    "resolution": renderer.resolution,
+                    "device": str(device.device),
+                    "processes": group.size,
+                    "dtype": str(device.dtype).removeprefix("torch."),
+                    # frame 1 taken from the lora mode of the same run (its seconds are counted there)
+                    "frame_1_from": "lora" if reused is not None and frames[0] is reused else None,
+                    # generate.reference: faceid: whose face the identity embedding is (frame_1 | training_images)
+                    "identity_from": renderer.identity_from,
+                    # training images the likeness check compared each frame with, besides frame 1
+                    "likeness_references": len(training_images),
+                    # what picked each frame's kept attempt: every attempt's clip_text_score and likeness are these
+                    # models' scores, the selection's own, not evaluate's (which uses none of them for identity)
+                    "selection": {
+                        "text_model": models.clip,
+                        "likeness_model": models.likeness,
+                        "conditioning_face_backend": faces.name
+                        if faces is not None and settings.generate.reference == "faceid"
+                        else None,
+                    },
+                    # what this story was rendered from; a rerun with the same hash keeps the folder
+                    "inputs_sha256": key,
+                    "seconds_total": round(seconds, 3),
+                    "seconds_per_frame": round(seconds / len(frames), 3),
+                }
+                out_dir = Path(out_roots[mode]) / plan.story_id
+                pending.append(writer.submit(_write_story, out_dir, frames, metadata, settings))
+        for write in pending:
+            write.result()  # a failed write raises here
     return written
+
+
+def _write_story(out_dir: Path, frames: list[RenderedFrame], metadata: dict, settings: Settings) -> None:
+    title = f"{metadata['story_id']} | {metadata['mode']} | {metadata['story']}"
+    sheet = contact_sheet(frames, title, settings.generate.contact_sheet_columns, metadata["notice"])
+    write_story_outputs(out_dir, frames, metadata, sheet, settings.generate.gif_frame_ms)
+    seconds = metadata["seconds_total"]
+    logger.info(
+        "%s/%s: %d frames in %.1f s -> %s", metadata["mode"], metadata["story_id"], len(frames), seconds, out_dir
+    )
 
 
 def remove_other_stories(out: Path, story_ids: Sequence[str]) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from storyboard.generate.pipelines import load_renderers
+from storyboard.generate.renderer import StoryRenderer
 from storyboard.generate.run import render_plans, render_to
 from storyboard.story.planners import OfflinePlanner, plan_story
 
@@ -140,3 +142,28 @@ def test_only_the_story_whose_inputs_changed_is_rendered_again(tmp_path, tiny_se
     render_to(steps, "baseline", [plans[0]], out, lora_dir)
     assert (out / plans[0].story_id / "metadata.json").stat().st_mtime_ns != stamps[plans[0].story_id]
     assert sorted(p.name for p in out.iterdir()) == [plans[0].story_id]  # the dropped story is gone
+
+
+def test_a_story_rendered_before_a_failure_is_written_whole(tmp_path, tiny_settings, lora_dir, monkeypatch):
+    """Stories are written on a thread while the next one renders: a failure in the next render still leaves the
+    finished story's folder complete, and the failure is raised."""
+
+    settings = _settings(tiny_settings)
+    planner = OfflinePlanner(settings.plan)
+    plans = [plan_story(planner, story, settings.character) for story in settings.stories[:2]]
+    render = StoryRenderer.render
+
+    def fail_on_the_second(self, plan, *args, **kwargs):
+        if plan.story_id == plans[1].story_id:
+            raise RuntimeError("out of memory, say")
+        return render(self, plan, *args, **kwargs)
+
+    monkeypatch.setattr(StoryRenderer, "render", fail_on_the_second)
+    out = tmp_path / "lora"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        render_plans(settings, ["lora"], plans, {"lora": out}, lora_dir)
+    story = out / plans[0].story_id
+    meta = json.loads((story / "metadata.json").read_text())
+    assert len(meta["frames"]) == len(plans[0].frames) == len(_frames(story))
+    assert (story / "contact_sheet.png").exists() and (story / "story.gif").exists()
+    assert not (out / plans[1].story_id).exists()
