@@ -85,9 +85,9 @@ def build_likeness(folder: Path, *, small: bool, seed: int) -> None:
 
 
 def build_detector(folder: Path, *, small: bool, seed: int) -> None:
-    """Grounding DINO tiny (GroundingDinoConfig's defaults: Swin-T backbone, BERT-base text encoder, 900 queries)."""
+    """Grounding DINO tiny (GroundingDinoConfig's defaults: Swin-T backbone, BERT-base text encoder, 900 queries);
+    `small`: the tiny profile's detector."""
     from transformers import (
-        BertConfig,
         BertTokenizerFast,
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
@@ -95,24 +95,14 @@ def build_detector(folder: Path, *, small: bool, seed: int) -> None:
         GroundingDinoProcessor,
     )
 
-    from storyboard.models.tiny import detector_vocab
+    from storyboard.models import tiny
 
     torch.manual_seed(seed)
-    tokenizer = BertTokenizerFast(vocab=detector_vocab(), do_lower_case=True, model_max_length=256)
-    config = GroundingDinoConfig()
     if small:
-        config = GroundingDinoConfig(
-            text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            num_queries=20,
-        )
-    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+        tiny.build_detector(folder)
+        return
+    tokenizer = BertTokenizerFast(vocab=tiny.detector_vocab(), do_lower_case=True, model_max_length=256)
+    GroundingDinoForObjectDetection(GroundingDinoConfig()).save_pretrained(folder)
     GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer).save_pretrained(folder)
 
 

@@ -266,7 +266,7 @@ def detector_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
-def _build_detector(folder: Path) -> None:
+def build_detector(target: Path) -> None:
     """A Grounding DINO of the transformers class evaluate loads: Swin backbone, BERT text encoder, 2 decoder
     layers (the fewest whose box heads tie). Random weights: its boxes are arbitrary, often none pass the
     threshold, so the whole-frame fallback runs too."""
@@ -315,10 +315,10 @@ def _build_detector(folder: Path) -> None:
         encoder_n_points=2,
         decoder_n_points=2,
     )
-    GroundingDinoForObjectDetection(config).save_pretrained(folder / "detector")
+    GroundingDinoForObjectDetection(config).save_pretrained(target)
     # 128 px in: the 5th feature level (stride 64) keeps 2x2 positions, which its group norm needs.
     images = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 256})
-    GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder / "detector")
+    GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(target)
 
 
 def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
@@ -359,7 +359,7 @@ def build_tiny_models(root: Path, *, seed: int) -> None:
         _build_clip(folder)
         _build_faceid_adapter(unet, folder)
         _build_likeness(folder)
-        _build_detector(folder)
+        build_detector(folder / "detector")
         (folder / "BUILT.json").write_text(
             json.dumps({"seed": seed, "build_version": BUILD_VERSION, "notice": TINY_NOTICE}, indent=2) + "\n"
         )
