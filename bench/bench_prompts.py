@@ -71,6 +71,9 @@ class NoFaces:
     def detect(self, image):
         return []
 
+    def detect_many(self, images):
+        return [[] for _ in images]
+
 
 def story_prompts(frames: int) -> list[str]:
     shots = ("close-up", "medium", "wide")
@@ -129,7 +132,7 @@ def bench_checkpoint(pipe, device, args, workdir: Path) -> dict:
     size = sdxl.resolution(args.small)
     training = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(12)]
     locator = Locator(NoBoxes(), clip, NoFaces(), "")
-    scorer = ClipStepScorer.from_parts(locator, locator.references(training))
+    scorer = ClipStepScorer.from_parts(locator, locator.references(training, faces=False))
     validation = Validation(prompts=VALIDATION_PROMPTS, steps=args.steps, every=0)
     sweep = Sweep(workdir / "run", validation)
 

@@ -88,13 +88,22 @@ class Locator:
     def __init__(self, detector: CharacterDetector, scorer: ClipScorer, faces: FaceBackend, prompt: str):
         self.detector, self.scorer, self.faces, self.prompt = detector, scorer, faces, prompt
 
-    def locate(self, image: Image.Image) -> Located:
-        (box,) = self.detector.best([image], self.prompt)
-        crop = box.crop(image) if box is not None else image
-        face = largest_face(self.faces.detect(crop))
-        if face is not None or box is None:
-            return Located(box, crop, face, face_in_box=face is not None and box is not None)
-        return Located(box, crop, largest_face(self.faces.detect(image)), face_in_box=False)
+    def locate(self, images: list[Image.Image]) -> list[Located]:
+        """Each image located: the detector's top box, the largest face in it (in the whole image when the box holds
+        none). The faces of all the images are detected together, which spreads them over the CPU cores (dlib)."""
+        boxes, crops = self.crops(images)
+        faces = [largest_face(found) for found in self.faces.detect_many(crops)]
+        again = [i for i, (box, face) in enumerate(zip(boxes, faces, strict=True)) if face is None and box is not None]
+        whole = dict(zip(again, map(largest_face, self.faces.detect_many([images[i] for i in again])), strict=True))
+        return [
+            Located(box, crop, whole.get(i, face), face_in_box=face is not None and box is not None)
+            for i, (box, crop, face) in enumerate(zip(boxes, crops, faces, strict=True))
+        ]
+
+    def crops(self, images: list[Image.Image]) -> tuple[list[Box | None], list[Image.Image]]:
+        """Each image's top box (None: not found) and the crop scored: the box, or the whole image without one."""
+        boxes = self.detector.best(images, self.prompt)
+        return boxes, [box.crop(image) if box is not None else image for image, box in zip(images, boxes, strict=True)]
 
     @classmethod
     def of_evaluate(cls, settings: Settings, models: ModelSet, device: Device) -> Locator:
@@ -111,17 +120,21 @@ class Locator:
             detector_prompt(settings.evaluate.detector_prompt, character.name, character.description),
         )
 
-    def references(self, images: list[Image.Image]) -> References | None:
-        """ViStoryBench's reference crops: each image's top box; the whole images only when none has a box."""
+    def references(self, images: list[Image.Image], faces: bool = True) -> References | None:
+        """ViStoryBench's reference crops: each image's top box; the whole images only when none has a box.
+        `faces`: False leaves References.faces None (the checkpoint sweep scores CLIP features only)."""
         if not images:
             return None
         boxes = self.detector.best(images, self.prompt)
         crops = [b.crop(im) for im, b in zip(images, boxes, strict=True) if b is not None] or images
-        faces = [f.embedding for f in (largest_face(self.faces.detect(c)) for c in crops) if f is not None]
-        if not faces and crops is not images:  # ViStoryBench retries the whole images when no crop has a face
-            faces = [f.embedding for f in (largest_face(self.faces.detect(im)) for im in images) if f is not None]
-        face_feats = torch.from_numpy(np.stack(faces)).float() if faces else None
+        found = self._face_embeddings(crops) if faces else []
+        if faces and not found and crops is not images:  # ViStoryBench retries the whole images when no crop has one
+            found = self._face_embeddings(images)
+        face_feats = torch.from_numpy(np.stack(found)).float() if found else None
         return References(self.scorer.image_features(crops), face_feats)
+
+    def _face_embeddings(self, images: list[Image.Image]) -> list[np.ndarray]:
+        return [face.embedding for face in map(largest_face, self.faces.detect_many(images)) if face is not None]
 
 
 def _round(value: float | None) -> float | None:
@@ -169,9 +182,9 @@ def score_story(
     text = scorer.text_scores(images, [r["scene"] for r in records])
     to_first = scorer.image_scores(images[1:], images[0])
     located_files = {} if located_files is None else located_files
-    for file, image in zip(files, images, strict=True):
-        if file not in located_files:
-            located_files[file] = locator.locate(image)
+    new = [(file, image) for file, image in zip(files, images, strict=True) if file not in located_files]
+    if new:
+        located_files.update(zip([f for f, _ in new], locator.locate([im for _, im in new]), strict=True))
     located = [located_files[f] for f in files]
     crops = scorer.image_features([loc.crop for loc in located])
     crop_sims = crops @ crops.T

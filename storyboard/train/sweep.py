@@ -75,7 +75,7 @@ class ClipStepScorer:
         from storyboard.evaluate.scores import Locator
 
         locator = Locator.of_evaluate(self.settings, self.models, self.device)
-        references = locator.references(load_training_images(self.dataset_dir))
+        references = locator.references(load_training_images(self.dataset_dir), faces=False)
         if references is None:
             raise ValueError(f"{self.dataset_dir} has no training images to score identity against")
         return locator, references
@@ -83,7 +83,7 @@ class ClipStepScorer:
     def __call__(self, step: int, images: list[Image.Image], prompts: list[str]) -> tuple[float, float]:
         locator, references = self._parts
         clip = locator.scorer
-        crops = clip.image_features([locator.locate(im).crop for im in images])
+        crops = clip.image_features(locator.crops(images)[1])
         identity = float((crops @ references.clip.T).mean())
         texts = clip.text_scores(images, prompts, clip.image_features(images))
         return identity, sum(texts) / len(texts)

@@ -45,6 +45,9 @@ class KnownFaces:
             return []
         return [Face(bbox=(0, 0, image.width, image.height), score=1.0, embedding=embedding)]
 
+    def detect_many(self, images) -> list[list[Face]]:
+        return [self.detect(image) for image in images]
+
 
 def _faceid(tiny_settings, tiny_models, cpu, scorer, lora_dir, faces, training_images=(), **generate):
     settings = tiny_settings.generate.model_copy(

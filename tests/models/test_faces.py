@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,29 @@ def test_dlib_no_face_gives_empty_list(dlib_backend: DlibFaceBackend, kind: str)
         rng = np.random.default_rng(0)
         image = Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
     assert dlib_backend.detect(image) == []
+
+
+def test_dlib_detect_many_on_threads_matches_one_by_one(
+    t1_image: Image.Image, hanks: Image.Image, astronaut: Image.Image
+) -> None:
+    """Several threads, each with its own dlib models, find exactly what one thread finds, in the images' order."""
+    images = [t1_image, hanks, Image.new("RGB", (320, 240), (90, 140, 200)), astronaut, ImageOps.mirror(t1_image)]
+    threaded, alone = DlibFaceBackend(threads=3), DlibFaceBackend(threads=1)
+    many, one = threaded.detect_many(images), [alone.detect(image) for image in images]
+    assert [len(found) for found in many] == [len(found) for found in one]
+    assert [len(found) for found in many][1:4] == [1, 0, 1]
+    for found_many, found_one in zip(many, one, strict=True):
+        for a, b in zip(found_many, found_one, strict=True):
+            assert (a.bbox, a.score) == (b.bbox, b.score)
+            np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-6)
+    # each of the pool's threads holds models of its own
+    barrier = threading.Barrier(3, timeout=30)
+
+    def models(_):
+        barrier.wait()
+        return threaded._models()
+
+    assert len({id(m) for m in threaded._pool.map(models, range(3))}) == 3
 
 
 # --- pure helpers -----------------------------------------------------------------------------------------------
