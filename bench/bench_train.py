@@ -76,6 +76,7 @@ class Config:
     gradient_checkpointing: bool
     ours_unet_dtype: torch.dtype
     processes: int = 1  # torchrun's WORLD_SIZE: one GPU each, DDP
+    ddp: tuple[str, ...] = ()  # DDP_OPTIONS given to accelerate's DistributedDataParallelKwargs
 
 
 def add_lora(unet, rank: int) -> list[torch.nn.Parameter]:
@@ -252,7 +253,9 @@ class OursTrainer:
             seed=cfg.seed,
             select="last",  # the step alone is timed: no checkpoint sweep
         )
-        accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=device.type != "cuda")
+        accelerator = Accelerator(
+            mixed_precision=settings.mixed_precision, cpu=device.type != "cuda", kwargs_handlers=ddp_kwargs(cfg.ddp)
+        )
         self.trainer = LoraTrainer(parts, cache, settings, accelerator, total_steps=10_000)
 
     def step(self) -> torch.Tensor:
@@ -261,6 +264,22 @@ class OursTrainer:
 
 
 TRAINERS = {"baseline": BaselineTrainer, "ours": OursTrainer}
+DDP_OPTIONS = ("static_graph", "bucket_view", "bf16_hook")
+
+
+def ddp_kwargs(options: tuple[str, ...]) -> list:
+    """accelerate's DistributedDataParallelKwargs for --ddp (none: accelerate's defaults, what the stage runs)."""
+    from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+
+    if not options:
+        return []
+    return [
+        DistributedDataParallelKwargs(
+            static_graph="static_graph" in options,
+            gradient_as_bucket_view="bucket_view" in options,
+            comm_hook=DDPCommunicationHookType.BF16 if "bf16_hook" in options else DDPCommunicationHookType.NO,
+        )
+    ]
 
 
 def _cudagraph_skips() -> int:
@@ -356,6 +375,7 @@ def main() -> None:
         help="one extra step per config under the profiler: gpu_kernel_s_per_step, gpu_busy (GPU only). Can slow "
         "the configs timed after it in the same process: use with one config per command",
     )
+    parser.add_argument("--ddp", default="", help=f"ours, several processes: comma list of {', '.join(DDP_OPTIONS)}")
     parser.add_argument("--small", action="store_true", help="tiny models, 64 px, 2 timed steps: the CPU check")
     parser.add_argument("--device", default=None, help="default cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -371,6 +391,9 @@ def main() -> None:
         parser.error("full-size SDXL training needs a GPU; use --small for the CPU check")
     if processes > 1 and parse_list(args.impl) != ["ours"]:
         parser.error("several processes: --impl ours only (the plain diffusers step has no DDP here)")
+    ddp = tuple(parse_list(args.ddp)) if args.ddp else ()
+    if unknown := set(ddp) - set(DDP_OPTIONS):
+        parser.error(f"unknown --ddp options {sorted(unknown)}; known: {', '.join(DDP_OPTIONS)}")
     out = args.out if rank == 0 else None
     resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
     warmup = args.warmup if args.warmup is not None else (1 if args.small else 8 if args.compile != "none" else 3)
@@ -395,6 +418,7 @@ def main() -> None:
             "compile": args.compile,
             "compile_mode": args.compile_mode,
             "processes": processes,
+            "ddp": list(ddp),
         },
         "results": results,
     }
@@ -417,6 +441,7 @@ def main() -> None:
                 gradient_checkpointing=args.gradient_checkpointing,
                 ours_unet_dtype=getattr(torch, args.ours_unet_dtype) if args.ours_unet_dtype else dtype,
                 processes=processes,
+                ddp=ddp,
             )
             results.append(run_config(cfg, warmup, steps, profile=args.profile))
             save_partial(payload, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -92,11 +93,13 @@ def evaluate_outputs(
     dataset_dir: Path | None = None,
     train_metrics_path: Path | None = None,
 ) -> dict:
+    started = time.perf_counter()
     models = model_set(settings)
     device = Device.from_runtime(settings.runtime)
     face_backend = evaluate_face_backend(settings)
     locator = Locator.of_evaluate(settings, models, device)
     references = locator.references(load_training_images(dataset_dir))
+    logger.info("evaluate: models and references ready in %.1f s", time.perf_counter() - started)
     story_ids = [s.id for s in settings.stories]
     metrics: dict = {
         "profile": settings.profile,

@@ -65,6 +65,7 @@ def render_plans(
     if not todo:
         return written
 
+    started = time.perf_counter()
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
     likeness = LikenessScorer(models.likeness, device)
@@ -86,6 +87,7 @@ def render_plans(
         training_images,
         likeness,
     )
+    logger.info("%s: models ready in %.1f s", ", ".join(todo), time.perf_counter() - started)
     notice = TINY_NOTICE if settings.is_tiny else None
     lora_first: dict[str, RenderedFrame] = {}  # story id -> frame 1 as the lora mode settled it
     # A story's files (PNG encoding, contact sheet, GIF: 3-4 s a story at 1024 px on the H200 machine) are written

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,13 +93,18 @@ def load(
     (`layout`: the files it should hold; `part`: the subfolder of a big repo that is all it needs)."""
     check_versions()
     quiet_model_libraries()
+    started = time.perf_counter()
     try:
-        return loader(source, **kwargs)
+        loaded = loader(source, **kwargs)
     except Exception as e:
         if not is_loading_failure(e):
             raise
         ref = ModelRef(what, setting, source, layout, part)
         raise ModelLoadError(explain(ref, e)) from e
+    seconds = time.perf_counter() - started
+    # a slow disk or a hub download shows where a stage's start-up goes
+    logger.log(logging.INFO if seconds >= 1 else logging.DEBUG, "%s: loaded in %.1f s (%s)", what, seconds, source)
+    return loaded
 
 
 @functools.cache
