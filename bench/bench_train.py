@@ -76,7 +76,7 @@ class Config:
     gradient_checkpointing: bool
     ours_unet_dtype: torch.dtype
     processes: int = 1  # torchrun's WORLD_SIZE: one GPU each, DDP
-    ddp: tuple[str, ...] = ()  # DDP_OPTIONS given to accelerate's DistributedDataParallelKwargs
+    ddp: str = "stage"  # --ddp: how DDP wraps the UNet (ddp_kwargs)
 
 
 def add_lora(unet, rank: int) -> list[torch.nn.Parameter]:
@@ -254,7 +254,9 @@ class OursTrainer:
             select="last",  # the step alone is timed: no checkpoint sweep
         )
         accelerator = Accelerator(
-            mixed_precision=settings.mixed_precision, cpu=device.type != "cuda", kwargs_handlers=ddp_kwargs(cfg.ddp)
+            mixed_precision=settings.mixed_precision,
+            cpu=device.type != "cuda",
+            kwargs_handlers=ddp_kwargs(cfg.ddp, settings),
         )
         self.trainer = LoraTrainer(parts, cache, settings, accelerator, total_steps=10_000)
 
@@ -267,17 +269,23 @@ TRAINERS = {"baseline": BaselineTrainer, "ours": OursTrainer}
 DDP_OPTIONS = ("static_graph", "bucket_view", "bf16_hook")
 
 
-def ddp_kwargs(options: tuple[str, ...]) -> list:
-    """accelerate's DistributedDataParallelKwargs for --ddp (none: accelerate's defaults, what the stage runs)."""
+def ddp_kwargs(options: str, settings) -> list:
+    """accelerate's kwargs handlers for --ddp: "stage" (what the train stage uses), "accelerate" (its defaults), or
+    a comma list of DDP_OPTIONS."""
     from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
 
-    if not options:
+    from storyboard.train.lora import ddp_handlers
+
+    if options == "stage":
+        return ddp_handlers(settings)
+    if options == "accelerate":
         return []
+    chosen = set(parse_list(options))
     return [
         DistributedDataParallelKwargs(
-            static_graph="static_graph" in options,
-            gradient_as_bucket_view="bucket_view" in options,
-            comm_hook=DDPCommunicationHookType.BF16 if "bf16_hook" in options else DDPCommunicationHookType.NO,
+            static_graph="static_graph" in chosen,
+            gradient_as_bucket_view="bucket_view" in chosen,
+            comm_hook=DDPCommunicationHookType.BF16 if "bf16_hook" in chosen else DDPCommunicationHookType.NO,
         )
     ]
 
@@ -375,7 +383,12 @@ def main() -> None:
         help="one extra step per config under the profiler: gpu_kernel_s_per_step, gpu_busy (GPU only). Can slow "
         "the configs timed after it in the same process: use with one config per command",
     )
-    parser.add_argument("--ddp", default="", help=f"ours, several processes: comma list of {', '.join(DDP_OPTIONS)}")
+    parser.add_argument(
+        "--ddp",
+        default="stage",
+        help=f"ours, several processes: stage (the train stage's DDP), accelerate (its defaults), or a comma list of "
+        f"{', '.join(DDP_OPTIONS)}",
+    )
     parser.add_argument("--small", action="store_true", help="tiny models, 64 px, 2 timed steps: the CPU check")
     parser.add_argument("--device", default=None, help="default cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -391,9 +404,9 @@ def main() -> None:
         parser.error("full-size SDXL training needs a GPU; use --small for the CPU check")
     if processes > 1 and parse_list(args.impl) != ["ours"]:
         parser.error("several processes: --impl ours only (the plain diffusers step has no DDP here)")
-    ddp = tuple(parse_list(args.ddp)) if args.ddp else ()
-    if unknown := set(ddp) - set(DDP_OPTIONS):
-        parser.error(f"unknown --ddp options {sorted(unknown)}; known: {', '.join(DDP_OPTIONS)}")
+    ddp = args.ddp
+    if ddp not in ("stage", "accelerate") and (unknown := set(parse_list(ddp)) - set(DDP_OPTIONS)):
+        parser.error(f"unknown --ddp options {sorted(unknown)}; known: stage, accelerate, {', '.join(DDP_OPTIONS)}")
     out = args.out if rank == 0 else None
     resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
     warmup = args.warmup if args.warmup is not None else (1 if args.small else 8 if args.compile != "none" else 3)
@@ -418,7 +431,7 @@ def main() -> None:
             "compile": args.compile,
             "compile_mode": args.compile_mode,
             "processes": processes,
-            "ddp": list(ddp),
+            "ddp": ddp,
         },
         "results": results,
     }

@@ -9,9 +9,10 @@ fast, resumable and portable.
 - Checkpoints hold LoRA weights, optimizer, LR schedule, RNG and step, under a folder named by a fingerprint of all
   that shapes the run, so a resumed run never mixes with one of other params; a half-written one never counts.
 - Several GPUs: one process per GPU (storyboard.launch, dvc.yaml's command), DDP through accelerate, the compiled
-  CUDA-graph step in each. Each process draws its own batch of train.batch_size (seeded seed + rank), so the
-  effective batch is batch_size x gradient_accumulation_steps x processes; with train.epochs the step count
-  shrinks to match, with max_steps it does not. train.learning_rate is used as set, not scaled with the
+  CUDA-graph step in each; gradients are views of DDP's buckets, its graph static (`ddp_handlers`). Each
+  process draws its own batch of train.batch_size (seeded seed + rank), so the effective batch is batch_size x
+  gradient_accumulation_steps x processes; with train.epochs the step count shrinks to match, with max_steps it
+  does not. train.learning_rate is used as set, not scaled with the
   processes (as in diffusers' and kohya's scripts: Adam's update size barely depends on the batch, and LoRA
   rates are tuned at small batches); raise it yourself if you want the linear rule. The number of processes is
   part of the checkpoint fingerprint: a run resumes only with as many GPUs as it started with.
@@ -208,10 +209,26 @@ def _accelerator(settings: Train, device: Device):
         logger.info("train.mixed_precision=%s needs a GPU; training in float32 on the CPU", settings.mixed_precision)
     mixed = settings.mixed_precision if on_gpu else "no"
     accelerator = Accelerator(
-        mixed_precision=mixed, gradient_accumulation_steps=settings.gradient_accumulation_steps, cpu=not on_gpu
+        mixed_precision=mixed,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        cpu=not on_gpu,
+        kwargs_handlers=ddp_handlers(settings),
     )
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, torch.float32)
     return accelerator, weight_dtype
+
+
+def ddp_handlers(settings: Train) -> list:
+    """How DDP wraps the trained models when several processes train. The gradients are views of DDP's buckets (no
+    copy in or out), and, without gradient accumulation, the graph is declared static: every step uses the same
+    LoRA parameters in the same order, so DDP skips its per-step search for unused ones and keeps its bucket order.
+    (A static graph fails an internal assert in torch 2.11-2.13 once accumulation skips the all-reduce with no_sync.)
+    On 2 H200s, batch 4 per GPU, both took the 2-GPU step from 0.246 to 0.216 s: 1.55x to 1.77x one GPU (batch 8:
+    1.94x); the all-reduce itself takes about 1 ms (BENCHMARKS.md, "Several GPUs")."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    static = settings.gradient_accumulation_steps == 1
+    return [DistributedDataParallelKwargs(static_graph=static, gradient_as_bucket_view=True)]
 
 
 def _seed_everything(seed: int) -> None:
