@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 logger = logging.getLogger("storyboard")
 
@@ -24,11 +25,15 @@ def setup_logging(level: str | None = None) -> None:
 
 def quiet_model_libraries() -> None:
     """No per-file "Loading weights" bars from the model libraries (they hide the stage's own progress bar), and
-    their errors only, also when they were imported before setup_logging. Called before each model load."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    their errors only, also when they were imported before setup_logging. Called before each model load, after
+    the loader's own import: a library not imported yet is left unimported (evaluate never needs diffusers)."""
+    if "diffusers" in sys.modules:
+        from diffusers.utils import logging as diffusers_logging
 
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()

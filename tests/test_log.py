@@ -1,0 +1,26 @@
+"""The model libraries are quieted without importing one a stage never uses (evaluate loads no diffusers model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CHECK = """
+import sys
+import transformers
+from storyboard.log import quiet_model_libraries
+quiet_model_libraries()
+from transformers.utils import logging
+assert "diffusers" not in sys.modules, "quieting imported diffusers"
+assert logging.get_verbosity() == logging.ERROR and not logging.is_progress_bar_enabled()
+import diffusers
+quiet_model_libraries()
+from diffusers.utils import logging as diffusers_logging
+assert diffusers_logging.get_verbosity() == diffusers_logging.ERROR
+assert not diffusers_logging.is_progress_bar_enabled()
+"""
+
+
+def test_quiet_model_libraries_quiets_only_what_is_imported():
+    proc = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
