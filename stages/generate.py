@@ -1,6 +1,8 @@
 """generate stage: bring outputs/<mode> up to date with the plans, in one mode (baseline | lora | ref_guided).
 
-Stories rendered before from the same inputs are kept (a killed run resumes); the others are rendered.
+Stories rendered before from the same inputs are kept (a killed run resumes); the others are rendered. ref_guided
+takes each story's frame 1 from the lora mode's outputs (--first-from) when lora rendered it from the same inputs:
+the LoRA alone, the same prompt and seeds, so the same frame, not rendered twice.
 Several GPUs: `python -m storyboard.launch stages.generate <same arguments>` (dvc.yaml's command) runs a process per
 GPU; each renders a share of every story's frame batches, and the frames are the same bytes as one process makes.
 """
@@ -21,6 +23,9 @@ def arguments(parser) -> None:
     parser.add_argument("--lora", help="LoRA folder (lora and ref_guided modes)")
     parser.add_argument("--out", required=True, help="folder to write, one subfolder per story")
     parser.add_argument("--dataset", help="training dataset: the references of the likeness check")
+    parser.add_argument(
+        "--first-from", help="ref_guided: the lora mode's output folder, whose frames 1 it takes when they are current"
+    )
 
 
 def main(args, settings) -> None:
@@ -32,6 +37,7 @@ def main(args, settings) -> None:
         Path(args.out),
         Path(args.lora) if args.lora else None,
         Path(args.dataset) if args.dataset else None,
+        Path(args.first_from) if args.first_from else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from dataclasses import asdict
@@ -10,7 +11,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from storyboard.fsutil import atomic_path, write_json
-from storyboard.generate.frames import RenderedFrame
+from storyboard.generate.frames import Attempt, RenderedFrame
+from storyboard.story.plan import StoryPlan
 
 THUMB_MIN = 256  # tiny-profile frames are 64 px: blow them up so the sheet stays readable
 CAPTION_LINES = 4
@@ -95,3 +97,24 @@ def write_story_outputs(
         sheet.save(staged / "contact_sheet.png")
         gif = story_gif(frames)
         gif[0].save(staged / "story.gif", save_all=True, append_images=gif[1:], duration=gif_frame_ms, loop=0)
+
+
+def read_first_frame(story_dir: Path, plan: StoryPlan) -> RenderedFrame:
+    """Frame 1 of a story folder that write_story_outputs wrote, as the renderer had settled it: the kept image,
+    the first attempt's when another was kept, and every attempt's record (PNG is lossless: the same pixels)."""
+    record = json.loads((Path(story_dir) / "metadata.json").read_text(encoding="utf-8"))["frames"][0]
+
+    def image(name: str) -> Image.Image:
+        with Image.open(Path(story_dir) / name) as opened:
+            return opened.convert("RGB")
+
+    first_file = record.get("first_attempt_file", record["file"])
+    return RenderedFrame(
+        index=1,
+        frame=plan.frames[0],
+        prompt=record["prompt"],
+        attempts=[Attempt(**attempt) for attempt in record["attempts"]],
+        image=image(record["file"]),
+        best=record["kept_attempt"] - 1,
+        first_image=image(first_file) if first_file != record["file"] else None,
+    )

@@ -19,7 +19,7 @@ from storyboard import TINY_NOTICE
 from storyboard.dataset import load_training_images
 from storyboard.generate.frames import RenderedFrame
 from storyboard.generate.inputs import StoryInputs, file_sha256, is_rendered
-from storyboard.generate.outputs import contact_sheet, write_story_outputs
+from storyboard.generate.outputs import contact_sheet, read_first_frame, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.sharing import SOLO, Group
 from storyboard.log import logger
@@ -39,14 +39,16 @@ def render_plans(
     lora_dir: Path | None,
     dataset_dir: Path | None = None,
     group: Group = SOLO,
+    first_from: Path | None = None,
 ) -> dict[Mode, list[Path]]:
     """Render each plan in each mode into out_roots[mode]/<story_id>/; return those folders per mode.
 
     With a `group` of several processes, each story's frame batches spread over them and the main process writes.
 
     Stories already there from the same inputs are kept as they are. Models are loaded once for all the modes (see
-    `load_renderers`), and only when some story needs rendering; when lora and ref_guided both run, ref_guided
-    takes each story's frame 1 from lora instead of rendering the same frame again.
+    `load_renderers`), and only when some story needs rendering. ref_guided's frame 1 is the LoRA alone, the frame
+    lora renders first: when lora runs too, ref_guided takes it from there; else from `first_from` (the lora
+    mode's output folder, the DVC pipeline's way) for each story that lora rendered from this run's inputs.
     """
     models = model_set(settings)
     lora_sha256 = file_sha256(Path(lora_dir) / "pytorch_lora_weights.safetensors") if lora_dir else None
@@ -90,6 +92,14 @@ def render_plans(
     logger.info("%s: models ready in %.1f s", ", ".join(todo), time.perf_counter() - started)
     notice = TINY_NOTICE if settings.is_tiny else None
     lora_first: dict[str, RenderedFrame] = {}  # story id -> frame 1 as the lora mode settled it
+    if first_from is not None and "ref_guided" in todo and "lora" not in todo:
+        lora_inputs = StoryInputs(settings, "lora", models, lora_sha256, dataset_dir)
+        for plan, _ in todo["ref_guided"]:
+            story_dir = Path(first_from) / plan.story_id
+            if is_rendered(story_dir, lora_inputs.of(plan)):
+                lora_first[plan.story_id] = read_first_frame(story_dir, plan)
+        found, stories = len(lora_first), len(todo["ref_guided"])
+        logger.info("ref_guided: frame 1 of %d of %d stories from %s (the lora mode's)", found, stories, first_from)
     # A story's files (PNG encoding, contact sheet, GIF: 3-4 s a story at 1024 px on the H200 machine) are written
     # on a thread while the next story renders. Leaving the block waits for them, also when rendering fails, so
     # every story rendered is kept.
@@ -174,8 +184,10 @@ def render_to(
     out: Path,
     lora_dir: Path | None,
     dataset_dir: Path | None = None,
+    first_from: Path | None = None,
 ) -> None:
     """Bring `out` up to date with the plans: render what is missing or changed, keep the rest, drop the others.
+    `first_from`: the lora mode's output folder, where ref_guided finds its frames 1 (see render_plans).
 
     Under `accelerate launch` every process goes through the same stories; each renders its share of a story's
     frame batches (sharing.py) and the main process writes the story folder (atomically) once they are gathered.
@@ -191,7 +203,7 @@ def render_to(
     state.wait_for_everyone()
     if group.size > 1:
         logger.info("process %d of %d: rendering a share of every story's frame batches", group.rank, group.size)
-    render_plans(settings, [mode], plans, {mode: out}, lora_dir, dataset_dir, group)
+    render_plans(settings, [mode], plans, {mode: out}, lora_dir, dataset_dir, group, first_from)
     state.wait_for_everyone()
     if group.is_main:
         remove_other_stories(out, [plan.story_id for plan in plans])

@@ -55,6 +55,33 @@ def test_one_run_of_all_modes_gives_the_frames_of_separate_runs(tmp_path, tiny_s
     assert meta["frames"][0]["attempts"] == lora_meta["frames"][0]["attempts"]
 
 
+@pytest.mark.parametrize("retried", [False, True], ids=["kept-first", "retried"])
+def test_ref_guided_takes_frame_1_from_the_lora_stage_when_its_inputs_match(tmp_path, tiny_settings, lora_dir, retried):
+    """The DVC pipeline's way: generate@ref_guided reads outputs/lora (--first-from) in another process."""
+    settings = _settings(tiny_settings)
+    if retried:  # every frame fails the text check: frame 1 keeps some attempt and its first attempt's file
+        retry = {"clip_threshold": 1.0, "max_retries": 1}
+        settings = settings.model_copy(update={"generate": settings.generate.model_copy(update=retry)})
+    plan = plan_story(OfflinePlanner(settings.plan), settings.stories[0], settings.character)
+    render_to(settings, "lora", [plan], tmp_path / "lora", lora_dir)
+    render_to(settings, "ref_guided", [plan], tmp_path / "ref", lora_dir, first_from=tmp_path / "lora")
+    lora_meta = json.loads((tmp_path / "lora" / plan.story_id / "metadata.json").read_text())
+    meta = json.loads((tmp_path / "ref" / plan.story_id / "metadata.json").read_text())
+    assert meta["frame_1_from"] == "lora"
+    assert len(lora_meta["frames"][0]["attempts"]) == (2 if retried else 1)
+    assert meta["frames"][0]["attempts"] == lora_meta["frames"][0]["attempts"]
+    assert np.array_equal(_frames(tmp_path / "ref" / plan.story_id)[0], _frames(tmp_path / "lora" / plan.story_id)[0])
+    # the same story as one run of both modes renders
+    together = {mode: tmp_path / "together" / mode for mode in ("lora", "ref_guided")}
+    render_plans(settings, list(together), [plan], together, lora_dir)
+    assert _files(together["ref_guided"]) == _files(tmp_path / "ref")
+
+    # lora's stories from other inputs (another lora_scale): ref_guided renders its own frame 1
+    other = settings.model_copy(update={"generate": settings.generate.model_copy(update={"lora_scale": 0.5})})
+    render_to(other, "ref_guided", [plan], tmp_path / "other", lora_dir, first_from=tmp_path / "lora")
+    assert json.loads((tmp_path / "other" / plan.story_id / "metadata.json").read_text())["frame_1_from"] is None
+
+
 def test_quantized_modes_in_one_run_give_the_frames_of_separate_runs(tmp_path, tiny_settings, lora_dir):
     settings = _settings(tiny_settings)
     quantized = settings.model_copy(update={"generate": settings.generate.model_copy(update={"quantize": "int8"})})
