@@ -191,7 +191,7 @@ class DlibFaceBackend:
         self.adjust_threshold = adjust_threshold
         # dlib releases the GIL while it detects: 1024 px frames (about 0.3-1 s each at upsample 1) are spread over
         # the cores, each thread with its own models (dlib's detector and ResNet are not safe to share).
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or _usable_cores()
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         started = time.perf_counter()
@@ -234,6 +234,14 @@ class DlibFaceBackend:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dlib-faces")
         return list(self._pool.map(self.detect, images))
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share); all of them where the OS cannot say."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 # --- InsightFace ------------------------------------------------------------------------------------------------
