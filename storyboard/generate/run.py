@@ -27,7 +27,7 @@ from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, model_set
-from storyboard.settings import Mode, Settings
+from storyboard.settings import Mode, ModelSet, Settings
 from storyboard.story.plan import StoryPlan
 
 
@@ -47,8 +47,8 @@ def render_plans(
 
     Stories already there from the same inputs are kept as they are. Models are loaded once for all the modes (see
     `load_renderers`), and only when some story needs rendering. ref_guided's frame 1 is the LoRA alone, the frame
-    lora renders first: when lora runs too, ref_guided takes it from there; else from `first_from` (the lora
-    mode's output folder, the DVC pipeline's way) for each story that lora rendered from this run's inputs.
+    lora renders first: ref_guided takes it from lora's render in this run, or from lora's folder (`first_from`,
+    the DVC pipeline's way; else out_roots["lora"]) when lora rendered the story there from this run's inputs.
     """
     models = model_set(settings)
     lora_sha256 = file_sha256(Path(lora_dir) / "pytorch_lora_weights.safetensors") if lora_dir else None
@@ -91,15 +91,9 @@ def render_plans(
     )
     logger.info("%s: models ready in %.1f s", ", ".join(todo), time.perf_counter() - started)
     notice = TINY_NOTICE if settings.is_tiny else None
-    lora_first: dict[str, RenderedFrame] = {}  # story id -> frame 1 as the lora mode settled it
-    if first_from is not None and "ref_guided" in todo and "lora" not in todo:
-        lora_inputs = StoryInputs(settings, "lora", models, lora_sha256, dataset_dir)
-        for plan, _ in todo["ref_guided"]:
-            story_dir = Path(first_from) / plan.story_id
-            if is_rendered(story_dir, lora_inputs.of(plan)):
-                lora_first[plan.story_id] = read_first_frame(story_dir, plan)
-        found, stories = len(lora_first), len(todo["ref_guided"])
-        logger.info("ref_guided: frame 1 of %d of %d stories from %s (the lora mode's)", found, stories, first_from)
+    # story id -> frame 1 as the lora mode settled it: read from lora's folder now, or rendered below (lora first)
+    lora_root = first_from or out_roots.get("lora")
+    lora_first = _lora_first_frames(settings, models, lora_sha256, dataset_dir, todo, lora_root)
     # A story's files (PNG encoding, contact sheet, GIF: 3-4 s a story at 1024 px on the H200 machine) are written
     # on a thread while the next story renders. Leaving the block waits for them, also when rendering fails, so
     # every story rendered is kept.
@@ -156,6 +150,31 @@ def render_plans(
         for write in pending:
             write.result()  # a failed write raises here
     return written
+
+
+def _lora_first_frames(
+    settings: Settings,
+    models: ModelSet,
+    lora_sha256: str | None,
+    dataset_dir: Path | None,
+    todo: Mapping[Mode, list[tuple[StoryPlan, str]]],
+    lora_root: Path | None,
+) -> dict[str, RenderedFrame]:
+    """Frame 1 of each ref_guided story to render whose lora story is already in `lora_root`, rendered from this
+    run's inputs (the same frame: the LoRA alone, the same prompt and seeds); stories lora renders in this run
+    hand theirs over as they go."""
+    if lora_root is None or "ref_guided" not in todo:
+        return {}
+    rendering = {plan.story_id for plan, _ in todo.get("lora", [])}
+    inputs = StoryInputs(settings, "lora", models, lora_sha256, dataset_dir)
+    found = {}
+    for plan, _ in todo["ref_guided"]:
+        story_dir = Path(lora_root) / plan.story_id
+        if plan.story_id not in rendering and is_rendered(story_dir, inputs.of(plan)):
+            found[plan.story_id] = read_first_frame(story_dir, plan)
+    if found:
+        logger.info("ref_guided: frame 1 of %d stories from %s (the lora mode's)", len(found), lora_root)
+    return found
 
 
 def _write_story(out_dir: Path, frames: list[RenderedFrame], metadata: dict, settings: Settings) -> None:

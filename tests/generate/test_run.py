@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -73,6 +74,10 @@ def test_ref_guided_takes_frame_1_from_the_lora_stage_when_its_inputs_match(tmp_
     assert np.array_equal(_frames(tmp_path / "ref" / plan.story_id)[0], _frames(tmp_path / "lora" / plan.story_id)[0])
     # the same story as one run of both modes renders
     together = {mode: tmp_path / "together" / mode for mode in ("lora", "ref_guided")}
+    render_plans(settings, list(together), [plan], together, lora_dir)
+    assert _files(together["ref_guided"]) == _files(tmp_path / "ref")
+    # a run of both modes whose lora story is kept from before reads frame 1 from lora's folder alike
+    shutil.rmtree(together["ref_guided"] / plan.story_id)
     render_plans(settings, list(together), [plan], together, lora_dir)
     assert _files(together["ref_guided"]) == _files(tmp_path / "ref")
 

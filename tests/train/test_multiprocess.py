@@ -43,11 +43,16 @@ def _train(cwd: Path, dataset: Path, out: str, processes: int) -> str:
     return proc.stderr
 
 
-def test_two_processes_train_resume_and_refuse_to_mix_with_one(tmp_path, tiny_dataset, tiny_settings):
+def _write_params(folder: Path, tiny_settings, **train) -> None:
+    """The tiny profile's params with these train keys, rank 4, batch 1 and no validation samples."""
     settings = tiny_settings.model_dump(mode="json")
-    settings["train"].update(max_steps=4, checkpoint_every=2, checkpoints_keep=10, rank=4, batch_size=1)
+    settings["train"].update(rank=4, batch_size=1, **train)
     settings["train"]["validation"]["every"] = 0
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    (folder / "params.yaml").write_text(yaml.safe_dump(settings))
+
+
+def test_two_processes_train_resume_and_refuse_to_mix_with_one(tmp_path, tiny_dataset, tiny_settings):
+    _write_params(tmp_path, tiny_settings, max_steps=4, checkpoint_every=2, checkpoints_keep=10)
 
     _train(tmp_path, tiny_dataset, "full", processes=2)
     summary = json.loads((tmp_path / "full/training.json").read_text())
@@ -76,12 +81,9 @@ def test_two_processes_train_resume_and_refuse_to_mix_with_one(tmp_path, tiny_da
 
 
 def test_two_processes_accumulate_gradients(tmp_path, tiny_dataset, tiny_settings):
-    """DDP with a static graph and bucket-view gradients (lora.ddp_handlers) under gradient accumulation: the
-    micro-batches before the last skip the all-reduce (no_sync), which a static graph must allow."""
-    settings = tiny_settings.model_dump(mode="json")
-    settings["train"].update(max_steps=3, gradient_accumulation_steps=2, rank=4, batch_size=1, checkpoint_every=3)
-    settings["train"]["validation"]["every"] = 0
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    """DDP as lora.ddp_handlers sets it up, under gradient accumulation: the micro-batches before the last skip the
+    all-reduce (no_sync), which DDP's static graph fails on (an internal assert), so it must be off here."""
+    _write_params(tmp_path, tiny_settings, max_steps=3, gradient_accumulation_steps=2, checkpoint_every=3)
 
     _train(tmp_path, tiny_dataset, "lora", processes=2)
     summary = json.loads((tmp_path / "lora/training.json").read_text())
