@@ -19,6 +19,7 @@ from storyboard.models.loading import Device, load
 # ViStoryBench's defaults (CIDSEvaluator.__init__: BOX_TRESHOLD, TEXT_TRESHOLD)
 BOX_THRESHOLD = 0.25
 TEXT_THRESHOLD = 0.25
+BATCH = 8  # images per detector call: a story's frames, or the references, in a few calls
 
 
 @dataclass(frozen=True)
@@ -52,26 +53,43 @@ class CharacterDetector:
         self.processor = load("Grounding DINO processor", source, GroundingDinoProcessor.from_pretrained)
 
     @torch.no_grad()
-    def detect(self, image: Image.Image, prompt: str) -> list[Box]:
-        inputs = self.processor(images=[image], text=[prompt], return_tensors="pt").to(self.device)
+    def detect_many(self, images: Sequence[Image.Image], prompt: str) -> list[list[Box]]:
+        """Each image's boxes, best first. Images of one size go through the model together, `BATCH` at a time;
+        images of different sizes never share a batch, whose padding would move their boxes."""
+        found: list[list[Box]] = [[] for _ in images]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(image.size, []).append(i)
+        for indices in by_size.values():
+            for start in range(0, len(indices), BATCH):
+                chunk = indices[start : start + BATCH]
+                for i, boxes in zip(chunk, self._detect_batch([images[i] for i in chunk], prompt), strict=True):
+                    found[i] = boxes
+        return found
+
+    def _detect_batch(self, images: list[Image.Image], prompt: str) -> list[list[Box]]:
+        inputs = self.processor(images=images, text=[prompt] * len(images), return_tensors="pt").to(self.device)
         outputs = self.model(**inputs)
-        (found,) = self.processor.post_process_grounded_object_detection(
+        results = self.processor.post_process_grounded_object_detection(
             outputs,
             inputs["input_ids"],
             threshold=BOX_THRESHOLD,
             text_threshold=TEXT_THRESHOLD,
-            target_sizes=[(image.height, image.width)],
+            target_sizes=[(image.height, image.width) for image in images],
         )
-        boxes = []
-        for score, xyxy in zip(found["scores"].tolist(), found["boxes"].tolist(), strict=True):
-            bbox = _clamp(xyxy, image.width, image.height)
-            if bbox is not None:
-                boxes.append(Box(bbox, round(float(score), 5)))
-        return sorted(boxes, key=lambda b: b.score, reverse=True)
+        out = []
+        for image, result in zip(images, results, strict=True):
+            boxes = []
+            for score, xyxy in zip(result["scores"].tolist(), result["boxes"].tolist(), strict=True):
+                bbox = _clamp(xyxy, image.width, image.height)
+                if bbox is not None:
+                    boxes.append(Box(bbox, round(float(score), 5)))
+            out.append(sorted(boxes, key=lambda b: b.score, reverse=True))
+        return out
 
     def best(self, images: Sequence[Image.Image], prompt: str) -> list[Box | None]:
         """The top box of each image (ViStoryBench keeps top-k, k = characters in the shot: one here), or None."""
-        return [next(iter(self.detect(image, prompt)), None) for image in images]
+        return [next(iter(boxes), None) for boxes in self.detect_many(images, prompt)]
 
 
 def _clamp(xyxy: Sequence[float], width: int, height: int) -> tuple[int, int, int, int] | None:

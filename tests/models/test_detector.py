@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -19,7 +20,7 @@ def test_tiny_grounding_dino_loads_and_boxes_lie_in_the_image(tiny_models, cpu):
     tokens = detector.processor.tokenizer.tokenize("aldar kose.")
     assert "[UNK]" not in tokens and tokens[:2] == ["a", "##l"]
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8))
-    boxes = detector.detect(image, "character.")
+    (boxes,) = detector.detect_many([image], "character.")
     scores = [b.score for b in boxes]
     assert scores == sorted(scores, reverse=True) and all(0.25 < s <= 1 for s in scores)
     for b in boxes:
@@ -27,6 +28,30 @@ def test_tiny_grounding_dino_loads_and_boxes_lie_in_the_image(tiny_models, cpu):
         assert 0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 96
         assert b.crop(image).size == (x1 - x0, y1 - y0)
     assert detector.best([image], "character.") == [boxes[0] if boxes else None]
+
+
+def test_detecting_together_finds_what_one_at_a_time_finds(tiny_models, cpu, monkeypatch):
+    """Images of one size share a batch (a story's frames, the references); other sizes get their own, so no image
+    is padded: the boxes are those of one image per call."""
+    import storyboard.models.detector as detector_module
+
+    detector = CharacterDetector(tiny_models.detector, cpu)
+    rng = np.random.default_rng(1)
+    sizes = [(160, 96), (160, 96), (96, 128), (160, 96), (96, 128)]
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    alone = [detector.detect_many([image], "character.")[0] for image in images]
+    calls = []
+    batch = detector._detect_batch
+    monkeypatch.setattr(
+        detector, "_detect_batch", lambda ims, prompt: calls.append([im.size for im in ims]) or batch(ims, prompt)
+    )
+    monkeypatch.setattr(detector_module, "BATCH", 2)
+    together = detector.detect_many(images, "character.")
+    assert calls == [[(160, 96)] * 2, [(160, 96)], [(96, 128)] * 2]
+    assert any(alone), "the tiny detector found nothing: the comparison would be empty"
+    for one, many in zip(alone, together, strict=True):
+        assert [b.bbox for b in one] == [b.bbox for b in many]
+        assert [b.score for b in one] == pytest.approx([b.score for b in many], abs=1e-4)
 
 
 def test_detector_prompt_is_grounding_dinos_form():
