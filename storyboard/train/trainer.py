@@ -31,6 +31,23 @@ def _add_lora(model, rank: int, alpha: int, dropout: float, targets: list[str]) 
         raise TrainError(f"LoRA target modules {targets} don't fit {type(model).__name__}: {e}") from None
 
 
+def _blocks_take_trained_inputs(unet) -> None:
+    """Make every compiled transformer block see an input that requires grad, as all but the first do.
+
+    The first block's input comes from frozen layers only (LoRA starts in its attention), so it alone would need a
+    graph of its own, forward and backward: one more compile of a minute's cold compile, and more CUDA graphs. The
+    price is the gradient of that one input, which nothing reads."""
+
+    def trained(module, args, output):
+        if torch.is_grad_enabled() and not output.requires_grad:
+            output.requires_grad_()  # a leaf: nothing before it requires grad
+        return output
+
+    for module in unet.modules():
+        if hasattr(module, "transformer_blocks") and isinstance(getattr(module, "proj_in", None), torch.nn.Module):
+            module.proj_in.register_forward_hook(trained)
+
+
 def _trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -76,7 +93,8 @@ class LoraTrainer:
 
             for model in trained:
                 self._contexts.enter_context(disable_input_dtype_casting(model))
-        compile_in_place(self.unet, s.compile, s.compile_mode)
+        if compile_in_place(self.unet, s.compile, s.compile_mode):
+            _blocks_take_trained_inputs(self.unet)
         groups = [{"params": _trainable(self.unet), "lr": s.learning_rate}]
         groups += [{"params": _trainable(e), "lr": s.text_encoder_learning_rate} for e in self.text_encoders]
         if not groups[0]["params"]:

@@ -337,3 +337,17 @@ def test_compiled_blocks_train_like_eager(tmp_path, tiny_dataset, tiny_settings,
     )
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_blocks_compile_one_graph(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
+    """The first transformer block, whose input no trained weight has touched, shares the other blocks' graph: no
+    compile of its own (a minute of the GPU's cold compile is one graph's forward and backward)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    _train(
+        tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, max_steps=2, compile="blocks", compile_mode="default"
+    )
+    assert counters["stats"]["unique_graphs"] == 1
