@@ -23,7 +23,8 @@ listed. The dvc output of each phase goes to <out>/<phase>.log.
 
     python bench/rehearse.py --workdir /tmp/rehearse --models /tmp/hub --out $OUT            # on the GPU
     python bench/rehearse.py --workdir /tmp/rh --models /tmp/hubsmall --out /tmp/o --small   # CPU check
-Prints one JSON line (also written to <out>/rehearse.json after each phase).
+Prints one JSON line (also written to <out>/rehearse.json after each phase). --profile also samples each phase with
+py-spy (wall time per Python stack, in each stage's process): where a stage's start-up goes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ PROJECT_FILES = (
 RAW_IMAGES = 20
 PHASES = ("setup", "first", "exp", "noop")
 EXP_ARGS = ("-S", "generate.ip_adapter_scale=0.7")
+PROFILE_RATE = 20  # py-spy samples per second per process
 RUNNING = re.compile(r"Running stage '([^']+)'")
 SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
 GIT_ENV = {
@@ -115,11 +117,19 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path | None = None)
 
 
 def timed_dvc(
-    args: list[str], cwd: Path, env: dict[str, str], log: Path, gpu: GpuMemory, on_stage=lambda done: None
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    gpu: GpuMemory,
+    on_stage=lambda done: None,
+    profile: Path | None = None,
 ) -> dict:
     """Run `dvc <args>`, streaming its output to `log`; time each stage it runs, and its GPU memory peak.
 
-    `on_stage(stages)` is called as each stage ends, so a run killed at a time limit keeps the finished ones."""
+    `on_stage(stages)` is called as each stage ends, so a run killed at a time limit keeps the finished ones.
+    `profile`: py-spy samples dvc and every stage process into this file (wall time, idle included), without
+    pausing them."""
     start = time.perf_counter()
     stages: list[dict] = []
     skipped: list[str] = []
@@ -131,8 +141,12 @@ def timed_dvc(
             stages[-1]["peak_gpu_mib"] = gpu.reset()
             on_stage([s for s in stages if "wall_s" in s])
 
+    cmd = [sys.executable, "-m", "dvc", *args]
+    if profile is not None:
+        spy = ["py-spy", "record", "--subprocesses", "--idle", "--nonblocking", "--rate", str(PROFILE_RATE)]
+        cmd = [*spy, "--format", "raw", "--output", str(profile), "--", *cmd]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", *args],
+        cmd,
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -262,6 +276,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for rehearse.json and the dvc logs")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
     parser.add_argument("--small", action="store_true", help="small models, few steps: the CPU check")
+    parser.add_argument("--profile", action="store_true", help="py-spy samples each dvc phase: <out>/<phase>.pyspy")
     args = parser.parse_args()
     work, out = Path(args.workdir).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +305,8 @@ def main() -> None:
                     result[phase] = {"command": "dvc " + " ".join(dvc_args), "complete": False, "stages": done}
                     result_file.write_text(json.dumps(result, indent=1) + "\n")
 
-                result[phase] = timed_dvc(dvc_args, work, env, out / f"{phase}.log", gpu, partial)
+                profile = out / f"{phase}.pyspy" if args.profile else None
+                result[phase] = timed_dvc(dvc_args, work, env, out / f"{phase}.log", gpu, partial, profile)
                 if phase != "noop":
                     result[f"{phase}_outputs"] = stage_summaries(work)
             result_file.write_text(json.dumps(result, indent=1) + "\n")
