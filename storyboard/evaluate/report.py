@@ -12,7 +12,15 @@ from storyboard import TINY_NOTICE
 from storyboard.dataset import load_training_images
 from storyboard.evaluate.html import write_html_report
 from storyboard.evaluate.independence import evaluate_face_backend, figure_provenance
-from storyboard.evaluate.scores import Locator, retried, score_mode, summarise, summarise_by_story
+from storyboard.evaluate.scores import (
+    Locator,
+    locate_files,
+    mode_files,
+    retried,
+    score_mode,
+    summarise,
+    summarise_by_story,
+)
 from storyboard.evaluate.vistorybench import DIFFERENCES
 from storyboard.fsutil import atomic_path, write_json, write_text
 from storyboard.log import logger
@@ -108,13 +116,15 @@ def evaluate_outputs(
         "vistorybench": DIFFERENCES,
     }
     frames: dict[str, pd.DataFrame] = {}
+    # Every frame of every mode located up front, together: a frame kept at its first attempt is located once for
+    # both passes.
+    located = locate_files([f for mode in MODES for f in mode_files(outputs / mode, mode, story_ids)], locator)
     with atomic_path(frames_dir) as staged:
         staged.mkdir(parents=True)
         for mode in MODES:
-            located: dict = {}  # frames kept at their first attempt are located once for both passes
             frames[mode], stories = score_mode(outputs / mode, mode, story_ids, locator, references, "kept", located)
             frames[mode].to_csv(staged / f"{mode}.csv", index=False)
-            if retried(outputs / mode, story_ids):
+            if retried(outputs / mode, story_ids, mode):
                 first, first_stories = score_mode(
                     outputs / mode, mode, story_ids, locator, references, "first", located
                 )

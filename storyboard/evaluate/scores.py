@@ -37,6 +37,7 @@ from storyboard.models.loading import Device
 from storyboard.settings import ModelSet, Settings
 
 Attempt = Literal["kept", "first"]
+LOCATE_CHUNK = 32  # frames located together: enough to occupy the cores, few enough to hold in memory
 
 
 class EvaluateError(StoryboardError):
@@ -171,12 +172,8 @@ def score_story(
 
     `located_files`: what the locator found per file, kept across calls: a frame kept at its first attempt is the
     same file in the kept and the first-attempt pass, and is located (detector, face backend) once."""
-    meta_path = story_dir / "metadata.json"
-    if not meta_path.exists():
-        raise EvaluateError(f"{meta_path} missing: rerun `dvc repro generate@{mode}`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta, files = story_files(story_dir, mode, attempt)
     records = meta["frames"]
-    files = [story_dir / _frame_file(r, attempt, meta_path, mode) for r in records]
     images = [Image.open(f).convert("RGB") for f in files]
     scorer = locator.scorer
     text = scorer.text_scores(images, [r["scene"] for r in records])
@@ -259,17 +256,45 @@ def score_mode(
     stories: dict[str, dict] = {}
     for story_id in tqdm(story_ids, desc=f"evaluate {mode} ({attempt} attempts)", unit="story"):
         story_dir = Path(mode_dir) / story_id
-        if not story_dir.is_dir():
-            raise EvaluateError(f"{story_dir} missing: rerun `dvc repro generate@{mode}`")
         story_rows, stories[story_id] = score_story(story_dir, mode, locator, references, attempt, located_files)
         rows += story_rows
     return pd.DataFrame([asdict(r) for r in rows]), stories
 
 
-def retried(mode_dir: Path, story_ids: list[str]) -> bool:
+def story_files(story_dir: Path, mode: str, attempt: Attempt) -> tuple[dict, list[Path]]:
+    """A story's metadata and the files of `attempt`; a missing story names the stage to rerun."""
+    meta_path = story_dir / "metadata.json"
+    if not story_dir.is_dir() or not meta_path.exists():
+        raise EvaluateError(
+            f"{meta_path if story_dir.is_dir() else story_dir} missing: rerun `dvc repro generate@{mode}`"
+        )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    return meta, [story_dir / _frame_file(r, attempt, meta_path, mode) for r in meta["frames"]]
+
+
+def mode_files(mode_dir: Path, mode: str, story_ids: list[str]) -> list[Path]:
+    """Every file a mode's scoring reads: the kept frames and, when generate retried any, the first attempts."""
+    attempts: list[Attempt] = ["kept", "first"] if retried(mode_dir, story_ids, mode) else ["kept"]
+    return [f for a in attempts for story_id in story_ids for f in story_files(Path(mode_dir) / story_id, mode, a)[1]]
+
+
+def locate_files(files: list[Path], locator: Locator) -> dict[Path, Located]:
+    """Each file located once, `LOCATE_CHUNK` at a time: the faces of a chunk are detected together, on every CPU core
+    (dlib), where one story's frames would keep only a few of them busy."""
+    todo = list(dict.fromkeys(files))
+    located: dict[Path, Located] = {}
+    with tqdm(total=len(todo), desc="evaluate: locating the character", unit="frame") as bar:
+        for start in range(0, len(todo), LOCATE_CHUNK):
+            chunk = todo[start : start + LOCATE_CHUNK]
+            located.update(zip(chunk, locator.locate([Image.open(f).convert("RGB") for f in chunk]), strict=True))
+            bar.update(len(chunk))
+    return located
+
+
+def retried(mode_dir: Path, story_ids: list[str], mode: str) -> bool:
     """Whether any frame kept another attempt than its first (otherwise the first attempts are the kept frames)."""
     for story_id in story_ids:
-        meta = json.loads((Path(mode_dir) / story_id / "metadata.json").read_text(encoding="utf-8"))
+        meta, _ = story_files(Path(mode_dir) / story_id, mode, "kept")
         if any(r.get("kept_attempt", 1) != 1 for r in meta["frames"]):
             return True
     return False

@@ -122,6 +122,35 @@ def test_first_attempts_are_scored_from_their_own_files(tmp_path, locator):
     assert first[0].face_detected == kept[0].face_detected and first[0].character_box == kept[0].character_box
 
 
+def test_a_modes_files_are_located_once_in_chunks_and_scored_alike(tmp_path, locator, monkeypatch):
+    """evaluate locates every file of a mode up front, a chunk of frames at a time (their faces detected together):
+    each file once, the kept frames and the first attempts of retried ones, with the boxes and faces that scoring
+    a story alone finds."""
+    import storyboard.evaluate.scores as scores
+
+    face = Image.open(IMAGES / "Tom_Hanks_54745.png").convert("RGB").resize((256, 256))
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 255, (256, 256, 3), dtype=np.uint8))
+    write_story(tmp_path, [face, ImageOps.mirror(face)], "s1", first={2: noise})
+    write_story(tmp_path, [ImageOps.mirror(face), noise, face], "s2")
+    files = scores.mode_files(tmp_path, "lora", ["s1", "s2"])
+    names = [str(f.relative_to(tmp_path)) for f in files]
+    assert names[:5] == ["s1/frame_01.png", "s1/frame_02.png", "s2/frame_01.png", "s2/frame_02.png", "s2/frame_03.png"]
+    assert names[5:] == ["s1/frame_01.png", "s1/first_attempts/frame_02.png", *names[2:5]]  # the first attempts
+    chunks = []
+    locate = locator.locate
+    monkeypatch.setattr(locator, "locate", lambda images: chunks.append(len(images)) or locate(images))
+    monkeypatch.setattr(scores, "LOCATE_CHUNK", 4)
+    located = scores.locate_files(files, locator)
+    assert chunks == [4, 2] and set(located) == set(files)
+    for story_id in ("s1", "s2"):
+        alone: dict = {}
+        rows, _ = score_story(tmp_path / story_id, "lora", locator, located_files=alone)
+        together, _ = score_story(tmp_path / story_id, "lora", locator, located_files=located)
+        assert together == rows
+    with pytest.raises(EvaluateError, match=r"s3 missing: rerun `dvc repro generate@lora`"):
+        scores.mode_files(tmp_path, "lora", ["s1", "s3"])
+
+
 def test_first_attempt_missing_names_the_fix(tmp_path, locator):
     story = _story(tmp_path)
     meta = json.loads((story / "metadata.json").read_text())
