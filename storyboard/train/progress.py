@@ -13,6 +13,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+# zlib level 1: a drawn 1024 px sample saves in about half the default level's time (45 -> 24 ms here) in a file a
+# quarter larger; the samples are saved at every checkpoint while the GPU waits, and only read back by the sweep and
+# by a resumed run.
+FAST_PNG = 1
+
 
 class TrainLog:
     """Losses stay on the device until `flush`, the one host sync of the step loop."""
@@ -54,7 +59,7 @@ class TrainLog:
         for i, image in enumerate(images):
             name = f"step{step:06d}_{i}.png"
             self.live.log_image(f"validation/{name}", image)
-            image.save(self.samples_dir / name)
+            image.save(self.samples_dir / name, compress_level=FAST_PNG)
         self.validated.add(step)
 
     def end(self) -> None:

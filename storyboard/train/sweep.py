@@ -29,6 +29,7 @@ from storyboard.fsutil import atomic_path, write_json
 from storyboard.log import logger
 from storyboard.settings import ModelSet, Settings, Train, Validation
 from storyboard.train.export import LORA_WEIGHTS
+from storyboard.train.progress import FAST_PNG
 
 SHOWN_STEPS = 3  # steps whose samples the report shows: the chosen one and two others
 
@@ -127,7 +128,7 @@ class Sweep:
         self.folder.mkdir(parents=True, exist_ok=True)
         for path, image in zip(self.sample_paths(step), images, strict=True):
             with atomic_path(path) as staged:
-                image.save(staged, format="PNG")
+                image.save(staged, format="PNG", compress_level=FAST_PNG)
         with atomic_path(self.lora_dir(step)) as staged:
             StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **layers)
 
