@@ -10,7 +10,8 @@ shipped one only where a user without InsightFace's pack and without an OpenAI k
 
 Phases (--phases, in order; each reuses the workdir the last left):
     setup   copy the project into --workdir, git init, write the model folders, draw 20 pictures at 1024 px with
-            .txt sidecars into data/raw, edit params.yaml, commit
+            .txt sidecars into data/raw, edit params.yaml, commit; where this Python's packages come without
+            bytecode, compile it once into <models>/pycache (pip writes it at install; see bytecode_prefix)
     first   `dvc repro`                                       (every stage, shipped defaults: 500 training steps)
     exp     `dvc exp run -S generate.ip_adapter_scale=0.7`     (should rerun generate@ref_guided and evaluate only)
     noop    `dvc repro`                                       (should rerun nothing)
@@ -30,12 +31,14 @@ py-spy (wall time per Python stack, in each stage's process): where a stage's st
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -217,6 +220,31 @@ def set_params(path: Path, values: dict[str, object]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
 
 
+def bytecode_prefix(models_root: Path) -> Path | None:
+    """Where the stage processes should find this Python's bytecode; None: beside the sources, where it is.
+
+    pip writes a package's bytecode when it installs it, so on a pod the stages import compiled modules. An image
+    whose packages come without it and cannot take it (the lent GPU's) makes every stage process compile its
+    imports again: at least 46 s of a first run (BENCHMARKS.md, third rehearsal). There the rehearsal compiles them
+    once, before the timed phases, into a folder of its own (PYTHONPYCACHEPREFIX), as pip would have."""
+    torch_init = importlib.util.find_spec("torch").origin
+    if Path(importlib.util.cache_from_source(torch_init)).exists():
+        return None
+    return models_root / "pycache"
+
+
+def compile_bytecode(prefix: Path, env: dict[str, str]) -> float:
+    """Compile every installed package's sources into `prefix`; returns the seconds it took."""
+    t = time.perf_counter()
+    paths = sysconfig.get_paths()
+    folders = dict.fromkeys([paths["purelib"], paths["platlib"], *env.get("PYTHONPATH", "").split(os.pathsep)])
+    folders = [f for f in folders if f and Path(f).is_dir()]
+    # Some packages ship files that are not Python 3 (templates, test data): compileall reports them and goes on.
+    cmd = [sys.executable, "-m", "compileall", "-q", "-j", "0", *folders]
+    subprocess.run(cmd, env={**env, "PYTHONPYCACHEPREFIX": str(prefix)}, capture_output=True, check=False)
+    return round(time.perf_counter() - t, 1)
+
+
 def setup(work: Path, models_root: Path, small: bool, env: dict[str, str], out: Path) -> dict:
     t0 = time.perf_counter()
     if work.exists():
@@ -252,8 +280,11 @@ def setup(work: Path, models_root: Path, small: bool, env: dict[str, str], out: 
     set_params(work / "params.yaml", values)
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-q", "-m", "rehearsal: my pictures, my params"], work, env)
+    prefix = env.get("PYTHONPYCACHEPREFIX")
+    bytecode_s = compile_bytecode(Path(prefix), env) if prefix else None
     return {
         "wall_s": round(time.perf_counter() - t0, 1),
+        "bytecode": {"prefix": prefix, "compile_s": bytecode_s},
         "model_folders_s": round(folders_s, 1),
         "raw_images": RAW_IMAGES,
         "raw_size": size,
@@ -280,12 +311,16 @@ def main() -> None:
     args = parser.parse_args()
     work, out = Path(args.workdir).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy on the PATH (pip install py-spy)")
     phases = [p for p in args.phases.split(",") if p]
     if unknown := set(phases) - set(PHASES):
         parser.error(f"unknown phases {sorted(unknown)}")
     # Stage commands call `python`: this interpreter's, as the Makefile puts .venv/bin first on PATH.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, **GIT_ENV, "PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    if (prefix := bytecode_prefix(Path(args.models).resolve())) is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(prefix)
     result_file = out / "rehearse.json"
     result: dict = json.loads(result_file.read_text()) if result_file.exists() else {}
     result.update({"small": args.small, "complete": False})
