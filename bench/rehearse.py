@@ -234,10 +234,12 @@ def bytecode_prefix(models_root: Path) -> Path | None:
 
 
 def compile_bytecode(prefix: Path, env: dict[str, str]) -> float:
-    """Compile every installed package's sources into `prefix`; returns the seconds it took."""
+    """Compile the standard library's and every installed package's sources into `prefix`; returns the seconds it
+    took. The standard library too: under PYTHONPYCACHEPREFIX Python reads bytecode from the prefix alone."""
     t = time.perf_counter()
     paths = sysconfig.get_paths()
-    folders = dict.fromkeys([paths["purelib"], paths["platlib"], *env.get("PYTHONPATH", "").split(os.pathsep)])
+    libraries = [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    folders = dict.fromkeys([*libraries, *env.get("PYTHONPATH", "").split(os.pathsep)])
     folders = [f for f in folders if f and Path(f).is_dir()]
     # Some packages ship files that are not Python 3 (templates, test data): compileall reports them and goes on.
     cmd = [sys.executable, "-m", "compileall", "-q", "-j", "0", *folders]
