@@ -32,11 +32,12 @@ def _add_lora(model, rank: int, alpha: int, dropout: float, targets: list[str]) 
 
 
 def _blocks_take_trained_inputs(unet) -> None:
-    """Make every compiled transformer block see an input that requires grad, as all but the first do.
+    """Under `train.compile: blocks`, make every transformer block see an input that requires grad, as all but the
+    first do.
 
     The first block's input comes from frozen layers only (LoRA starts in its attention), so it alone would need a
-    graph of its own, forward and backward: one more compile of a minute's cold compile, and more CUDA graphs. The
-    price is the gradient of that one input, which nothing reads."""
+    graph of its own, forward and backward: one more compile (about 13 s of an H200's cold compile, BENCHMARKS.md)
+    and more CUDA graphs to record. The price is the gradient of that one input, which nothing reads."""
 
     def trained(module, args, output):
         if torch.is_grad_enabled() and not output.requires_grad:
@@ -93,7 +94,8 @@ class LoraTrainer:
 
             for model in trained:
                 self._contexts.enter_context(disable_input_dtype_casting(model))
-        if compile_in_place(self.unet, s.compile, s.compile_mode):
+        compile_in_place(self.unet, s.compile, s.compile_mode)
+        if s.compile == "blocks":
             _blocks_take_trained_inputs(self.unet)
         groups = [{"params": _trainable(self.unet), "lr": s.learning_rate}]
         groups += [{"params": _trainable(e), "lr": s.text_encoder_learning_rate} for e in self.text_encoders]
