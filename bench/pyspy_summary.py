@@ -2,8 +2,9 @@
 
 Per process (dvc and each stage): the seconds of its main thread, then its frames by cumulative seconds; threads
 other than the main one (tqdm's monitor, dlib's workers, the story writer) are left out, so the seconds add up to
-wall time. `--frames` narrows the frames to those matching a regex; `--bytecode` adds, per process, the seconds
-Python spent compiling sources to bytecode (none where the packages were installed with their .pyc files).
+wall time. A command line run by several processes (inductor's compile workers) is one row, its seconds summed and
+its processes counted. `--frames` narrows the frames to those matching a regex; `--bytecode` adds, per process, the
+seconds Python spent compiling sources to bytecode (none where the packages were installed with their .pyc files).
 
     python bench/pyspy_summary.py first.pyspy --stage "mode baseline" --frames "storyboard/|stages/"
     python bench/pyspy_summary.py first.pyspy.xz --bytecode
@@ -21,15 +22,15 @@ COMPILE = "SourceLoader.source_to_code"
 
 
 def read(path: Path):
-    """(process, frames, samples) per line; the process is the innermost `process PID:"cmdline"` frame."""
+    """(process, pid, frames, samples) per line; the process is the innermost `process PID:"cmdline"` frame."""
     opener = lzma.open if path.suffix == ".xz" else open
     with opener(path, "rt") as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             frames = stack.split(";")
             at = max(i for i, frame in enumerate(frames) if frame.startswith("process "))
-            cmdline = frames[at].split(":", 1)[1].strip('"')
-            yield cmdline or "dvc", frames[at + 1 :], int(count)
+            pid, cmdline = frames[at].removeprefix("process ").split(":", 1)
+            yield cmdline.strip('"') or "dvc", pid, frames[at + 1 :], int(count)
 
 
 def main() -> None:
@@ -45,7 +46,9 @@ def main() -> None:
     seconds: Counter = Counter()
     compiling: Counter = Counter()
     frames_of: dict[str, Counter] = defaultdict(Counter)
-    for process, frames, count in read(args.profile):
+    pids: dict[str, set] = defaultdict(set)
+    for process, pid, frames, count in read(args.profile):
+        pids[process].add(pid)
         if not frames or frames[0].startswith(("Thread._bootstrap", "_bootstrap")):
             continue  # not the main thread
         seconds[process] += count
@@ -55,7 +58,8 @@ def main() -> None:
             frames_of[process][frame] += count
     for process, n in seconds.most_common():
         extra = f"  (compiling bytecode {compiling[process] / args.rate:.1f} s)" if args.bytecode else ""
-        print(f"{n / args.rate:8.1f} s  {process[:110]}{extra}")
+        several = f"  ({len(pids[process])} processes)" if len(pids[process]) > 1 else ""
+        print(f"{n / args.rate:8.1f} s  {process[:110]}{several}{extra}")
         if args.stage and re.search(args.stage, process):
             shown = [(f, m) for f, m in frames_of[process].most_common() if re.search(args.frames, f)]
             for frame, m in shown[: args.top]:
