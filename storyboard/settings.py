@@ -237,10 +237,10 @@ class Generate(_Section):
         0.70, description="DINOv2 image cosine (frame vs frame 1 and the training images) below which it is redone"
     )
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    frames_per_batch: PositiveInt = Field(
-        4,
-        description="frames per pipeline call; a story's batches spread over the GPUs of `accelerate launch`, "
-        "and a frame's pixels depend on its batch, not on the number of GPUs",
+    frames_per_batch: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="frames per pipeline call; auto: a story in one call (up to 8 frames), split evenly over the "
+        "GPUs of `accelerate launch`; a number: the same batches, so the same pixels, on any number of GPUs",
     )
     reference: Literal["face", "frame", "faceid"] = Field(
         "face",

@@ -36,7 +36,7 @@ from PIL import Image
 
 from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
-from storyboard.generate.sharing import SOLO, Group, frame_batches
+from storyboard.generate.sharing import SOLO, Group, batch_size, frame_batches
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
@@ -147,6 +147,7 @@ class StoryRenderer:
             height=self.resolution,
             width=self.resolution,
             generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
+            output_type="pt",
         )
         if self.mode == "ref_guided":
             if ip_reference is None:
@@ -154,7 +155,7 @@ class StoryRenderer:
                 # skips (the UNet still wants its input, so the encoder sees a blank image once; FaceID: zeros).
                 self.pipe.set_ip_adapter_scale(0.0)
                 with self._faceid_lora_off():
-                    return self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images
+                    return _pil_images(self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images)
             self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
             conditions = [
                 render_openpose(frame_pose(get_pose(pose), shot), self.resolution, self.resolution)
@@ -165,7 +166,7 @@ class StoryRenderer:
                 controlnet_conditioning_scale=s.controlnet_scale,
                 **self._ip_adapter_input(ip_reference),
             )
-        return self.pipe(**kwargs).images
+        return _pil_images(self.pipe(**kwargs).images)
 
     def _ip_adapter_input(self, ip_reference: IpReference | None) -> dict:
         """The pipeline argument that feeds the IP-Adapter; None: an input that its scale of 0 ignores.
@@ -273,14 +274,15 @@ class StoryRenderer:
                     self._settle(frames[:1], None, None)
                 frames[0], anchor = self._shared_first(frames[0], group)
             ip_reference = self.ip_references.of(frames[0].image, plan.story_id)
-            mine = group.share(frame_batches(frames[1:], per_batch))
+            later = frames[1:]
+            mine = group.share(frame_batches(later, batch_size(len(later), per_batch, group.size)))
             for batch in mine:
                 self._attempt(batch, 0, ip_reference)
         else:
             # No frame conditions another: frame 1 renders in the first batch (the main process's), and only the
             # likeness check waits for it (the later frames are judged against it).
             ip_reference = None
-            mine = group.share(frame_batches(frames, per_batch))
+            mine = group.share(frame_batches(frames, batch_size(len(frames), per_batch, group.size)))
             for batch in mine:
                 self._attempt(batch, 0, None)
             if group.is_main:
@@ -309,6 +311,13 @@ class StoryRenderer:
         if self.likeness is None:
             return None
         return first.features[first.best] if first.features else self.likeness.image_features([first.image])[0]
+
+
+def _pil_images(images: torch.Tensor) -> list[Image.Image]:
+    """The pipeline's decoded frames (in [0, 1], on the device) as PIL images, the same bytes as its own "pil"
+    output: that one scales and rounds on the host in float32, which costs the host more than the GPU's decode."""
+    pixels = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p) for p in pixels]
 
 
 def _kept(frame: RenderedFrame) -> RenderedFrame:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from storyboard import TINY_NOTICE
 from storyboard.dataset import load_training_images
-from storyboard.generate.frames import RenderedFrame
+from storyboard.generate.frames import RenderedFrame, frame_prompt
 from storyboard.generate.inputs import StoryInputs, file_sha256, is_rendered
 from storyboard.generate.outputs import contact_sheet, read_first_frame, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
@@ -27,6 +27,7 @@ from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, model_set
+from storyboard.models.prompts import parse_ahead
 from storyboard.settings import Mode, ModelSet, Settings
 from storyboard.story.plan import StoryPlan
 
@@ -68,6 +69,16 @@ def render_plans(
         return written
 
     started = time.perf_counter()
+    # compel's parse of every prompt to render is host work: done while the models load and the GPU renders.
+    parse_ahead(
+        [settings.generate.negative_prompt]
+        + [
+            frame_prompt(frame, settings.character, settings.generate.style)
+            for stories in todo.values()
+            for plan, _ in stories
+            for frame in plan.frames
+        ]
+    )
     device = Device.from_runtime(settings.runtime)
     scorer = ClipScorer(models.clip, device)
     likeness = LikenessScorer(models.likeness, device)

@@ -103,6 +103,58 @@ def test_packrat_parsing_keeps_the_embeddings(tiny_settings, tiny_models, cpu, s
         assert torch.equal(a, b)
 
 
+def test_each_prompt_is_parsed_once_for_both_encoders_and_gives_the_same_embeddings(
+    tiny_settings, tiny_models, cpu, scorer
+):
+    """compel parses per text encoder; the memoised parse serves both, and a parse ahead of time serves the next
+    encoding: the embeddings are those of compel's own parsing."""
+    from compel import Compel, CompelForSDXL
+
+    from storyboard.models.prompts import _parsed, parse_ahead
+
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=1)
+    prompts = ["a (red)1.4 hat, dust++ on the road", "a plain hat \\(not weighted\\)", "fur-trimmed hat " * 12]
+    _parsed.cache_clear()
+    memoised = encode_prompts(r.pipe, prompts, "blurry--")
+    assert _parsed.cache_info().misses == len(prompts) + 1  # the negative prompt too
+    parse_ahead(["a prompt parsed ahead"]).join()
+    hits = _parsed.cache_info().hits
+    encode_prompts(r.pipe, ["a prompt parsed ahead"], "blurry--")
+    assert _parsed.cache_info().misses == len(prompts) + 2 and _parsed.cache_info().hits > hits
+    assert str(Compel.parse_prompt_string(prompts[0])) == str(_parsed(prompts[0]))
+    _parsed.cache_clear()
+    plain = CompelForSDXL(r.pipe, device=r.pipe._execution_device)(prompts, negative_prompt=["blurry--"])
+    assert torch.equal(memoised.embeds, plain.embeds) and torch.equal(memoised.pooled, plain.pooled_embeds)
+    assert torch.equal(memoised.negative, plain.negative_embeds)
+
+
+def test_frames_leave_the_pipeline_as_its_own_pil_output(tiny_settings, tiny_models, cpu, scorer):
+    """The renderer asks for tensors and converts on the device: the bytes of the pipeline's "pil" output."""
+    from storyboard.generate.renderer import _pil_images
+
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=2)
+    call = dict(**r.encode(["a", "b"]).pipeline_kwargs(), num_inference_steps=2, height=64, width=64)
+    seeded = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
+    pil = r.pipe(**call, generator=seeded()).images
+    ours = _pil_images(r.pipe(**call, generator=seeded(), output_type="pt").images)
+    for a, b in zip(pil, ours, strict=True):
+        assert a.mode == b.mode == "RGB" and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_auto_batches_render_a_story_in_one_call(tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    r = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, max_retries=0, frames_per_batch="auto")
+    calls = []
+    real = r._run
+
+    def counted(embeds, seeds, poses, ip_reference):
+        calls.append(len(seeds))
+        return real(embeds, seeds, poses, ip_reference)
+
+    r._run = counted
+    r.render(PLAN)
+    assert calls == [len(PLAN.frames)]
+
+
 def test_retry_rule_keeps_the_best_attempt(tiny_settings, tiny_models, cpu, scorer, lora_dir):
     never = _renderer(
         "lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0, likeness_threshold=-1.0
