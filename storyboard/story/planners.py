@@ -250,10 +250,8 @@ class OpenAIPlanner:
                     )
             if attempt == 0:
                 logger.warning("planner reply for %s was invalid (%s); asking again", story.id, problem)
-                messages += [
-                    {"role": "assistant", "content": text},
-                    {"role": "user", "content": f"That reply was invalid: {problem}. Reply again with valid JSON only."},
-                ]
+                reask = f"That reply was invalid: {problem}. Reply again with valid JSON only."
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reask}]
         logger.warning("the planner's last reply for %s began: %r", story.id, text[:300])
         raise PlanError(self._failure(story, problem))
 

@@ -87,16 +87,18 @@ def find_json(text: str, *, cut_off: bool = False) -> Any:
         return plan
     if cut_off:  # what decoded is a fragment (single frames of a cut list): say why, don't guess
         raise ReplyError("the reply was cut off at plan.openai.max_tokens before its JSON ended")
-    if decoded:
-        return decoded[0]
-    start = re.search(r"[{\[]", text)
+    start = _OPENING.search(text)
     if start is None:
         raise ReplyError("no JSON in the reply")
+    # Strict JSON held no plan: a near-miss around the first bracket (a trailing comma makes its inner frames
+    # decode one by one) is repaired.
     repaired = json_repair.loads((fences[0] if fences else text[start.start() :]).strip())
-    if not isinstance(repaired, dict | list) or not repaired:
-        raise ReplyError("the reply's JSON could not be parsed")
-    logger.info("planner reply was not strict JSON; read it repaired")
-    return repaired
+    if frame_items(repaired) is not None:
+        logger.info("planner reply was not strict JSON; read it repaired")
+        return repaired
+    if decoded:
+        return decoded[0]
+    raise ReplyError("the reply's JSON could not be parsed")
 
 
 def _json_values(text: str) -> list[Any]:
