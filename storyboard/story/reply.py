@@ -193,9 +193,11 @@ def read_frames(
 
 def _pose(pose: str | None, scene: str) -> str:
     """The pose library's name for what the model wrote, or for the scene when it wrote no pose."""
-    mapped = normalise_pose_label(pose or scene)
-    if pose != mapped:
-        logger.info("planner pose %r mapped to %r", pose if pose else f"(none; scene {scene[:40]!r})", mapped)
+    if pose is None:
+        mapped = normalise_pose_label(scene)
+        logger.info("planner frame without a pose: %r read from its scene %r", mapped, scene[:60])
+    elif (mapped := normalise_pose_label(pose)) != pose:
+        logger.info("planner pose %r mapped to %r", pose, mapped)
     return mapped
 
 
@@ -208,7 +210,7 @@ def _problem(err: Any) -> str:
     if err["type"] == "literal_error":
         return f"{field} {value!r} is not close-up, medium or wide"
     if err["type"] == "string_too_short":
-        return f"{field} is empty"
+        return f"{field} is empty or too short"
     if err["type"] == "model_type":
         return "not an object"
     return f"{field}: {err['msg'][:60]}"

@@ -7,15 +7,17 @@ JSON schema; the tests count the requests the planner sends and check the plan i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from openai_server import OpenAIServer, rejecting_formats, replying
+from openai_server import Completion, OpenAIServer, RecordedRequest, rejecting_formats, replying
 
 from storyboard.settings import Plan, Settings
-from storyboard.story.plan import PlanError, StoryPlan
+from storyboard.story.plan import PlanError, StoryPlan, read_plan
 from storyboard.story.planners import OpenAIPlanner, plan_story
 from storyboard.story.poses import POSE_NAMES
 from storyboard.story.reply import ReplyError, find_json, normalise_shot, read_frames
+from storyboard.story.update import update_plans
 
 SCENES = [
     "Aldar Kose smiles at the viewer in a busy bazaar",
@@ -241,3 +243,24 @@ def test_keyed_frames_are_a_list(params: Settings) -> None:
     data = {"Frame 2": {"description": SCENES[1]}, "Frame 1": {"description": SCENES[0]}}
     frames = read_frames(json.dumps(data), find_setting=lambda scene: None, default_setting="the open steppe")
     assert [f.scene for f in frames] == SCENES[:2] and {f.setting for f in frames} == {"the open steppe"}
+
+
+def test_the_plan_stage_keeps_the_plans_made_before_a_story_fails(
+    openai_key: str, openai_server: OpenAIServer, params: Settings, plan_settings: Plan, tmp_path: Path
+) -> None:
+    first, second = params.stories[:2]
+
+    def by_story(request: RecordedRequest) -> Completion:
+        return Completion(own_names_reply() if first.text in request.messages[1]["content"] else "no plan, sorry")
+
+    openai_server.script(default=by_story)
+    settings = plan_settings.model_copy(
+        update={"openai": plan_settings.openai.model_copy(update={"base_url": openai_server.base_url})}
+    )
+
+    with pytest.raises(PlanError, match=rf"{second.id!r} after 2 tries"):
+        update_plans(tmp_path, [first, second], params.character, settings)
+
+    assert [f.scene for f in read_plan(tmp_path / f"{first.id}.json").frames] == SCENES
+    assert not (tmp_path / f"{second.id}.json").exists()
+    assert len(openai_server.chat_requests) == 3  # one for the first story, two for the second
