@@ -188,6 +188,9 @@ PLAN_ENDPOINT = Purpose(
 )
 
 
+FAILURE_CHARS = 300  # the planner's final error: one line a person reads whole
+
+
 class OpenAIPlanner:
     """Any OpenAI-compatible chat endpoint (client and errors: storyboard.openai_client).
 
@@ -280,9 +283,6 @@ class OpenAIPlanner:
                     ) from None
                 self._formats.pop(0)
                 logger.info("the planner endpoint takes no %s response format (%s); trying the next", kind, e)
-
-
-FAILURE_CHARS = 300
 
 
 def _response_format(kind: str) -> dict:
