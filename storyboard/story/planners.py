@@ -221,14 +221,14 @@ class OpenAIPlanner:
             {"role": "system", "content": system},
             {"role": "user", "content": f"Character: {character.name}, {character.description}.\nStory: {story.text}"},
         ]
-        problem = text = ""
+        problem, text, cut_off = "", "", False
         for attempt in range(2):
             choice = self._ask(messages).choices[0]
-            text = choice.message.content or ""
+            text, cut_off = choice.message.content or "", choice.finish_reason == "length"
             try:
                 frames = read_frames(
                     text,
-                    cut_off=choice.finish_reason == "length",
+                    cut_off=cut_off,
                     find_setting=_find_setting,
                     default_setting=DEFAULT_SETTING,
                 )
@@ -256,13 +256,15 @@ class OpenAIPlanner:
                 reask = f"That reply was invalid: {problem}. Reply again with valid JSON only."
                 messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reask}]
         logger.warning("the planner's last reply for %s began: %r", story.id, text[:300])
-        raise PlanError(self._failure(story, problem))
+        raise PlanError(self._failure(story, problem, cut_off=cut_off))
 
-    def _failure(self, story: Story, problem: str) -> str:
+    def _failure(self, story: Story, problem: str, *, cut_off: bool) -> str:
         """At most FAILURE_CHARS: the story, what was wrong (shortened to fit) and what to change."""
         fixes = ["another plan.openai.model", "`-S plan.backend=offline`"]
         if self._formats[0] is not None:  # the server was asked for a format; without one it may do better
             fixes.insert(0, "`-S plan.structured_output=false`")
+        if cut_off:
+            fixes.insert(0, "a larger plan.openai.max_tokens")
         head = f"the planner gave no valid plan for story {shorten(story.id, 40)!r} after 2 tries ("
         tail = f"); try {', '.join(fixes[:-1])} or {fixes[-1]}"
         return head + shorten(problem, FAILURE_CHARS - len(head) - len(tail)) + tail

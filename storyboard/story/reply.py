@@ -71,22 +71,25 @@ FRAME_LIST_KEYS = ("frames", "scenes", "storyboard", "panels", "shots", "plan")
 
 
 def find_json(text: str, *, cut_off: bool = False) -> Any:
-    """The plan's JSON in a reply: the whole reply, a ```json fence, or the first JSON value inside prose.
+    """The plan's JSON in a reply: the whole reply, a ```json fence, the first JSON value inside prose that holds
+    frames, or one object per frame.
 
-    Strict JSON is looked for first (in fences, then anywhere); only when there is none is a near-miss (trailing
-    commas, single quotes, comments) repaired by json_repair. A reply cut off at max_tokens is not repaired: a
+    Strict JSON is looked for first (in fences, then anywhere); only when it holds no frames is a near-miss
+    (trailing commas, single quotes, comments) repaired by json_repair. A reply cut off at max_tokens is not repaired: a
     half-written plan would pass for a short one.
     """
     text = strip_thinking(text)
     if not text:
-        raise ReplyError("an empty reply" + (" (cut off at plan.openai.max_tokens)" if cut_off else ""))
+        raise ReplyError("an empty reply" + (" (cut off at max_tokens)" if cut_off else ""))
     fences = re.findall(r"```[\w-]*[ \t]*\n?(.*?)```", text, flags=re.DOTALL)
     candidates = [*fences, text]
     decoded = [value for candidate in candidates for value in _json_values(candidate)]
     if (plan := next((v for v in decoded if frame_items(v) is not None), None)) is not None:
         return plan
     if cut_off:  # what decoded is a fragment (single frames of a cut list): say why, don't guess
-        raise ReplyError("the reply was cut off at plan.openai.max_tokens before its JSON ended")
+        raise ReplyError("the reply was cut off at max_tokens before its JSON ended")
+    if len(one_by_one := [v for v in decoded if isinstance(v, dict) and _is_frame(v)]) > 1:
+        return one_by_one  # one object per frame ("Frame 1: {...} Frame 2: {...}", or JSON Lines)
     start = _OPENING.search(text)
     if start is None:
         raise ReplyError("no JSON in the reply")
@@ -135,6 +138,12 @@ def frame_items(data: Any) -> list[dict[str, Any]] | None:
     if data and all(re.search(r"\d", str(k)) and isinstance(v, dict) for k, v in data.items()):
         return [{"number": k, **v} for k, v in data.items()]
     return None
+
+
+def _is_frame(data: dict) -> bool:
+    """Whether an object names a scene under one of `ReplyFrame`'s names."""
+    names = ReplyFrame.model_fields["scene"].validation_alias.choices
+    return any(_key(k) in names for k in data)
 
 
 def _key(name: Any) -> str:

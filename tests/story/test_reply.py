@@ -81,8 +81,18 @@ def test_own_field_names_and_a_title_give_a_valid_plan_in_one_request(
         "{bare}",  # the frames list itself, no object around it
         '{{"storyboard": {{"title": "The coat", "scenes": {bare}}}}}',  # the list under other names
         "{trailing_comma}",  # near-miss JSON, repaired
+        "{one_by_one}",
     ],
-    ids=["fence-in-prose", "bare-fence", "prose", "think-block", "array", "other-names", "trailing-comma"],
+    ids=[
+        "fence-in-prose",
+        "bare-fence",
+        "prose",
+        "think-block",
+        "array",
+        "other-names",
+        "trailing-comma",
+        "one-object-per-frame",
+    ],
 )
 def test_json_in_prose_fences_and_other_shapes_gives_a_valid_plan(
     content: str, openai_key: str, openai_server: OpenAIServer, params: Settings, plan_settings: Plan
@@ -90,8 +100,11 @@ def test_json_in_prose_fences_and_other_shapes_gives_a_valid_plan(
     frames = plain_frames()
     bare = json.dumps(frames)
     reply = content.format(
-        frames=json.dumps({"frames": frames}), bare=bare, trailing_comma=bare[:-1] + ",]"
-    )  # fmt: skip
+        frames=json.dumps({"frames": frames}),
+        bare=bare,
+        trailing_comma=bare[:-1] + ",]",
+        one_by_one="\n".join(f"Frame {i + 1}: {json.dumps(f)}" for i, f in enumerate(frames)),
+    )
     openai_server.script(default=replying(reply))
 
     plan = plan_with(openai_server, plan_settings, params)
@@ -204,9 +217,10 @@ def test_a_reply_cut_at_max_tokens_says_so(
     cut = json.dumps({"frames": plain_frames()})[:300]
     openai_server.script(default=replying(cut, finish_reason="length"))
 
-    with pytest.raises(PlanError, match=r"cut off at plan\.openai\.max_tokens"):
+    with pytest.raises(PlanError, match=r"cut off at max_tokens before its JSON ended") as err:
         planner_for(openai_server, plan_settings).frames(params.stories[0], params.character)
     assert len(openai_server.chat_requests) == 2
+    assert "); try a larger plan.openai.max_tokens, " in str(err.value) and len(str(err.value)) <= 300
 
 
 # --- the reading steps themselves ---
