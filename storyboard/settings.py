@@ -205,7 +205,11 @@ class Train(_Section):
 
 class Plan(_Section):
     backend: Literal["openai", "offline"] = "openai"
-    structured_output: bool = Field(True, description="ask for the JSON schema; falls back to JSON mode")
+    structured_output: bool = Field(
+        True,
+        description="ask the endpoint to enforce the plan's JSON schema (then JSON mode, then nothing, as far as it "
+        "takes them); false: no response_format at all, for local servers whose schema or JSON mode misbehaves",
+    )
     min_frames: Annotated[int, Field(ge=2, le=16)] = 6
     max_frames: Annotated[int, Field(ge=2, le=16)] = 10
     scene_tokens: Annotated[int, Field(ge=8, le=75)] = Field(
