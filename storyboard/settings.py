@@ -68,6 +68,14 @@ class ModelSet(_Section):
     faceid_adapter_subfolder: str = ""
     faceid_adapter_weight: str | None = None
     controlnet: str
+    lightning_lora: str = Field(
+        "ByteDance/SDXL-Lightning", description="generate.sampler lightning: the 4-step distillation LoRA's repo"
+    )
+    lightning_lora_weight: str = "sdxl_lightning_4step_lora.safetensors"
+    hyper_sd_lora: str = Field(
+        "ByteDance/Hyper-SD", description="generate.sampler hyper-sd: the 8-step CFG distillation LoRA's repo"
+    )
+    hyper_sd_lora_weight: str = "Hyper-SDXL-8steps-CFG-lora.safetensors"
     clip: str = Field(description="CLIP: generate's text check; evaluate's text and character (CIDS) scores")
     likeness: str = Field(
         "facebook/dinov2-base", description="DINOv2: generate's likeness check only (never an evaluate score)"
@@ -241,6 +249,11 @@ class Generate(_Section):
         0.70, description="DINOv2 image cosine (frame vs frame 1 and the training images) below which it is redone"
     )
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    sampler: Literal["standard", "lightning", "hyper-sd"] = Field(
+        "standard",
+        description="standard: steps and guidance_scale as given; lightning | hyper-sd: a few-step distillation "
+        "LoRA fused in, with its own scheduler, steps and guidance (storyboard/generate/samplers.py)",
+    )
     frames_per_batch: PositiveInt | Literal["auto"] = Field(
         "auto",
         description="frames per pipeline call; auto: a story in one call (up to 8 frames), split evenly over the "

@@ -48,6 +48,13 @@ EXPECTED = _table(
     ({"train", *GENERATE}, "models.sdxl.base", "models.sdxl.vae"),
     ({"train", *GENERATE, "evaluate"}, "models.sdxl.clip"),
     (GENERATE, "models.sdxl.likeness"),
+    (
+        GENERATE,
+        "models.sdxl.lightning_lora",
+        "models.sdxl.lightning_lora_weight",
+        "models.sdxl.hyper_sd_lora",
+        "models.sdxl.hyper_sd_lora_weight",
+    ),
     # evaluate's (and the sweep's), but ref_guided lists every model (one DVC slot); its stories' input hash leaves
     # the detector out, so that rerun renders nothing
     ({"train", "generate@ref_guided", "evaluate"}, "models.sdxl.detector"),
@@ -160,6 +167,7 @@ EXPECTED = _table(
         "generate.clip_threshold",
         "generate.likeness_threshold",
         "generate.max_retries",
+        "generate.sampler",
         "generate.frames_per_batch",
         "generate.contact_sheet_columns",
         "generate.gif_frame_ms",

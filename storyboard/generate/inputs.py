@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from storyboard.closure import code_fingerprint
+from storyboard.generate.samplers import SAMPLERS, sampler_of
 from storyboard.settings import Mode, ModelSet, Settings
 from storyboard.story.plan import StoryPlan
 
@@ -42,9 +43,13 @@ class StoryInputs:
 
     def __init__(self, settings: Settings, mode: Mode, models: ModelSet, lora_sha256: str | None, dataset: Path | None):
         others = set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]
-        used_models = models.model_dump(mode="json", exclude=set(EVALUATE_MODELS))
+        # the few-step LoRAs: only the one generate.sampler fuses in
+        unused = {f"{s.lora_key}{end}" for s in SAMPLERS.values() for end in ("", "_weight")}
+        sampler = sampler_of(settings.generate.sampler)
+        sampler_models = (sampler.lora_key, f"{sampler.lora_key}_weight") if sampler else ()
+        used_models = models.model_dump(mode="json", exclude=set(EVALUATE_MODELS) | (unused - set(sampler_models)))
         if mode != "ref_guided":
-            used_models = {k: used_models[k] for k in RENDER_MODELS}
+            used_models = {k: used_models[k] for k in RENDER_MODELS + sampler_models}
         self.common = {
             "mode": mode,
             "profile": settings.profile,

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from storyboard.generate.renderer import StoryRenderer
+from storyboard.generate.samplers import sampler_of, use_scheduler
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import FaceBackend
 from storyboard.models.likeness import LikenessScorer
@@ -20,6 +21,7 @@ from storyboard.models.loading import (
     check_faceid_fits,
     faceid_input_size,
     faceid_weights_input_size,
+    fuse_sampler_lora,
     load_pipeline,
     over_same_modules,
     with_controlnet,
@@ -56,6 +58,12 @@ def load_renderers(
             raise ValueError("generate.reference: faceid needs a face backend")
         check_faceid_fits(faceid_weights_input_size(models), faces, models)  # before loading, where it can
     pipe = load_pipeline(models, device)
+    sampler = sampler_of(settings.sampler)
+    if sampler is not None:
+        # Every mode samples with it: fused before the character's LoRA, the scheduler shared by every pipeline.
+        fuse_sampler_lora(pipe, models, sampler)
+        use_scheduler(pipe, sampler)
+        settings = settings.model_copy(update={"steps": sampler.steps, "guidance_scale": sampler.guidance_scale})
     fused = False
     for mode in (m for m in MODES if m in modes):
         if mode != "baseline" and not fused:

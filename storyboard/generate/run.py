@@ -132,6 +132,14 @@ def render_plans(
                     "models": models.model_dump(mode="json"),
                     "lora_sha256": lora_sha256 if mode != "baseline" else None,
                     "generate": settings.generate.model_dump(mode="json"),
+                    # what the frames were sampled with: generate.sampler's steps and guidance replace the
+                    # generate section's when it is not standard
+                    "sampling": {
+                        "sampler": settings.generate.sampler,
+                        "steps": renderer.settings.steps,
+                        "guidance_scale": renderer.settings.guidance_scale,
+                        "scheduler": type(renderer.pipe.scheduler).__name__,
+                    },
                     "resolution": renderer.resolution,
                     "device": str(device.device),
                     "processes": group.size,

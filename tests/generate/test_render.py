@@ -303,3 +303,41 @@ def test_first_attempts_saved_beside_the_kept_frames(tmp_path, tiny_settings, ti
             assert record["first_attempt_file"] == f"first_attempts/frame_{f.index:02d}.png"
             assert np.abs(_pixels(first) - _pixels(f.image)).mean() > 1  # another seed, another picture
     assert any(f.best != 0 for f in frames)  # the text check can't pass at 1.0: the later attempt won somewhere
+
+
+@pytest.mark.parametrize("mode", ["lora", "ref_guided"])
+def test_a_few_step_sampler_fuses_its_lora_and_samples_with_its_own_schedule(
+    mode, tiny_settings, tiny_models, cpu, scorer, lora_dir
+):
+    """generate.sampler lightning: its LoRA fused beside the character's, Euler with trailing timesteps, 4 UNet
+    passes a call and no guidance (a batch of N frames is N latents, not 2N); ControlNet and IP-Adapter still run."""
+    from diffusers import EulerDiscreteScheduler
+
+    standard = _renderer(mode, tiny_settings, tiny_models, cpu, scorer, lora_dir, max_retries=0)
+    before = {n: p.detach().clone() for n, p in standard.pipe.unet.named_parameters() if "attn1.to_q" in n}
+    standard_frames = [f.image for f in standard.render(PLAN)]
+    r = _renderer(mode, tiny_settings, tiny_models, cpu, scorer, lora_dir, max_retries=0, sampler="lightning")
+    assert isinstance(r.pipe.scheduler, EulerDiscreteScheduler)
+    assert r.pipe.scheduler.config.timestep_spacing == "trailing"
+    assert (r.settings.steps, r.settings.guidance_scale) == (4, 0.0)
+    after = dict(r.pipe.unet.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before)  # the distillation delta is in the weights
+    assert not any("lora" in n for n in after)  # fused: no adapter layers left
+    batches = []
+    hook = r.pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        frames = [f.image for f in r.render(PLAN)]
+    finally:
+        hook.remove()
+    later = len(PLAN.frames) - 1 if mode == "ref_guided" else len(PLAN.frames)
+    assert batches[-4:] == [later] * 4 and len(batches) == 4 * (2 if mode == "ref_guided" else 1)
+    assert all(np.abs(_pixels(a) - _pixels(b)).mean() > 1 for a, b in zip(frames, standard_frames, strict=True))
+
+
+def test_a_missing_few_step_lora_names_its_key(tmp_path, tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    from storyboard.models.loading import ModelLoadError
+
+    models = tiny_models.model_copy(update={"hyper_sd_lora": str(tmp_path / "nowhere")})
+    settings = tiny_settings.generate.model_copy(update={"steps": 2, "sampler": "hyper-sd"})
+    with pytest.raises(ModelLoadError, match="hyper_sd_lora"):
+        next(load_renderers(("lora",), settings, tiny_settings.character, models, cpu, scorer, lora_dir))
