@@ -123,6 +123,17 @@ class Run:
         self.impl, self.mode, self.args, self.device = impl, mode, args, device
         kind = "controlnet" if mode == "ref_guided" else "sdxl"
         pipe = sdxl.build_pipeline(kind, args.torch_dtype, device, small=args.small, seed=args.seed)
+        if args.sampler != "standard":
+            # Both impls as a diffusers user sets up a few-step LoRA (load, fuse, the card's scheduler); ours
+            # through the project's own calls.
+            from storyboard.generate.samplers import sampler_of, use_scheduler
+
+            pipe.load_lora_weights(
+                str(files["sampler"]), weight_name="pytorch_lora_weights.safetensors", adapter_name="sampler"
+            )
+            pipe.fuse_lora(adapter_names=["sampler"])
+            pipe.unload_lora_weights()
+            use_scheduler(pipe, sampler_of(args.sampler))
         if mode != "baseline":
             pipe.load_lora_weights(
                 str(files["lora"]), weight_name="pytorch_lora_weights.safetensors", adapter_name="character"
@@ -305,9 +316,18 @@ def build_files(args: argparse.Namespace, device: torch.device, workdir: Path, w
     paths of those another process wrote."""
     modes = parse_list(args.modes)
     if not write:
-        named = {"lora": any(m != "baseline" for m in modes), "ip_adapter": "ref_guided" in modes}
+        named = {
+            "lora": any(m != "baseline" for m in modes),
+            "ip_adapter": "ref_guided" in modes,
+            "sampler": args.sampler != "standard",
+        }
         return {name: workdir / name for name, wanted in named.items() if wanted}
     files = {}
+    if args.sampler != "standard":
+        # A random LoRA of a rank-64 distillation LoRA's size: fused into the UNet, its values cost nothing.
+        files["sampler"] = sdxl.build_lora_files(
+            workdir / "sampler", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small, seed=args.seed + 1
+        )
     if any(m != "baseline" for m in modes):
         files["lora"] = sdxl.build_lora_files(
             workdir / "lora", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small, seed=args.seed
@@ -415,6 +435,12 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (30; 2 with --small)")
     parser.add_argument("--guidance", type=float, default=6.0)
+    parser.add_argument(
+        "--sampler",
+        default="standard",
+        choices=["standard", "lightning", "hyper-sd"],
+        help="generate.sampler for every impl: a random distillation LoRA fused in, its scheduler, steps and guidance",
+    )
     parser.add_argument("--resolution", type=int, default=None, help="pixels (1024; 64 with --small)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--no-fuse", action="store_true", help="ours: keep the LoRA unfused (for comparison)")
@@ -476,6 +502,11 @@ def main() -> None:
         for item in parse_list(value):
             if item not in allowed:
                 parser.error(f"unknown {what} {item!r}; use {', '.join(allowed)}")
+    if args.sampler != "standard":
+        from storyboard.generate.samplers import sampler_of
+
+        chosen = sampler_of(args.sampler)
+        args.steps, args.guidance = args.steps or chosen.steps, chosen.guidance_scale
     args.frames = args.frames or (2 if args.small else 8)
     args.steps = args.steps or (2 if args.small else 30)
     args.resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
@@ -492,6 +523,7 @@ def main() -> None:
             "stories": args.stories,
             "steps": args.steps,
             "guidance": args.guidance,
+            "sampler": args.sampler,
             "resolution": args.resolution,
             "dtype": args.dtype,
             "lora_rank": LORA_RANK,
