@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
              -S generate.steps=10 -S train.compile=none
 
-.PHONY: install browser run tiny test lint print-tiny-flags compare
+.PHONY: install browser run tiny test test-fast lint print-tiny-flags compare readme-dag
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,7 @@ lint: install
 
 print-tiny-flags:
 	@echo $(TINY_FLAGS)
+
+# README.md's pipeline picture, redrawn from dvc.yaml (tests/test_readme.py checks it is current).
+readme-dag: install
+	python scripts/readme_dag.py
