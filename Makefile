@@ -41,6 +41,11 @@ browser:
 test: install browser  ## unit tests, browser tests and the end-to-end tiny pipeline run
 	pytest
 
+# Unit tests only: no dvc end to end, browser, several processes, S3 server or slow tests (docs/contributing.md).
+FAST = not e2e and not slow and not browser and not multiprocess and not server
+test-fast: install  ## the unit tests a contributor runs before each commit (minutes on 2 cores)
+	pytest -m "$(FAST)"
+
 # The pull-request comparison: params, metrics per mode and per story, plots, of the workspace against BASE.
 BASE ?= main
 compare: install  ## Markdown report vs BASE (compare.md, printed) and `dvc plots diff` HTML (compare-plots/)
