@@ -35,7 +35,7 @@ class Pushed:
 
 
 def setup_remote(root: Path, url: str, server: S3Server, env: dict[str, str]) -> None:
-    """The README's remote setup, exactly: a default remote and the endpoint of an S3-compatible store."""
+    """docs/team-workflow.md's remote setup, exactly: a default remote and the endpoint of an S3-compatible store."""
     dvc("remote", "add", "-d", "storage", url, cwd=root, env=env)
     dvc("remote", "modify", "storage", "endpointurl", server.endpoint, cwd=root, env=env)
 
