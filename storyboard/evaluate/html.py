@@ -73,9 +73,9 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
 # they came from, how often it rendered a frame again, and the first attempts' figures beside the kept ones.
 CHECK_COLUMNS: tuple[Column, ...] = (
     Column("clip_threshold", "text threshold", ".3f"),
-    Column("clip_threshold_source", "from", ""),
+    Column("clip_threshold_source", "text threshold from", ""),
     Column("likeness_threshold", "likeness threshold", ".3f"),
-    Column("likeness_threshold_source", "from", ""),
+    Column("likeness_threshold_source", "likeness threshold from", ""),
     Column("attempts_per_frame", "attempts / frame", ".2f"),
     Column("frames_redone", "frames redone", ".0%"),
     Column("clip_text_score_first_attempt", "CLIP text, first", ".3f"),

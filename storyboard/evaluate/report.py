@@ -61,9 +61,9 @@ TABLE_COLUMNS = {
 # figures of the first attempts beside the kept ones.
 CHECK_COLUMNS = {
     "clip_threshold": "text threshold",
-    "clip_threshold_source": "from",
+    "clip_threshold_source": "text threshold from",
     "likeness_threshold": "likeness threshold",
-    "likeness_threshold_source": "from",
+    "likeness_threshold_source": "likeness threshold from",
     "attempts_per_frame": "attempts / frame",
     "frames_redone": "frames redone",
     "clip_text_score_first_attempt": "CLIP text, first",

@@ -168,6 +168,8 @@ def test_calibrated_thresholds_decide_the_retries_and_reach_the_metadata(
         first = frame["attempts"][0]
         failed = first["clip_text_score"] < clip or (first["likeness"] is not None and first["likeness"] < like)
         assert (len(frame["attempts"]) == 2) == failed, frame["index"]
+    redone = sum(len(frame["attempts"]) == 2 for frame in meta["frames"])
+    assert 0 < redone < len(meta["frames"])  # the median thresholds split this story's frames
 
     # A fixed value equal to the calibrated one: the same inputs, nothing rendered again; another value renders.
     stamp = (out / plan.story_id / "metadata.json").stat().st_mtime_ns
