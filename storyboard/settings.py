@@ -232,6 +232,31 @@ class Plan(_Section):
         return self
 
 
+# A frame check's threshold: a cosine, or auto (calibrated on the training set, see Calibration).
+Threshold = Literal["auto"] | Annotated[float, Field(ge=-1, le=1)]
+Percentile = Annotated[float, Field(ge=0, le=100)]
+
+
+class Calibration(_Section):
+    """How the `auto` thresholds are computed, once per run, from the training pictures (docs/frame-checks.md)."""
+
+    clip_percentile: Percentile = Field(
+        5, description="percentile of the training pictures' CLIP scores against their own captions"
+    )
+    likeness_percentile: Percentile = Field(
+        5, description="percentile of the training pictures' likeness to each other (the check's own formula)"
+    )
+    min_images: Annotated[int, Field(ge=2)] = Field(
+        5, description="fewer usable training pictures than this: the fallback, with a warning"
+    )
+    clip_fallback: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.25, description="the text threshold when it can't be calibrated (no dataset, too few or template captions)"
+    )
+    likeness_fallback: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.70, description="the likeness threshold when it can't be calibrated (no dataset, too few pictures)"
+    )
+
+
 class Generate(_Section):
     steps: PositiveInt = 30
     guidance_scale: Annotated[float, Field(ge=0)] = 6.0
@@ -242,12 +267,17 @@ class Generate(_Section):
     lora_scale: Annotated[float, Field(ge=0, le=2)] = 1.0
     ip_adapter_scale: Annotated[float, Field(ge=0, le=2)] = 0.6
     controlnet_scale: Annotated[float, Field(ge=0, le=2)] = 0.8
-    clip_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
-        0.25, description="CLIP cosine similarity of frame and scene text below which a frame is redone"
+    clip_threshold: Threshold = Field(
+        "auto",
+        description="CLIP cosine similarity of frame and scene text below which a frame is redone; auto: "
+        "calibrated on the training pictures against their captions (generate.calibration)",
     )
-    likeness_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
-        0.70, description="DINOv2 image cosine (frame vs frame 1 and the training images) below which it is redone"
+    likeness_threshold: Threshold = Field(
+        "auto",
+        description="DINOv2 image cosine (frame vs frame 1 and the training images) below which it is redone; "
+        "auto: calibrated on the training pictures' likeness to each other (generate.calibration)",
     )
+    calibration: Calibration = Calibration()
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     sampler: Literal["standard", "lightning", "hyper-sd"] = Field(
         "standard",

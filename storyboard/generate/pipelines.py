@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from storyboard.generate.calibration import Thresholds
 from storyboard.generate.renderer import StoryRenderer
 from storyboard.generate.samplers import sampler_of, use_scheduler
 from storyboard.models.clip import ClipScorer
@@ -42,6 +43,7 @@ def load_renderers(
     faces: FaceBackend | None = None,
     training_images: Sequence[Image.Image] = (),
     likeness: LikenessScorer | None = None,
+    thresholds: Thresholds | None = None,
 ) -> Iterator[StoryRenderer]:
     """One renderer per requested mode, in the order baseline, lora, ref_guided, over models loaded once.
 
@@ -86,5 +88,15 @@ def load_renderers(
 
             own = over_same_modules(StableDiffusionXLPipeline, pipe, unet=copy.deepcopy(pipe.unet))
         yield StoryRenderer(
-            mode, own, settings, character, scorer, device, likeness_features, faces, training_images, likeness
+            mode,
+            own,
+            settings,
+            character,
+            scorer,
+            device,
+            likeness_features,
+            faces,
+            training_images,
+            likeness,
+            thresholds,
         )

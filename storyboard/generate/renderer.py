@@ -12,9 +12,9 @@ The check: each attempt gets a text score (CLIP cosine of frame and scene text) 
 cosine to frame 1, averaged with the mean cosine to the training images when they are given). DINOv2, not CLIP:
 evaluate scores characters with CLIP image features (ViStoryBench's CIDS), and a figure must not come from the
 model that picked the frame. Each frame's first attempt is kept beside it, so evaluate can measure what the
-retries changed. A frame below
-either threshold is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse
-margin, min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
+retries changed. A frame below either threshold (calibrated on the training pictures unless fixed: calibration.py)
+is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse margin,
+min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
 
 Frames of a story go through the pipeline in batches of generate.frames_per_batch (ref_guided: frame 1 alone, then
 the later ones), each frame with its own seeded generator; retries are batched too. The story's prompts are
@@ -34,6 +34,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
+from storyboard.generate.calibration import Thresholds
 from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
 from storyboard.generate.sharing import SOLO, Group, batch_size, frame_batches
@@ -67,13 +68,16 @@ class StoryRenderer:
         faces: FaceBackend | None = None,
         training_images: Sequence[Image.Image] = (),
         likeness: LikenessScorer | None = None,
+        thresholds: Thresholds | None = None,
     ):
         """Wrap a ready pipeline (`load_renderers` is the usual way to get one). `scorer`: CLIP, for the text
         check; `likeness`: DINOv2, for the likeness check (None: no likeness check, as in the speed benchmarks);
         `likeness_features`: its features of the training images, which the likeness check compares frames with
-        besides frame 1; `training_images`: the fallback identity of generate.reference: faceid."""
+        besides frame 1; `training_images`: the fallback identity of generate.reference: faceid; `thresholds`: the
+        checks' thresholds as calibrated for this run (calibration.py; None: the fixed values and fallbacks)."""
         self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
         self.device, self.likeness, self.likeness_features = device, likeness, likeness_features
+        self.thresholds = thresholds or Thresholds.fixed(settings)
         self.ip_references = IpReferences(settings.reference, faces, training_images)
         self.faceid = mode == "ref_guided" and settings.reference == "faceid"
         # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same modules renders it without
@@ -227,9 +231,9 @@ class StoryRenderer:
         return round(sum(parts) / len(parts), 5) if parts else None
 
     def _margin(self, a: Attempt) -> float:
-        s = self.settings
-        text = a.clip_text_score - s.clip_threshold
-        return text if a.likeness is None else min(text, a.likeness - s.likeness_threshold)
+        t = self.thresholds
+        text = a.clip_text_score - t.clip.value
+        return text if a.likeness is None else min(text, a.likeness - t.likeness.value)
 
     def _settle(
         self, frames: list[RenderedFrame], anchor: torch.Tensor | None, ip_reference: IpReference | None

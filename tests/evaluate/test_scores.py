@@ -171,6 +171,15 @@ def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings, 
     for mode in MODES:
         for story in tiny_settings.stories:
             _story(outputs / mode, story.id)
+    # lora's stories say which thresholds judged them (generate's metadata.json); the others predate the record
+    checks = {
+        "clip_threshold": {"value": 0.213, "source": "calibrated", "percentile": 5.0, "scores": 12, "reason": None},
+        "likeness_threshold": {"value": 0.7, "source": "fallback", "percentile": None, "scores": 0, "reason": "few"},
+        "training_pictures": 3,
+    }
+    for story in tiny_settings.stories:
+        meta_path = outputs / "lora" / story.id / "metadata.json"
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "thresholds": checks}))
     metrics = evaluate_outputs(
         tiny_settings,
         outputs,
@@ -202,8 +211,15 @@ def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings, 
             tiny_settings.stories
         )
         assert (tmp_path / f"m/frames/{mode}_first_attempt.csv").exists()
+        # write_story gives frame i i attempts: frames 2 and 3 of each story were redone
+        assert m["frames_redone"] == pytest.approx(2 / 3, abs=1e-3) and m["attempts_per_frame"] == 2.0
+    assert saved["lora"]["clip_threshold"] == 0.213 and saved["lora"]["clip_threshold_source"] == "calibrated"
+    assert saved["lora"]["likeness_threshold"] == 0.7 and saved["lora"]["likeness_threshold_source"] == "fallback"
+    assert saved["baseline"]["clip_threshold"] is None and saved["baseline"]["clip_threshold_source"] is None
     table = (tmp_path / "m/results.md").read_text()
     assert "plumbing" in table and "| ref_guided" in table and "face detection rate" in table
     assert "Self-CIDS (ViStoryBench)" in table and "Self-CIDS, first attempts" in table
+    checks_table = table.split("## Frame checks", 1)[1].split("\n## ", 1)[0]
+    assert "text threshold" in checks_table and "frames redone" in checks_table and "calibrated" in checks_table
     assert all(f"## {s.id}" in table for s in tiny_settings.stories)
     assert (tmp_path / "report/index.html").exists() and len(list((tmp_path / "report/assets").rglob("*.png"))) == 27
