@@ -55,6 +55,10 @@ def _short(change: Change) -> str:
     return f"{fmt(change.old)} → {fmt(change.new)}" if change.changed else fmt(change.new)
 
 
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -141,7 +145,8 @@ def _headline(modes: dict[str, dict[str, Change]], tolerances: dict[str, float],
                     cells.append("=")
                     continue
                 beyond = _beyond(change, tolerance_of(f, tolerances))
-                shown = cell(change) if beyond else f"{_short(change)}{_delta(change)}, within"
+                delta = "" if change.delta is None else f"{change.delta:+.4g}, "
+                shown = cell(change) if beyond else f"{_short(change)} ({delta}within)"
                 cells.append(shown)
             rows.append([f"**{mode}**", *cells])
         lines += [*_table(["mode", *(f.label for f in columns)], rows), "", "`=`: unchanged.", ""]
@@ -195,7 +200,8 @@ def _cost(modes: dict[str, dict[str, Change]], metrics: dict[str, dict[str, Chan
         ]
         lines += [*_table(["mode", *(_name(k) for k in keys)], rows), ""]
     if training is not None and training.changed:
-        lines += [f"Training time (timing): {fmt(training.old)} s → {fmt(training.new)} s{_delta(training)}.", ""]
+        delta = "" if training.delta is None else f" ({training.delta:+.4g} s)"
+        lines += [f"Training time (timing): {fmt(training.old)} s → {fmt(training.new)} s{delta}.", ""]
     return lines
 
 
@@ -228,7 +234,7 @@ def _also_changed(result: Comparison, modes: dict, stories: dict, run: dict) -> 
     parts = [", ".join(shown) + (f" and {more} more" if more else "")] if shown else []
     if moved_stories:
         parts.append(
-            f"per story: {sum(story_changes.values())} figures in {', '.join(f'`{s}`' for s in moved_stories)}"
+            f"per story: {_count(sum(story_changes.values()), 'figure')} in {', '.join(f'`{s}`' for s in moved_stories)}"
         )
     return [f"**Also changed** (tables below): {'; '.join(parts)}.", ""]
 
@@ -295,12 +301,19 @@ def _story_rows(per_mode: dict[str, dict[str, Change]], mode_names: list[str], d
     return rows
 
 
+def _moved(items) -> str:
+    """How many (key, change) pairs changed, timing told apart: it moves on every run."""
+    items = [(k, c) for k, c in items if c.changed]
+    timing = sum(is_timing(k) for k, _ in items)
+    return f"{len(items) - timing} changed" + (f", {timing} timing" if timing else "")
+
+
 def _story_blocks(stories: dict, detail: str) -> list[str]:
     if not stories:
         return []
     mode_names = order_modes({m for per in stories.values() for m in per})
-    changed = sum(c.changed for per in stories.values() for figs in per.values() for c in figs.values())
-    summary = f"<b>Per story</b> ({len(stories)} stories, {changed} figures changed)"
+    summary = f"<b>Per story</b> ({_count(len(stories), 'story', 'stories')}, "
+    summary += f"{_moved(c for per in stories.values() for figs in per.values() for c in figs.items())})"
     if detail == "none":
         return _details(summary, ["Left out to fit GitHub's comment limit: `dvc metrics diff --all` lists them."])
     note = {
@@ -310,10 +323,11 @@ def _story_blocks(stories: dict, detail: str) -> list[str]:
     body = [note, ""] if note else []
     for story in sorted(stories):
         per = stories[story]
-        n = sum(c.changed for figs in per.values() for c in figs.values())
         rows = _story_rows(per, mode_names, detail)
         table = _table(["group", "figure", *mode_names], rows) if rows else ["Nothing changed."]
-        body += _details(f"story <code>{story}</code> ({n} changed)", table)
+        body += _details(
+            f"story <code>{story}</code> ({_moved(i for figs in per.values() for i in figs.items())})", table
+        )
     return _details(summary, body)
 
 
