@@ -233,9 +233,8 @@ def _also_changed(result: Comparison, modes: dict, stories: dict, run: dict) -> 
     more = len(names) - len(shown)
     parts = [", ".join(shown) + (f" and {more} more" if more else "")] if shown else []
     if moved_stories:
-        parts.append(
-            f"per story: {_count(sum(story_changes.values()), 'figure')} in {', '.join(f'`{s}`' for s in moved_stories)}"
-        )
+        where = ", ".join(f"`{s}`" for s in moved_stories)
+        parts.append(f"per story: {_count(sum(story_changes.values()), 'figure')} in {where}")
     return [f"**Also changed** (tables below): {'; '.join(parts)}.", ""]
 
 
