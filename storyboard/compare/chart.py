@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from storyboard.compare.diff import Comparison, number
-from storyboard.compare.figures import EVAL_METRICS, FACE_FOUND, HEADLINE, order_modes, split_eval
+from storyboard.compare.figures import EVAL_METRICS, HEADLINE, faces_found, order_modes, split_eval
 from storyboard.fsutil import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -21,10 +21,6 @@ SHIFT = 0.12  # base left of the mode's tick, head right of it
 
 def _value(value: object) -> float:
     return float(value) if number(value) else math.nan
-
-
-def _faces_found(modes: dict) -> bool:
-    return any(_value(c.old) > 0 or _value(c.new) > 0 for figs in modes.values() if (c := figs.get(FACE_FOUND)))
 
 
 def write_chart(result: Comparison, path: Path) -> Path | None:
@@ -42,7 +38,7 @@ def write_chart(result: Comparison, path: Path) -> Path | None:
 
     modes, _, _ = split_eval(result.metrics.get(EVAL_METRICS, {}))
     names = order_modes(set(modes))
-    faces = _faces_found(modes)
+    faces = any(faces_found(figures) for figures in modes.values())
     figures = [f for f in CHART_FIGURES if (faces or not f.face) and any(f.key in modes[m] for m in names)]
     if not names or not figures:
         logger.info("no per-mode figures on either side: no chart")

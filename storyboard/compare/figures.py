@@ -120,6 +120,12 @@ def tolerances_from(overrides: list[str] | None) -> dict[str, float]:
     return result
 
 
+def faces_found(figures: dict) -> bool:
+    """Whether a mode's face detection rate (a Change) is above 0 on either side: its face figures mean something."""
+    change = figures.get(FACE_FOUND)
+    return change is not None and any(isinstance(v, int | float) and v > 0 for v in (change.old, change.new))
+
+
 def tolerance_of(figure: Figure, tolerances: dict[str, float]) -> float:
     return tolerances.get(figure.key, tolerances[figure.kind])
 

@@ -16,6 +16,7 @@ from storyboard.compare.figures import (
     HEADLINE_KEYS,
     TOLERANCES,
     TRAIN_LOG,
+    faces_found,
     group_of,
     is_timing,
     order_key,
@@ -122,7 +123,11 @@ def _params(result: Comparison) -> list[str]:
 
 def _headline(modes: dict[str, dict[str, Change]], tolerances: dict[str, float], head: str) -> list[str]:
     moved = {
-        mode: {f.key: figures[f.key] for f in HEADLINE if f.key in figures and figures[f.key].changed}
+        mode: {
+            f.key: figures[f.key]
+            for f in HEADLINE
+            if f.key in figures and figures[f.key].changed and (not f.face or faces_found(figures))
+        }
         for mode, figures in modes.items()
     }
     rates = f"±{tolerances['rate']:g} on detection rates"
@@ -161,20 +166,30 @@ def _verdict(figures: dict[str, Change], moved: dict[str, Change], tolerances: d
         return f"new in `{head}`: no base figures to compare with."
     if headline and all(c.new is None for c in headline) and any(c.old is not None for c in headline):
         return f"not in `{head}`."
-    beyond, within = [], []
+    beyond, within, new, gone = [], [], [], []
     for key, change in moved.items():
         figure = HEADLINE_KEYS[key]
-        if _beyond(change, tolerance_of(figure, tolerances)):
+        if change.old is None or change.new is None:  # a figure one side does not have: no move to measure
+            (new if change.old is None else gone).append(figure.label)
+        elif _beyond(change, tolerance_of(figure, tolerances)):
             arrow = "" if change.delta is None else (" ↑" if change.delta > 0 else " ↓")
             beyond.append(f"{figure.label}{arrow}{_delta(change) or ' ' + _short(change)}")
         else:
             within.append(figure.label)
+    parts = []
     if beyond:
-        rest = f"; within tolerance: {', '.join(within)}" if within else ""
-        return f"**moved beyond tolerance**: {', '.join(beyond)}{rest}."
+        parts.append(f"**moved beyond tolerance**: {', '.join(beyond)}")
     if within:
-        return f"nothing beyond tolerance (moved within it: {', '.join(within)})."
-    return "identity, text and detection unchanged."
+        parts.append(
+            f"within tolerance: {', '.join(within)}"
+            if beyond
+            else f"nothing beyond tolerance (moved within it: {', '.join(within)})"
+        )
+    if new:
+        parts.append(f"new in `{head}` (n/a in the base): {', '.join(new)}")
+    if gone:
+        parts.append(f"n/a in `{head}`: {', '.join(gone)}")
+    return "; ".join(parts) + "." if parts else "identity, text and detection unchanged."
 
 
 def _cost(modes: dict[str, dict[str, Change]], metrics: dict[str, dict[str, Change]]) -> list[str]:
@@ -229,7 +244,11 @@ def _also_changed(result: Comparison, modes: dict, stories: dict, run: dict) -> 
     moved_stories = [s for s, n in sorted(story_changes.items()) if n]
     if not names and not moved_stories:
         return []
-    shown = [f"{n} ({', '.join(where)})" if where else n for n, where in list(names.items())[:ALSO_CHANGED_NAMES]]
+    every = set(modes) if len(modes) > 1 else None
+    shown = [
+        f"{n} ({'all modes' if set(where) == every else ', '.join(where)})" if where else n
+        for n, where in list(names.items())[:ALSO_CHANGED_NAMES]
+    ]
     more = len(names) - len(shown)
     parts = [", ".join(shown) + (f" and {more} more" if more else "")] if shown else []
     if moved_stories:

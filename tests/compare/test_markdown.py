@@ -129,6 +129,30 @@ def test_profile_mismatch_warns_before_any_figure() -> None:
     assert "plumbing, not quality" in lines[warning + 2]  # one side is tiny
 
 
+def test_face_figures_lead_only_where_a_face_was_found() -> None:
+    base = tiny_eval()  # no face found: its face Self-CIDS is 0 for "no crop", not a score
+    no_face = with_changes(base, {"lora.vistorybench_self_cids_face": 0.3})
+    assert "Self-CIDS face" not in _outside(render_markdown(comparison(eval_side(base), eval_side(no_face))))
+    faces = with_changes(no_face, {"lora.face_detection_rate": 0.5})
+    outside = _outside(render_markdown(comparison(eval_side(base), eval_side(faces))))
+    assert "- **lora**: **moved beyond tolerance**: Self-CIDS face ↑ (+0.3), face detected ↑ (+0.5)." in outside
+
+
+def test_a_figure_new_in_head_is_new_not_moved() -> None:
+    base = tiny_eval()
+    old = with_changes(base, {"lora.vistorybench_cross_cids": None})
+    outside = _outside(render_markdown(comparison(eval_side(old), eval_side(base))))
+    assert "- **lora**: new in `workspace` (n/a in the base): Cross-CIDS." in outside
+    assert "| **lora** | n/a → **0.8838** |" in outside
+
+
+def test_a_figure_changed_in_every_mode_is_named_once() -> None:
+    base = tiny_eval()
+    moved = with_changes(base, {f"{m}.character_to_first": 0.5 for m in ("baseline", "lora", "ref_guided")})
+    outside = _outside(render_markdown(comparison(eval_side(base), eval_side(moved))))
+    assert "**Also changed** (tables below): `character_to_first` (all modes)." in outside
+
+
 def test_same_profile_gives_no_warning() -> None:
     md = render_markdown(_knob_run(runs={"profile": Change("tiny", "tiny")}))
     assert "different profiles" not in md and "plumbing, not quality" in md
