@@ -154,7 +154,8 @@ def _headline(modes: dict[str, dict[str, Change]], tolerances: dict[str, float],
                 shown = cell(change) if beyond else f"{_short(change)} ({delta}within)"
                 cells.append(shown)
             rows.append([f"**{mode}**", *cells])
-        lines += [*_table(["mode", *(f.label for f in columns)], rows), "", "`=`: unchanged.", ""]
+        legend = ["`=`: unchanged.", ""] if any("=" in row for row in rows) else []
+        lines += [*_table(["mode", *(f.label for f in columns)], rows), "", *legend]
     for mode in order_modes(set(modes)):
         lines.append(f"- **{mode}**: {_verdict(modes[mode], moved[mode], tolerances, head)}")
     return [*lines, ""]
@@ -299,9 +300,8 @@ def _group_blocks(result: Comparison, modes: dict, run: dict) -> list[str]:
                 body += _table([f"figure of `{rest[0][0]}`", "value"], [[_name(k), cell(c)] for _, k, c in rest])
             else:
                 body += _table(["file", "figure", "value"], [[f"`{p}`", _name(k), cell(c)] for p, k, c in rest])
-        changed = sum(modes[m][k].changed for m in mode_names for k in keys if k in modes[m])
-        changed += sum(c.changed for _, _, c in rest)
-        lines += _details(f"<b>{title}</b> ({changed} changed)", body)
+        items = [(k, modes[m][k]) for m in mode_names for k in keys if k in modes[m]] + [(k, c) for _, k, c in rest]
+        lines += _details(f"<b>{title}</b> ({_moved(items)})", body)
     return lines
 
 

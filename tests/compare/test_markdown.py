@@ -60,6 +60,7 @@ def test_headline_names_exactly_the_figures_that_moved() -> None:
         "- **ref_guided**: **moved beyond tolerance**: Self-CIDS ↑ (+0.0213), CLIP text ↓ (-0.0147); "
         "within tolerance: Cross-CIDS."
     )
+    assert "`=`" not in outside  # no cell says "unchanged", so no legend for it
     assert "- **baseline**: identity, text and detection unchanged." in outside
     assert "- **lora**: identity, text and detection unchanged." in outside
     assert "Tolerances: ±0.01 on similarities and the CLIP text score, ±0.05 on detection rates" in outside
@@ -136,6 +137,14 @@ def test_face_figures_lead_only_where_a_face_was_found() -> None:
     faces = with_changes(no_face, {"lora.face_detection_rate": 0.5})
     outside = _outside(render_markdown(comparison(eval_side(base), eval_side(faces))))
     assert "- **lora**: **moved beyond tolerance**: Self-CIDS face ↑ (+0.3), face detected ↑ (+0.5)." in outside
+
+
+def test_a_figure_one_mode_kept_reads_as_unchanged_in_its_cell() -> None:
+    base = tiny_eval()
+    moved = with_changes(base, {"lora.clip_text_score": 0.3, "ref_guided.vistorybench_self_cids": 0.99})
+    outside = _outside(render_markdown(comparison(eval_side(base), eval_side(moved))))
+    assert "| **lora** | = | 0.2503 → **0.3** (+0.0497) |" in outside
+    assert "| **ref_guided** | 0.9699 → **0.99** (+0.0201) | = |" in outside and "`=`: unchanged." in outside
 
 
 def test_a_figure_new_in_head_is_new_not_moved() -> None:
