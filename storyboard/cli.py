@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     tiny = sub.add_parser("build-tiny-models", help="build the tiny profile's random-weight models")
     tiny.set_defaults(func=_tiny_models)
 
+    from storyboard.compare.figures import RATE_TOLERANCE, SCORE_TOLERANCE
+
     comp = sub.add_parser("compare", help="Markdown report for a pull request: params, metrics and plots vs a base")
     comp.add_argument("base", help="commit, branch or tag to compare against, e.g. main")
     comp.add_argument("--head", help="revision to compare (default: the workspace)")
@@ -111,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         "--tolerance",
         action="append",
         metavar="NAME=VALUE",
-        help="how far a headline figure may move and read as unchanged: score=0.01 (similarities, CLIP text), "
-        "rate=0.05 (detection rates) or a figure, e.g. vistorybench_self_cids=0.005 (repeatable)",
+        help=f"how far a headline figure may move and read as unchanged: score={SCORE_TOLERANCE:g} (similarities, "
+        f"CLIP text), rate={RATE_TOLERANCE:g} (detection rates) or a figure, e.g. vistorybench_self_cids=0.005 "
+        "(repeatable)",
     )
     comp.add_argument(
         "--artifacts-url", help="where CI keeps the chart and the plots (the report links there instead of paths)"

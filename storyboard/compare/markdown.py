@@ -8,10 +8,10 @@ per-story tables.
 
 from __future__ import annotations
 
+from storyboard.compare.cells import cell, count, delta, fmt, name, short, table
 from storyboard.compare.diff import Change, Comparison
 from storyboard.compare.figures import (
     EVAL_METRICS,
-    GROUPS,
     HEADLINE,
     HEADLINE_KEYS,
     TOLERANCES,
@@ -24,59 +24,10 @@ from storyboard.compare.figures import (
     split_eval,
     tolerance_of,
 )
+from storyboard.compare.folded import STORY_DETAIL, group_blocks, story_blocks
 
 COMMENT_LIMIT = 65_536  # GitHub's limit on a comment body, in characters
-# What the per-story tables keep, from most to least: the first rendering that fits the comment limit is posted.
-STORY_DETAIL = ("all", "changed", "headline", "none")
 ALSO_CHANGED_NAMES = 8  # the "also changed" line names this many figures, then counts the rest
-LONG_TEXT = 100  # provenance strings (eval.json's `vistorybench` note) are cut to this in the tables
-
-
-def fmt(value: object) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value).replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= LONG_TEXT else text[: LONG_TEXT - 1] + "…"
-
-
-def _delta(change: Change) -> str:
-    return "" if change.delta is None else f" ({change.delta:+.4g})"
-
-
-def cell(change: Change) -> str:
-    """A table cell: the value, or `old → **new** (delta)` when it changed."""
-    if not change.changed:
-        return fmt(change.new)
-    return f"{fmt(change.old)} → **{fmt(change.new)}**{_delta(change)}"
-
-
-def _short(change: Change) -> str:
-    return f"{fmt(change.old)} → {fmt(change.new)}" if change.changed else fmt(change.new)
-
-
-def _count(n: int, noun: str, plural: str | None = None) -> str:
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def _name(key: str) -> str:
-    return f"`{key}` (timing)" if is_timing(key) else f"`{key}`"
-
-
-def outside_details(markdown: str) -> list[str]:
-    """The lines a reader sees without unfolding anything (what the 30-line budget counts)."""
-    depth, lines = 0, []
-    for line in markdown.splitlines():
-        opened, closed = line.count("<details"), line.count("</details>")
-        if depth == 0 and not opened:
-            lines.append(line)
-        depth = max(0, depth + opened - closed)
-    return lines
 
 
 def _beyond(change: Change, tolerance: float) -> bool:
@@ -118,7 +69,7 @@ def _params(result: Comparison) -> list[str]:
     if not changed:
         return [*lines, "No param changed.", ""]
     rows = [[f"`{k}`", fmt(c.old), fmt(c.new)] for k, c in sorted(changed.items())]
-    return [*lines, *_table(["param", result.base, result.head], rows), ""]
+    return [*lines, *table(["param", result.base, result.head], rows), ""]
 
 
 def _headline(modes: dict[str, dict[str, Change]], tolerances: dict[str, float], head: str) -> list[str]:
@@ -150,12 +101,12 @@ def _headline(modes: dict[str, dict[str, Change]], tolerances: dict[str, float],
                     cells.append("=")
                     continue
                 beyond = _beyond(change, tolerance_of(f, tolerances))
-                delta = "" if change.delta is None else f"{change.delta:+.4g}, "
-                shown = cell(change) if beyond else f"{_short(change)} ({delta}within)"
+                step = "" if change.delta is None else f"{change.delta:+.4g}, "
+                shown = cell(change) if beyond else f"{short(change)} ({step}within)"
                 cells.append(shown)
             rows.append([f"**{mode}**", *cells])
         legend = ["`=`: unchanged.", ""] if any("=" in row for row in rows) else []
-        lines += [*_table(["mode", *(f.label for f in columns)], rows), "", *legend]
+        lines += [*table(["mode", *(f.label for f in columns)], rows), "", *legend]
     for mode in order_modes(set(modes)):
         lines.append(f"- **{mode}**: {_verdict(modes[mode], moved[mode], tolerances, head)}")
     return [*lines, ""]
@@ -174,7 +125,7 @@ def _verdict(figures: dict[str, Change], moved: dict[str, Change], tolerances: d
             (new if change.old is None else gone).append(figure.label)
         elif _beyond(change, tolerance_of(figure, tolerances)):
             arrow = "" if change.delta is None else (" ↑" if change.delta > 0 else " ↓")
-            beyond.append(f"{figure.label}{arrow}{_delta(change) or ' ' + _short(change)}")
+            beyond.append(f"{figure.label}{arrow}{delta(change) or ' ' + short(change)}")
         else:
             within.append(figure.label)
     parts = []
@@ -209,15 +160,15 @@ def _cost(modes: dict[str, dict[str, Change]], metrics: dict[str, dict[str, Chan
         rows = [
             [
                 f"**{mode}**",
-                *(f"{_short(figs[k])}{_delta(figs[k])}" if k in figs and figs[k].changed else "=" for k in keys),
+                *(f"{short(figs[k])}{delta(figs[k])}" if k in figs and figs[k].changed else "=" for k in keys),
             ]
             for mode, figs in ((m, modes[m]) for m in order_modes(set(modes)))
             if any(k in figs and figs[k].changed for k in keys)
         ]
-        lines += [*_table(["mode", *(_name(k) for k in keys)], rows), ""]
+        lines += [*table(["mode", *(name(k) for k in keys)], rows), ""]
     if training is not None and training.changed:
-        delta = "" if training.delta is None else f" ({training.delta:+.4g} s)"
-        lines += [f"Training time (timing): {fmt(training.old)} s → {fmt(training.new)} s{delta}.", ""]
+        seconds = "" if training.delta is None else f" ({training.delta:+.4g} s)"
+        lines += [f"Training time (timing): {fmt(training.old)} s → {fmt(training.new)} s{seconds}.", ""]
     return lines
 
 
@@ -254,7 +205,7 @@ def _also_changed(result: Comparison, modes: dict, stories: dict, run: dict) -> 
     parts = [", ".join(shown) + (f" and {more} more" if more else "")] if shown else []
     if moved_stories:
         where = ", ".join(f"`{s}`" for s in moved_stories)
-        parts.append(f"per story: {_count(sum(story_changes.values()), 'figure')} in {where}")
+        parts.append(f"per story: {count(sum(story_changes.values()), 'figure')} in {where}")
     return [f"**Also changed** (tables below): {'; '.join(parts)}.", ""]
 
 
@@ -271,82 +222,6 @@ def _pictures(result: Comparison, chart: str | None, artifacts_url: str | None) 
         if result.plots_html is not None:
             lines.append(f"`dvc plots diff` of both revisions: `{result.plots_html}` (open in a browser).")
     return [*lines, ""] if lines and lines[-1] else lines
-
-
-def _details(summary: str, body: list[str]) -> list[str]:
-    return [f"<details><summary>{summary}</summary>", "", *body, "", "</details>"]
-
-
-def _group_blocks(result: Comparison, modes: dict, run: dict) -> list[str]:
-    mode_names = order_modes(set(modes))
-    files = [(p, k, c) for p, keys in result.metrics.items() if p != EVAL_METRICS for k, c in keys.items()]
-    files += [(EVAL_METRICS, k, c) for k, c in run.items()]
-    figures = {k for figs in modes.values() for k in figs}
-    lines = []
-    for group, title in GROUPS:
-        keys = sorted(
-            (k for k in figures if group_of(EVAL_METRICS, k) == group), key=lambda k: order_key(EVAL_METRICS, k)
-        )
-        rest = sorted((f for f in files if group_of(f[0], f[1]) == group), key=lambda f: order_key(f[0], f[1]))
-        if not keys and not rest:
-            continue
-        body: list[str] = []
-        if keys:
-            rows = [[_name(k), *(cell(modes[m][k]) if k in modes[m] else "–" for m in mode_names)] for k in keys]
-            body += _table(["figure", *mode_names], rows)
-        if rest:
-            body += [""] if body else []
-            if len({p for p, _, _ in rest}) == 1:
-                body += _table([f"figure of `{rest[0][0]}`", "value"], [[_name(k), cell(c)] for _, k, c in rest])
-            else:
-                body += _table(["file", "figure", "value"], [[f"`{p}`", _name(k), cell(c)] for p, k, c in rest])
-        items = [(k, modes[m][k]) for m in mode_names for k in keys if k in modes[m]] + [(k, c) for _, k, c in rest]
-        lines += _details(f"<b>{title}</b> ({_moved(items)})", body)
-    return lines
-
-
-def _story_rows(per_mode: dict[str, dict[str, Change]], mode_names: list[str], detail: str) -> list[list[str]]:
-    keys = sorted({k for figs in per_mode.values() for k in figs}, key=lambda k: order_key(EVAL_METRICS, k))
-    rows, last_group = [], None
-    for key in keys:
-        changes = [per_mode.get(m, {}).get(key) for m in mode_names]
-        changed = any(c is not None and c.changed for c in changes)
-        if detail != "all" and not changed or detail == "headline" and key not in HEADLINE_KEYS:
-            continue
-        group = group_of(EVAL_METRICS, key)
-        label, last_group = (group if group != last_group else ""), group
-        rows.append([label, _name(key), *("–" if c is None else _short(c) for c in changes)])
-    return rows
-
-
-def _moved(items) -> str:
-    """How many (key, change) pairs changed, timing told apart: it moves on every run."""
-    items = [(k, c) for k, c in items if c.changed]
-    timing = sum(is_timing(k) for k, _ in items)
-    return f"{len(items) - timing} changed" + (f", {timing} timing" if timing else "")
-
-
-def _story_blocks(stories: dict, detail: str) -> list[str]:
-    if not stories:
-        return []
-    mode_names = order_modes({m for per in stories.values() for m in per})
-    summary = f"<b>Per story</b> ({_count(len(stories), 'story', 'stories')}, "
-    summary += f"{_moved(c for per in stories.values() for figs in per.values() for c in figs.items())})"
-    if detail == "none":
-        return _details(summary, ["Left out to fit GitHub's comment limit: `dvc metrics diff --all` lists them."])
-    note = {
-        "changed": "Unchanged rows left out to fit GitHub's comment limit.",
-        "headline": "Only the headline figures that changed, to fit GitHub's comment limit.",
-    }.get(detail)
-    body = [note, ""] if note else []
-    for story in sorted(stories):
-        per = stories[story]
-        rows = _story_rows(per, mode_names, detail)
-        table = _table(["group", "figure", *mode_names], rows) if rows else ["Nothing changed."]
-        body += _details(
-            f"story <code>{story}</code> ({_moved(i for figs in per.values() for i in figs.items())})", table
-        )
-    return _details(summary, body)
 
 
 def render_markdown(
@@ -386,6 +261,6 @@ def _render(result: Comparison, tolerances: dict, chart: str | None, artifacts_u
     lines += _also_changed(result, modes, stories, run)
     lines += _pictures(result, chart, artifacts_url)
     lines += ["### All figures", ""]
-    lines += _group_blocks(result, modes, run)
-    lines += _story_blocks(stories, detail)
+    lines += group_blocks(result, modes, run)
+    lines += story_blocks(stories, detail)
     return "\n".join(lines) + "\n"
