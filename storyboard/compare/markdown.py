@@ -215,7 +215,7 @@ def _pictures(result: Comparison, chart: str | None, artifacts_url: str | None) 
         what = " and ".join(
             w for w, have in (("the chart", chart), ("`dvc plots diff`'s page", result.plots_html)) if have
         )
-        lines.append(f"Pictures: {what or 'none'}, in [this run's artifacts]({artifacts_url}).")
+        lines += [f"Pictures: {what}, in [this run's artifacts]({artifacts_url})."] if what else []
     else:
         if chart:
             lines += [f"![identity and text per mode, {result.base} and {result.head}]({chart})", ""]
