@@ -46,10 +46,12 @@ FAST = not e2e and not slow and not browser and not multiprocess and not server
 test-fast: install  ## the unit tests a contributor runs before each commit (minutes on 2 cores)
 	pytest -m "$(FAST)"
 
-# The pull-request comparison: params, metrics per mode and per story, plots, of the workspace against BASE.
+# The pull-request comparison of the workspace against BASE (docs/compare.md): what moved leads, the rest folded.
+# COMPARE_FLAGS: e.g. --tolerance score=0.02, or --artifacts-url URL (CI: where the chart and plots are kept).
 BASE ?= main
-compare: install  ## Markdown report vs BASE (compare.md, printed) and `dvc plots diff` HTML (compare-plots/)
-	python -m storyboard.cli compare $(BASE) --out compare.md --plots compare-plots
+COMPARE_FLAGS ?=
+compare: install  ## Markdown report vs BASE (compare.md, printed), its chart (compare.png), `dvc plots diff` (compare-plots/)
+	python -m storyboard.cli compare $(BASE) --out compare.md --plots compare-plots $(COMPARE_FLAGS)
 
 lint: install
 	ruff check . && ruff format --check .
