@@ -42,7 +42,8 @@ EXPECTED = _table(
     (MODELS, "profile", "runtime.device", "runtime.dtype", "models.tiny.root", "models.tiny.seed"),
     # train: train.select best scores each saved step with evaluate's locator (detector prompt, face backend)
     ({"sample", "caption", "train", "plan", *GENERATE, "evaluate"}, "character.name"),
-    ({"sample", "caption", *GENERATE, "evaluate"}, "character.trigger"),
+    # train: the kohya file's metadata names the trigger (the captions carry it too, so caption reruns anyway)
+    ({"sample", "caption", "train", *GENERATE, "evaluate"}, "character.trigger"),
     ({"caption", "train", "plan", *GENERATE, "evaluate"}, "character.description"),
     ({"plan", *GENERATE, "evaluate"}, "stories"),
     ({"train", *GENERATE}, "models.sdxl.base", "models.sdxl.vae"),
