@@ -9,8 +9,9 @@ weights, so insightface loads, prepares and runs them through the same code as t
 Their faces are meaningless. Random weights detect nothing, so the detector adds a fixed term to its scores: the
 stride-32 cell at the centre of its input is a confident face (box a quarter of the input's side, keypoints where
 ArcFace's alignment template puts eyes, nose and mouth), every other cell is not. Every image therefore has exactly
-one face, at the centre of the detector's letterboxed input (the image's centre for a square image), and its
-embedding is a random projection of the aligned crop. Only the plumbing is checked: detection, alignment, embeddings,
+one face, at the centre of the detector's letterboxed input (the image's centre for a square image; none for an
+image more than 8:3 wide or tall, where that centre is padding), and its embedding is a random projection of the
+aligned crop. Only the plumbing is checked: detection, alignment, embeddings,
 face crops and the face figures, never whether a face is found or recognised.
 
 buffalo_l's landmark and gender/age models are left out: the face backend loads detection and recognition only.
