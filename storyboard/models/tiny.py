@@ -3,7 +3,8 @@
 They are saved with `save_pretrained` into a local folder and then loaded by the same loading code as the real
 hub models, so every code path runs on a CPU in CI. Their outputs are noise: they check plumbing, never
 quality. The build is deterministic for a seed, so the pipeline's outputs are reproducible across machines
-with the same torch build.
+with the same torch build. The InsightFace backend gets a random-weight pack in buffalo_l's layout
+(storyboard/models/insightface_pack.py) beside them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from storyboard import TINY_NOTICE
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
 from storyboard.models import bpe
+from storyboard.models.insightface_pack import ensure_pack
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
@@ -360,6 +362,9 @@ def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
         likeness=str(root / "likeness"),
         detector=str(root / "detector"),
         face_backend=tiny.face_backend,
+        # The random-weight InsightFace pack: models.tiny.face_backend: insightface, and evaluate's backend when that
+        # is the other one (evaluate.face_backend: auto with generate.reference: faceid).
+        face_model_root=str(root / "insightface"),
     )
 
 
@@ -369,6 +374,8 @@ def tiny_model_set(tiny: TinyModels) -> ModelSet:
     root = Path(tiny.root) / f"v{BUILD_VERSION}-seed{tiny.seed}"
     if not (root / "BUILT.json").exists():
         build_tiny_models(root, seed=tiny.seed)
+    # Beside the torch models but versioned on its own: tiny folders built before it gain it without a full rebuild.
+    ensure_pack(root / "insightface", seed=tiny.seed)
     return _model_set(root, tiny)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +11,16 @@ import torch
 from PIL import Image
 
 from storyboard.generate.frames import RenderedFrame, frame_prompt
+from storyboard.generate.ip_reference import FACE_MARGIN, face_crop
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.renderer import SEED_STRIDE
 from storyboard.models.bpe import count_tokens
+from storyboard.models.faces import InsightFaceBackend, load_face_backend
+from storyboard.models.insightface_pack import FACE_SHARE
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.prompts import encode_prompts
+from storyboard.models.tiny import tiny_model_set
 from storyboard.story.plan import Frame, StoryPlan
 
 
@@ -214,6 +219,31 @@ def test_face_crop_for_the_reference():
     crop = face_crop(photo, DlibFaceBackend())
     assert crop.width < 300 and abs(crop.width - crop.height) <= 2
     assert face_crop(Image.new("RGB", (64, 64)), DlibFaceBackend()).size == (64, 64)  # no face: whole frame
+
+
+def test_ref_guided_face_reference_through_insightface(tiny_settings, cpu, scorer, lora_dir):
+    """models.tiny.face_backend: insightface: the face crop that ref_guided's later frames get comes from the real
+    FaceAnalysis, running the tiny profile's random-weight pack (its one face: the centre quarter of a frame)."""
+    models = tiny_model_set(tiny_settings.models.tiny.model_copy(update={"face_backend": "insightface"}))
+    faces = load_face_backend(models, tiny_settings.generate.face_min_score)
+    assert isinstance(faces, InsightFaceBackend) and faces.model_dir.is_relative_to(Path(models.base).parent.absolute())
+    kw = dict(clip_threshold=-1.0, ip_adapter_scale=1.0, controlnet_scale=1.0, steps=3)
+    settings = tiny_settings.generate.model_copy(update={"reference": "face", **kw})
+    (renderer,) = load_renderers(
+        ("ref_guided",), settings, tiny_settings.character, models, cpu, scorer, lora_dir, faces=faces
+    )
+    frames = renderer.render(PLAN)
+    first = frames[0].image
+    crop = face_crop(first, faces)
+    side = round(first.width * FACE_SHARE * (1 + 2 * FACE_MARGIN))
+    assert abs(crop.width - side) <= 1 and crop.size == (crop.width, crop.width)
+    # the later frames are those of an IP-Adapter shown exactly that crop (the same batch: the same pixels), and
+    # not those of the whole frame 1
+    for reference, same in ((crop, True), (first, False)):
+        again = [RenderedFrame(index=f.index, frame=f.frame, prompt=f.prompt) for f in frames[1:]]
+        renderer._attempt(again, 0, ip_reference=reference)
+        for redone, rendered in zip(again, frames[1:], strict=True):
+            assert (np.abs(_pixels(redone.images[0]) - _pixels(rendered.image)).max() == 0) == same
 
 
 def test_modes_differ_and_ref_guided_uses_the_reference(tiny_settings, tiny_models, cpu, scorer, lora_dir):
