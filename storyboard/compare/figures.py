@@ -24,6 +24,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("text", "Text: did the frames follow the story"),
     ("detection", "Detection: was the character (and a face) found"),
     ("cost", "Cost: attempts, time"),
+    ("checks", "Checks: the frame checks' thresholds"),
     ("training", "Training: the chosen LoRA step"),
     ("captions", "Captions"),
     ("run", "Run: profile and models"),
@@ -62,6 +63,10 @@ EVAL_GROUPS: dict[str, str] = {
         "detection",
     ),
     **dict.fromkeys(("frames", "attempts_per_frame", "seconds_per_frame"), "cost"),
+    # generate's thresholds (calibrated or fixed): they decide which frames are rendered again.
+    **dict.fromkeys(
+        ("clip_threshold", "clip_threshold_source", "likeness_threshold", "likeness_threshold_source"), "checks"
+    ),
 }
 # Keys nobody has listed yet, placed by a word in their name: generate's retry bookkeeping is cost.
 NAME_GROUPS: tuple[tuple[str, str], ...] = (("attempts", "cost"), ("redone", "cost"), ("seconds", "cost"))

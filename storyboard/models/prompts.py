@@ -41,6 +41,10 @@ def parse_ahead(texts: Iterable[str]) -> threading.Thread:
     """Parse `texts` on a background thread, so the stories' prompts are parsed while models load and earlier
     stories render (the GPU waits on nothing of it); `encode_prompts` then finds them parsed."""
 
+    # compel imports diffusers, whose lazy modules are not safe to import from two threads at once (the loader
+    # imports them meanwhile); importing it here, before the thread starts, leaves the thread only parsing.
+    import compel  # noqa: F401
+
     def work() -> None:
         for text in dict.fromkeys(texts):
             _parsed(text)

@@ -8,22 +8,35 @@ import pytest
 from compare_sides import comparison, eval_side, flat, tiny_eval, with_changes
 
 from storyboard.compare import COMMENT_LIMIT, Change, Comparison, outside_details, render_markdown, tolerances_from
+from storyboard.compare.cells import fmt
 from storyboard.compare.figures import CAPTION_METRICS, EVAL_METRICS, HEADLINE, TRAIN_LOG, TRAIN_METRICS
 from storyboard.errors import StoryboardError
 
 # One knob, `generate.ip_adapter_scale` 0.6 -> 0.8, read by ref_guided alone: its identity and text figures move
-# (Cross-CIDS within the tolerance), its retries and time change, baseline and lora are the same run.
+# (Cross-CIDS within the tolerance), its retries and time change, baseline and lora are the same run. The moves are
+# made on the committed tiny run's own values, so a new tiny run changes no expectation here.
 KNOB = "params.yaml:generate.ip_adapter_scale"
+BASE = flat(tiny_eval())
+MOVES = {  # figure -> delta
+    "ref_guided.vistorybench_self_cids": 0.0213,
+    "ref_guided.character_pairwise": 0.0213,
+    "ref_guided.clip_text_score": -0.0147,
+    "ref_guided.vistorybench_cross_cids": 0.0022,  # within 0.01
+    "ref_guided.stories.bazaar.vistorybench_self_cids": 0.0213,
+}
 MOVED = {
-    "ref_guided.vistorybench_self_cids": 0.9912,  # +0.0213
-    "ref_guided.character_pairwise": 0.9912,
-    "ref_guided.clip_text_score": 0.2364,  # -0.0147
-    "ref_guided.vistorybench_cross_cids": 0.8871,  # +0.0022, within 0.01
+    **{key: round(BASE[key] + d, 4) for key, d in MOVES.items()},
     "ref_guided.attempts_per_frame": 2.5,
     "ref_guided.seconds_per_frame": 0.61,
-    "ref_guided.stories.bazaar.vistorybench_self_cids": 0.99,
     "ref_guided.stories.bazaar.seconds_per_frame": 0.7,
 }
+
+
+def _moved(key: str, *, bold: bool = True, within: bool = False) -> str:
+    """The cell of MOVED's `key`, as the report writes it."""
+    old, new = BASE[key], MOVED[key]
+    shown = f"**{fmt(new)}**" if bold else fmt(new)
+    return f"{fmt(old)} → {shown} ({new - old:+.4g}{', within' if within else ''})"
 
 
 def _knob_run(**fields) -> Comparison:
@@ -53,8 +66,11 @@ def test_headline_names_exactly_the_figures_that_moved() -> None:
     table = [line for line in _section(outside, "### Headline") if line.startswith("| ")]
     assert table[0] == "| mode | Self-CIDS | Cross-CIDS | CLIP text |"  # the moved headline figures, no other
     assert len(table) == 2  # header, ref_guided: the modes where nothing moved have no row
-    assert table[1].startswith("| **ref_guided** | 0.9699 → **0.9912** (+0.0213) | 0.8849 → 0.8871 (+0.0022, within)")
-    assert "| 0.2511 → **0.2364** (-0.0147) |" in table[1]
+    self_cids, cross_cids = _moved("ref_guided.vistorybench_self_cids"), _moved(
+        "ref_guided.vistorybench_cross_cids", bold=False, within=True
+    )
+    assert table[1].startswith(f"| **ref_guided** | {self_cids} | {cross_cids}")
+    assert f"| {_moved('ref_guided.clip_text_score')} |" in table[1]
     verdict = next(line for line in outside.splitlines() if line.startswith("- **ref_guided**"))
     assert verdict == (
         "- **ref_guided**: **moved beyond tolerance**: Self-CIDS ↑ (+0.0213), CLIP text ↓ (-0.0147); "
@@ -84,7 +100,7 @@ def test_unchanged_figures_are_only_inside_details() -> None:
     assert "| `params.yaml:generate.ip_adapter_scale` | 0.6 | 0.8 |" in outside
     # Every group of the docs' metrics table gets its block, in a fixed order, named as evaluate names figures.
     summaries = re.findall(r"<details><summary><b>(\w+)", md)
-    assert summaries == ["Identity", "Text", "Detection", "Cost", "Training", "Captions", "Run", "Per"]
+    assert summaries == ["Identity", "Text", "Detection", "Cost", "Checks", "Training", "Captions", "Run", "Per"]
     assert (
         "<summary>story <code>bazaar</code> (1 changed, 1 timing)</summary>" in md
     )  # its timing counts in its own table
@@ -96,7 +112,9 @@ def test_timing_is_labelled_as_timing_and_never_a_verdict() -> None:
     outside = _outside(render_markdown(result))
     assert "Figures marked timing are wall clock on the machine that ran: noise between runs, not a result." in outside
     assert "| mode | `attempts_per_frame` | `seconds_per_frame` (timing) |" in outside
-    assert "| **ref_guided** | 2.111 → 2.5 (+0.3889) | 0.543 → 0.61 (+0.067) |" in outside
+    attempts, seconds = (BASE[f"ref_guided.{k}"] for k in ("attempts_per_frame", "seconds_per_frame"))
+    row = f"| **ref_guided** | {fmt(attempts)} → 2.5 ({2.5 - attempts:+.4g}) | {fmt(seconds)} → 0.61 ({0.61 - seconds:+.4g}) |"
+    assert row in outside
     assert "Training time (timing): 24.8 s → 31.2 s (+6.4 s)." in outside
     assert "seconds" not in next(line for line in outside.splitlines() if line.startswith("- **ref_guided**"))
     # Per-story timing moves on every run: not counted as a change of the stories (bazaar's Self-CIDS is).
@@ -141,10 +159,12 @@ def test_face_figures_lead_only_where_a_face_was_found() -> None:
 
 def test_a_figure_one_mode_kept_reads_as_unchanged_in_its_cell() -> None:
     base = tiny_eval()
-    moved = with_changes(base, {"lora.clip_text_score": 0.3, "ref_guided.vistorybench_self_cids": 0.99})
+    text, cids = BASE["lora.clip_text_score"] + 0.05, BASE["ref_guided.vistorybench_self_cids"] + 0.02
+    moved = with_changes(base, {"lora.clip_text_score": text, "ref_guided.vistorybench_self_cids": cids})
     outside = _outside(render_markdown(comparison(eval_side(base), eval_side(moved))))
-    assert "| **lora** | = | 0.2503 → **0.3** (+0.0497) |" in outside
-    assert "| **ref_guided** | 0.9699 → **0.99** (+0.0201) | = |" in outside and "`=`: unchanged." in outside
+    assert f"| **lora** | = | {fmt(BASE['lora.clip_text_score'])} → **{fmt(text)}** (+0.05) |" in outside
+    old_cids = fmt(BASE["ref_guided.vistorybench_self_cids"])
+    assert f"| **ref_guided** | {old_cids} → **{fmt(cids)}** (+0.02) | = |" in outside and "`=`: unchanged." in outside
 
 
 def test_a_figure_new_in_head_is_new_not_moved() -> None:
@@ -152,7 +172,7 @@ def test_a_figure_new_in_head_is_new_not_moved() -> None:
     old = with_changes(base, {"lora.vistorybench_cross_cids": None})
     outside = _outside(render_markdown(comparison(eval_side(old), eval_side(base))))
     assert "- **lora**: new in `workspace` (n/a in the base): Cross-CIDS." in outside
-    assert "| **lora** | n/a → **0.8838** |" in outside
+    assert f"| **lora** | n/a → **{fmt(BASE['lora.vistorybench_cross_cids'])}** |" in outside
 
 
 def test_a_figure_changed_in_every_mode_is_named_once() -> None:
@@ -204,7 +224,7 @@ def test_ten_stories_four_modes_fit_a_github_comment_and_show_new_modes_and_keys
     assert "- **faceid**: **moved beyond tolerance**" in md  # a mode this report never heard of leads too
     other = md[md.index("<b>Other: figures this report does not group yet</b>") :]
     assert "`likeness_threshold_calibrated`" in other and "`some_new_score`" in other
-    cost = md[md.index("<b>Cost: attempts, time</b>") : md.index("<b>Run")]
+    cost = md[md.index("<b>Cost: attempts, time</b>") : md.index("<b>Checks")]
     assert "`redone_share`" in cost  # a retry figure finds its group by name
     assert "| **faceid** |" in "\n".join(outside_details(md))
 
