@@ -37,6 +37,8 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"
 # device, fp8 needs a GPU of compute capability 8.9 or newer (H100, L4, RTX 40xx). Both change the frames a
 # little; none keeps the model's own precision.
 Quantize = Literal["none", "int8", "fp8"]
+# The attention kernel tried first (storyboard/models/kernels.py); auto: torch's own order.
+Attention = Literal["auto", "cudnn", "flash", "efficient"]
 # The three ways generate renders a story; each is its own DVC stage (generate@<mode>), and evaluate compares them.
 Mode = Literal["baseline", "lora", "ref_guided"]
 MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided")
@@ -305,6 +307,9 @@ class Generate(_Section):
     compile: CompileScope = Field("none", description="torch.compile the UNet (and ControlNet)")
     compile_mode: CompileMode = "default"
     quantize: Quantize = Field("none", description="int8 | fp8 Linear layers of the UNet/ControlNet (torchao)")
+    attention: Attention = Field("auto", description="the attention kernel tried first: cudnn | flash | efficient")
+    channels_last: bool = Field(False, description="UNet, ControlNet and VAE convolutions in NHWC")
+    fuse_qkv: bool = Field(False, description="one matmul for each attention's q, k, v (not with an IP-Adapter)")
 
     @field_validator("resolution")
     @classmethod

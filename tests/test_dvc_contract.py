@@ -183,6 +183,9 @@ EXPECTED = _table(
         "generate.compile",
         "generate.compile_mode",
         "generate.quantize",
+        "generate.attention",
+        "generate.channels_last",
+        "generate.fuse_qkv",
     ),
     ({"generate@lora", "generate@ref_guided"}, "generate.lora_scale"),
     (

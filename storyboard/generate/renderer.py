@@ -42,6 +42,7 @@ from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend
+from storyboard.models.kernels import apply_layouts, attention
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, faceid_input_size, native_resolution, over_same_modules
 from storyboard.models.prompts import PromptEmbeds, encode_prompts
@@ -102,6 +103,8 @@ class StoryRenderer:
         # quantizing fuses into the compiled kernels); both in place: the pipeline for ref_guided's frame 1
         # shares these modules and gets the same ones.
         denoisers = [pipe.unet] + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
+        # Fused projections before quantizing, which then quantizes the fused layers.
+        apply_layouts(pipe, channels_last=s.channels_last, fuse_qkv=s.fuse_qkv)
         for module in denoisers:
             quantize_in_place(module, s.quantize)
         if s.vae_tiling:
@@ -209,7 +212,8 @@ class StoryRenderer:
         seeds = [self.settings.seed + attempt * SEED_STRIDE + f.index for f in frames]
         t0 = time.perf_counter()
         poses = [(f.frame.pose, f.frame.shot) for f in frames]
-        images = self._run(self._embeds_of(frames), seeds, poses, ip_reference)
+        with attention(self.settings.attention):
+            images = self._run(self._embeds_of(frames), seeds, poses, ip_reference)
         seconds = (time.perf_counter() - t0) / len(frames)
         texts = self.scorer.text_scores(images, [f.frame.scene for f in frames])
         features = self.likeness.image_features(images) if self.likeness is not None else [None] * len(images)
