@@ -3,7 +3,9 @@
 The generate stage keeps its outputs between runs (a `persist` output in dvc.yaml), so a run killed at story 3
 keeps stories 1 and 2, and an edited plan re-renders that story alone. For that to be safe, the hash covers
 exactly what the mode reads, the same keys dvc.yaml lists for generate@<mode>: a knob that only ref_guided reads
-must not invalidate baseline's stories the next time baseline reruns for another reason.
+must not invalidate baseline's stories the next time baseline reruns for another reason. Where dvc.yaml lists more
+than a mode reads (one shared list: multiref is given SDXL's steps), the hash leaves the extra keys out, so that
+rerun renders nothing.
 """
 
 from __future__ import annotations
@@ -13,19 +15,29 @@ import json
 from pathlib import Path
 
 from storyboard.closure import code_fingerprint
+from storyboard.generate.references import sheet_sha256
 from storyboard.settings import Mode, ModelSet, Settings
 from storyboard.story.plan import StoryPlan
 
-# Generate knobs that only some modes read; every other generate knob is read by all three.
+# Generate knobs that only some modes read; every other generate knob is read by all four.
+SDXL_KNOBS = frozenset({"steps", "guidance_scale", "negative_prompt"})  # multiref has its own steps and guidance
 MODE_KNOBS: dict[Mode, frozenset[str]] = {
-    "baseline": frozenset(),
-    "lora": frozenset({"lora_scale"}),
-    "ref_guided": frozenset({"lora_scale", "ip_adapter_scale", "controlnet_scale", "reference", "face_min_score"}),
+    "baseline": SDXL_KNOBS,
+    "lora": SDXL_KNOBS | {"lora_scale"},
+    "ref_guided": SDXL_KNOBS | {"lora_scale", "ip_adapter_scale", "controlnet_scale", "reference", "face_min_score"},
+    "multiref": frozenset({"multiref"}),
 }
-# The models baseline and lora load; ref_guided loads every model of the set (adapters, ControlNet, faces) but
-# evaluate's detector.
+# The models each mode loads: ref_guided loads every SDXL model of the set (adapters, ControlNet, faces); multiref
+# FLUX.2 klein and the face backend its reference rule reads; all of them the scorers of the checks.
 RENDER_MODELS = ("base", "vae", "clip", "likeness")
+FACE_MODELS = ("face_backend", "face_model", "face_model_root")
+MODE_MODELS: dict[Mode, tuple[str, ...]] = {
+    "baseline": RENDER_MODELS,
+    "lora": RENDER_MODELS,
+    "multiref": ("multiref", "clip", "likeness", *FACE_MODELS),
+}
 EVALUATE_MODELS = ("detector",)
+LORA_MODES = ("lora", "ref_guided")
 RENDER_CODE = "storyboard.generate.run"  # its import closure is all the code a render runs through
 
 
@@ -40,11 +52,20 @@ def file_sha256(path: Path | None) -> str | None:
 class StoryInputs:
     """Hashes one mode's inputs once per run; `of(plan)` adds a story's plan."""
 
-    def __init__(self, settings: Settings, mode: Mode, models: ModelSet, lora_sha256: str | None, dataset: Path | None):
+    def __init__(
+        self,
+        settings: Settings,
+        mode: Mode,
+        models: ModelSet,
+        lora_sha256: str | None,
+        dataset: Path | None,
+        references: Path | None = None,
+    ):
+        """`references`: the user's reference sheet folder (multiref: its images' hashes join the hash)."""
         others = set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]
-        used_models = models.model_dump(mode="json", exclude=set(EVALUATE_MODELS))
-        if mode != "ref_guided":
-            used_models = {k: used_models[k] for k in RENDER_MODELS}
+        used_models = models.model_dump(mode="json", exclude={*EVALUATE_MODELS, "multiref"})
+        if mode in MODE_MODELS:
+            used_models = {k: models.model_dump(mode="json")[k] for k in MODE_MODELS[mode]}
         self.common = {
             "mode": mode,
             "profile": settings.profile,
@@ -52,11 +73,13 @@ class StoryInputs:
             "character": settings.character.model_dump(mode="json"),
             "generate": settings.generate.model_dump(mode="json", exclude=others),
             "models": used_models,
-            "lora_sha256": lora_sha256 if mode != "baseline" else None,
+            "lora_sha256": lora_sha256 if mode in LORA_MODES else None,
             # the likeness check compares with the training images: the manifest names each by content hash
             "dataset_sha256": file_sha256(Path(dataset) / "manifest.jsonl") if dataset is not None else None,
             "code_sha256": code_fingerprint(RENDER_CODE),
         }
+        if mode == "multiref":
+            self.common["reference_sheet"] = sheet_sha256(references)
 
     def of(self, plan: StoryPlan) -> str:
         blob = json.dumps({**self.common, "plan": plan.model_dump(mode="json")}, sort_keys=True)
