@@ -74,7 +74,7 @@ def choose_references(
     rest = list(images)
     if faces is not None and rest:
         clarity = []
-        for (name, image), found in zip(rest, faces.detect_many([image for _, image in rest]), strict=True):
+        for (_, image), found in zip(rest, faces.detect_many([image for _, image in rest]), strict=True):
             face = largest_face(found)
             share = face.area / (image.width * image.height) if face is not None else 0.0
             clarity.append(face.score * share if face is not None else 0.0)
