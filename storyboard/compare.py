@@ -18,7 +18,7 @@ from pathlib import Path
 from storyboard.errors import StoryboardError
 
 EVAL_METRICS = "metrics/eval.json"  # the evaluate stage's metrics file (dvc.yaml)
-MODES = ("baseline", "lora", "ref_guided")
+MODES = ("baseline", "lora", "ref_guided", "multiref")
 
 
 class CompareError(StoryboardError):

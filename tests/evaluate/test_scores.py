@@ -203,7 +203,9 @@ def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings, 
         )
         assert (tmp_path / f"m/frames/{mode}_first_attempt.csv").exists()
     table = (tmp_path / "m/results.md").read_text()
-    assert "plumbing" in table and "| ref_guided" in table and "face detection rate" in table
+    assert "plumbing" in table and "| ref_guided" in table and "| multiref" in table and "face detection rate" in table
     assert "Self-CIDS (ViStoryBench)" in table and "Self-CIDS, first attempts" in table
     assert all(f"## {s.id}" in table for s in tiny_settings.stories)
-    assert (tmp_path / "report/index.html").exists() and len(list((tmp_path / "report/assets").rglob("*.png"))) == 27
+    assert (tmp_path / "report/index.html").exists() and len(
+        list((tmp_path / "report/assets").rglob("*.png"))
+    ) == 3 * len(tiny_settings.stories) * len(MODES)
