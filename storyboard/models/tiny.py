@@ -42,9 +42,9 @@ KLEIN_TEXT_LAYERS = 28
 KLEIN_VOCAB = 512
 # Qwen3's chat template as the pipeline applies it (one user turn, generation prompt, thinking turned off).
 QWEN3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n"
-    "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}{%- endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
 )
 # What the tiny byte-level BPE is trained on: words the frame prompts use, so they tokenize into a few merges.
 KLEIN_CORPUS = (
