@@ -4,8 +4,12 @@ The generate stage keeps its outputs between runs (a `persist` output in dvc.yam
 keeps stories 1 and 2, and an edited plan re-renders that story alone. For that to be safe, the hash covers
 exactly what the mode reads, the same keys dvc.yaml lists for generate@<mode>: a knob that only ref_guided reads
 must not invalidate baseline's stories the next time baseline reruns for another reason. Where dvc.yaml lists more
-than a mode reads (one shared list: multiref is given SDXL's steps), the hash leaves the extra keys out, so that
-rerun renders nothing.
+than a mode reads (one shared list: multiref is given SDXL's steps and sampler), the hash leaves the extra keys out,
+so that rerun renders nothing.
+
+The frame checks' thresholds enter as the values this run applies (calibration.py), not as the settings that
+produced them: a training set or percentile that yields the same values renders nothing again, a new training
+picture that moves them re-renders.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import json
 from pathlib import Path
 
 from storyboard.closure import code_fingerprint
+from storyboard.generate.calibration import Thresholds
 from storyboard.generate.references import sheet_sha256
+from storyboard.generate.samplers import SAMPLERS, sampler_of
 from storyboard.settings import Mode, ModelSet, Settings
 from storyboard.story.plan import StoryPlan
 
 # Generate knobs that only some modes read; every other generate knob is read by all four.
-SDXL_KNOBS = frozenset({"steps", "guidance_scale", "negative_prompt"})  # multiref has its own steps and guidance
+# multiref has its own steps and guidance, and FLUX.2 klein is step-distilled already: no sampler LoRA
+SDXL_KNOBS = frozenset({"steps", "guidance_scale", "negative_prompt", "sampler"})
 MODE_KNOBS: dict[Mode, frozenset[str]] = {
     "baseline": SDXL_KNOBS,
     "lora": SDXL_KNOBS | {"lora_scale"},
@@ -39,6 +46,8 @@ MODE_MODELS: dict[Mode, tuple[str, ...]] = {
 EVALUATE_MODELS = ("detector",)
 LORA_MODES = ("lora", "ref_guided")
 RENDER_CODE = "storyboard.generate.run"  # its import closure is all the code a render runs through
+# Generate knobs that reach the render only through the thresholds they yield (StoryInputs' `thresholds`).
+THRESHOLD_KNOBS = frozenset({"clip_threshold", "likeness_threshold", "calibration"})
 
 
 def _sha256(data: bytes) -> str:
@@ -59,19 +68,29 @@ class StoryInputs:
         models: ModelSet,
         lora_sha256: str | None,
         dataset: Path | None,
+        *,
+        thresholds: Thresholds,
         references: Path | None = None,
     ):
         """`references`: the user's reference sheet folder (multiref: its images' hashes join the hash)."""
-        others = set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]
-        used_models = models.model_dump(mode="json", exclude={*EVALUATE_MODELS, "multiref"})
+        others = (set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]) | THRESHOLD_KNOBS
+        # the few-step LoRAs: only the one generate.sampler fuses in, and never into multiref's FLUX.2 klein
+        unused = {f"{s.lora_key}{end}" for s in SAMPLERS.values() for end in ("", "_weight")}
+        sampler = sampler_of(settings.generate.sampler) if mode != "multiref" else None
+        sampler_models = (sampler.lora_key, f"{sampler.lora_key}_weight") if sampler else ()
+        all_models = models.model_dump(mode="json")
         if mode in MODE_MODELS:
-            used_models = {k: models.model_dump(mode="json")[k] for k in MODE_MODELS[mode]}
+            used_models = {k: all_models[k] for k in MODE_MODELS[mode] + sampler_models}
+        else:
+            dropped = {*EVALUATE_MODELS, "multiref", *(unused - set(sampler_models))}
+            used_models = {k: v for k, v in all_models.items() if k not in dropped}
         self.common = {
             "mode": mode,
             "profile": settings.profile,
             "runtime": settings.runtime.model_dump(mode="json"),
             "character": settings.character.model_dump(mode="json"),
             "generate": settings.generate.model_dump(mode="json", exclude=others),
+            "thresholds": thresholds.values(),
             "models": used_models,
             "lora_sha256": lora_sha256 if mode in LORA_MODES else None,
             # the likeness check compares with the training images: the manifest names each by content hash

@@ -74,6 +74,16 @@ class MultirefRenderer(StoryRenderer):
         if s.compile != "none":
             compile_in_place(pipe.vae.decoder, "model", "default")
 
+    def sampling(self) -> dict:
+        """FLUX.2 klein's own steps and guidance (generate.multiref); generate.sampler is an SDXL LoRA, never here."""
+        m = self.settings.multiref
+        return {
+            "sampler": None,
+            "steps": m.steps,
+            "guidance_scale": m.guidance_scale,
+            "scheduler": type(self.pipe.scheduler).__name__,
+        }
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEmbeds:
         """The prompts through the Qwen3 text encoder, in one call (the pipeline's own encoding)."""
