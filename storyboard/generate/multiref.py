@@ -5,7 +5,9 @@ references.py picks) plus the frame's prompt (frame_prompt: trigger, character, 
 generate.multiref.first_frame, frame 1 as it was settled joins them for the later frames. Everything around the
 pipeline call is StoryRenderer's: the story's prompts encoded once (here by the Qwen3 text encoder), frames in
 batches of generate.frames_per_batch with one seeded generator each, the CLIP text and DINOv2 likeness checks, the
-retries, the first attempts kept beside the frames, the sharing of batches over the GPUs of `accelerate launch`.
+retries, the first attempts kept beside the frames, the sharing of batches over the GPUs of `accelerate launch`,
+and the thresholds those checks apply (this run's calibrated `Thresholds`, the same values as every mode's).
+generate.sampler is not read: its few-step LoRAs are SDXL's, and FLUX.2 klein is step-distilled already.
 
 The references go through the VAE inside every pipeline call: FLUX.2 klein appends their latent tokens to the
 frame's, so each reference costs about as much attention as the frame itself (reference_size bounds that).
@@ -21,7 +23,7 @@ import torch
 from PIL import Image
 
 from storyboard.generate.references import Reference, fit
-from storyboard.generate.renderer import StoryRenderer
+from storyboard.generate.renderer import StoryRenderer, _pil_images
 from storyboard.models.compiling import compile_in_place
 from storyboard.models.quantizing import quantize_in_place
 from storyboard.story.poses import Shot
@@ -49,6 +51,14 @@ class MultirefRenderer(StoryRenderer):
         """`references`: the story-independent references (references.load_references), scaled here to
         generate.multiref.reference_size; `checks`: StoryRenderer's likeness arguments."""
         super().__init__("multiref", pipe, settings, character, scorer, device, **checks)
+        if settings.sampler != "standard":
+            # A run-wide knob (every generate stage reads it), so it is ignored here rather than failing the run.
+            logger.warning(
+                "multiref: generate.sampler %s is not used (its LoRA is SDXL's; FLUX.2 klein is step-distilled): "
+                "sampling %d steps of generate.multiref.steps",
+                settings.sampler,
+                settings.multiref.steps,
+            )
         self.reference_size = settings.multiref.reference_size or self.resolution
         self.references = [replace(r, image=fit(r.image, self.reference_size)) for r in references]
 
@@ -101,9 +111,9 @@ class MultirefRenderer(StoryRenderer):
     ) -> list[Image.Image]:
         """One pipeline call: a batch of encoded prompts, one seed each, the references (and frame 1, when given)."""
         m = self.settings.multiref
-        images = [r.image for r in self.references] + ([ip_reference] if ip_reference is not None else [])
-        return self.pipe(
-            image=images,
+        references = [r.image for r in self.references] + ([ip_reference] if ip_reference is not None else [])
+        frames = self.pipe(
+            image=references,
             **embeds.pipeline_kwargs(),
             num_inference_steps=m.steps,
             guidance_scale=m.guidance_scale,
@@ -111,4 +121,6 @@ class MultirefRenderer(StoryRenderer):
             width=self.resolution,
             generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
             max_sequence_length=m.max_sequence_length,
+            output_type="pt",  # converted as the SDXL modes' frames are (renderer._pil_images)
         ).images
+        return _pil_images(frames)

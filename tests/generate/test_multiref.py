@@ -74,11 +74,14 @@ def test_multiref_renders_from_the_training_set_and_resumes(tmp_path, tiny_setti
     assert len(meta["references"]) == settings.generate.multiref.references
     assert {r["why"] for r in meta["references"]} <= {"clearest_face", "fullest_figure"}
     assert all(len(f["attempts"]) == 1 for f in meta["frames"])
+    assert (meta["sampling"]["sampler"], meta["sampling"]["steps"]) == (None, 2)  # multiref's steps, not SDXL's
     mtime = (story / "metadata.json").stat().st_mtime_ns
     render_plans(settings, ["multiref"], [plan], out, None, tiny_dataset, references_dir=tmp_path / "none")
     assert (story / "metadata.json").stat().st_mtime_ns == mtime  # same inputs: kept
-    # SDXL's knobs are not multiref's: its stories are kept
-    sdxl = settings.generate.model_copy(update={"steps": 7, "lora_scale": 0.3, "negative_prompt": "x"})
+    # SDXL's knobs are not multiref's (the sampler's LoRAs are SDXL's too): its stories are kept
+    sdxl = settings.generate.model_copy(
+        update={"steps": 7, "lora_scale": 0.3, "negative_prompt": "x", "sampler": "lightning"}
+    )
     render_plans(settings.model_copy(update={"generate": sdxl}), ["multiref"], [plan], out, None, tiny_dataset)
     assert (story / "metadata.json").stat().st_mtime_ns == mtime
 
@@ -119,6 +122,35 @@ def test_frame_1_as_a_further_reference_changes_only_the_later_frames(tmp_path, 
     (plain_first, *plain_rest), (with_first, *with_rest) = frames[False], frames[True]
     assert np.array_equal(plain_first, with_first)
     assert all(np.abs(a - b).max() > 0 for a, b in zip(plain_rest, with_rest, strict=True))
+
+
+def test_calibrated_thresholds_decide_its_retries_and_an_sdxl_sampler_is_ignored(
+    tmp_path, tiny_settings, tiny_dataset, caplog
+):
+    settings = _settings(tiny_settings)
+    calibration = settings.generate.calibration.model_copy(update={"clip_percentile": 50, "likeness_percentile": 50})
+    generate = settings.generate.model_copy(
+        update={"max_retries": 1, "calibration": calibration, "sampler": "lightning"}
+    )
+    settings = settings.model_copy(update={"generate": generate})
+    plan = plan_story(OfflinePlanner(settings.plan), settings.stories[0], settings.character)
+    out = tmp_path / "multiref"
+    with caplog.at_level("WARNING", logger="storyboard.generate.multiref"):
+        render_plans(settings, ["multiref"], [plan], {"multiref": out}, None, tiny_dataset)
+    assert "generate.sampler lightning is not used" in caplog.text
+    meta = json.loads((out / plan.story_id / "metadata.json").read_text())
+    assert meta["sampling"]["sampler"] is None and meta["sampling"]["steps"] == 2  # multiref's own, not lightning's 4
+    t = meta["thresholds"]
+    assert t["clip_threshold"]["source"] == t["likeness_threshold"]["source"] == "calibrated"
+    clip, like = t["clip_threshold"]["value"], t["likeness_threshold"]["value"]
+    fixed = settings.generate.calibration
+    assert (clip, like) != (fixed.clip_fallback, fixed.likeness_fallback)
+    for frame in meta["frames"]:
+        first = frame["attempts"][0]
+        failed = first["clip_text_score"] < clip or (first["likeness"] is not None and first["likeness"] < like)
+        assert (len(frame["attempts"]) == 2) == failed, frame["index"]
+    redone = sum(len(frame["attempts"]) == 2 for frame in meta["frames"])
+    assert 0 < redone < len(meta["frames"])  # the median thresholds split this story's frames
 
 
 def test_a_missing_klein_folder_names_the_key_and_the_fix(tmp_path, tiny_models, cpu):
