@@ -5,8 +5,10 @@ each one saves on the GPUs it was measured on.
 - attention: which scaled-dot-product attention kernel torch tries first (cuDNN's, FlashAttention-2's or the
   memory-efficient one); the others stay as fallbacks for shapes the preferred one can't take. auto: torch's order.
 - channels_last: UNet, ControlNet and VAE convolutions in NHWC, the layout cuDNN's fastest kernels read.
-- fuse_qkv: diffusers' fused attention projections of the UNet (one matmul for q, k and v); not with an
+- fuse_qkv: diffusers' fused attention projections of the denoiser (one matmul for q, k and v); not with an
   IP-Adapter (ref_guided), whose attention processors it would replace.
+
+Every mode's renderer applies them (the attention choice around each pipeline call, in the shared `_attempt`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def apply_layouts(pipe, *, channels_last: bool, fuse_qkv: bool) -> None:
             if module is not None:
                 module.to(memory_format=torch.channels_last)
     if fuse_qkv:
-        if getattr(pipe.unet, "encoder_hid_proj", None) is not None:
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer  # SDXL's UNet, FLUX.2's transformer
+        if getattr(denoiser, "encoder_hid_proj", None) is not None:
             logger.warning("generate.fuse_qkv: skipped, the IP-Adapter's attention processors can't be fused")
             return
-        pipe.unet.fuse_qkv_projections()
+        denoiser.fuse_qkv_projections()

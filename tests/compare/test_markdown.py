@@ -252,3 +252,13 @@ def test_artifacts_url_links_the_pictures_instead_of_paths() -> None:
     local = render_markdown(result, chart="compare.png")
     assert "![identity and text per mode, main and workspace](compare.png)" in local
     assert "`dvc plots diff` of both revisions: `compare-plots/index.html` (open in a browser)." in local
+
+
+def test_a_mode_new_in_the_head_leads_as_new_and_takes_its_pipeline_column() -> None:
+    """The run that first renders multiref: no base figures, said so, and its column after ref_guided's."""
+    new = with_changes(tiny_eval(), {})
+    new["multiref"] = new["ref_guided"]
+    md = render_markdown(comparison(eval_side(tiny_eval()), eval_side(new)))
+    assert "- **multiref**: new in `workspace`: no base figures to compare with." in md
+    assert "| figure | baseline | lora | ref_guided | multiref |" in md
+    assert "- **ref_guided**: identity, text and detection unchanged." in md
