@@ -102,13 +102,19 @@ LORA_RANK = 64
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def story(frames: int) -> tuple[list[str], list[str]]:
-    """Prompts (as frames.py's frame_prompt builds them) and pose labels for a story of `frames` frames."""
-    prompts, poses = [], []
-    for i in range(frames):
-        prompts.append(f"{CHARACTER}, {SCENES[i % len(SCENES)]}, medium shot, the steppe, {STYLE}")
-        poses.append(POSE_NAMES[i % len(POSE_NAMES)])
-    return prompts, poses
+SETTING = "the steppe"
+
+
+def shot(i: int) -> str:
+    return "close-up" if i == 0 else "medium"  # frame 1 is the identity reference: a plan requires a close-up
+
+
+def story(frames: int) -> tuple[list[str], list[str], list[str]]:
+    """Scenes, the prompts frames.py's frame_prompt builds of them (what the plain impls are given) and pose
+    labels, for a story of `frames` frames."""
+    scenes = [SCENES[i % len(SCENES)] for i in range(frames)]
+    prompts = [f"{CHARACTER}, {scene}, {shot(i)} shot, {SETTING}, {STYLE}" for i, scene in enumerate(scenes)]
+    return scenes, prompts, [POSE_NAMES[i % len(POSE_NAMES)] for i in range(frames)]
 
 
 def random_image(size: int, seed: int) -> Image.Image:
@@ -161,7 +167,7 @@ class Run:
                 pipe.controlnet = torch.compile(pipe.controlnet, fullgraph=True)
         self.pipe = pipe
         self.size = args.resolution
-        self.prompts, self.poses = story(args.frames)
+        self.scenes, self.prompts, self.poses = story(args.frames)
 
     def _common(self, prompts: list[str], seeds: list[int]) -> dict[str, Any]:
         a = self.args
@@ -248,12 +254,16 @@ class Run:
         return renderer
 
     def _plan(self):
+        from storyboard.generate.frames import frame_prompt
         from storyboard.story.plan import Frame, StoryPlan
 
         frames = [
-            Frame(scene=p, shot="close-up" if i == 0 else "medium", pose=self.poses[i], setting="the steppe")
-            for i, p in enumerate(self.prompts)
+            Frame(scene=scene, shot=shot(i), pose=pose, setting=SETTING)
+            for i, (scene, pose) in enumerate(zip(self.scenes, self.poses, strict=True))
         ]
+        # The renderer builds its prompts from the plan: they must be the very prompts the plain impls are given.
+        r = self.renderer
+        assert [frame_prompt(f, r.character, r.settings.style) for f in frames] == self.prompts
         return StoryPlan(story_id="bench", story="bench", planner="offline", frames=frames)
 
     def ours_story(self) -> list[Image.Image]:
