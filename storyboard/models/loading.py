@@ -152,7 +152,12 @@ def load_text_encoders(models: ModelSet, dtype: torch.dtype | None = None) -> di
 
         parts[encoder_sub] = encoder
         parts[tokenizer_sub] = load(
-            "tokenizer", models.base, CLIPTokenizer.from_pretrained, subfolder=tokenizer_sub, check=fits, **named
+            f"tokenizer{suffix.replace('_', ' ')}",
+            models.base,
+            CLIPTokenizer.from_pretrained,
+            subfolder=tokenizer_sub,
+            check=fits,
+            **named,
         )
     return parts
 
