@@ -10,8 +10,11 @@ Implementations:
 - baseline: plain diffusers usage, one frame per pipeline call, LoRA loaded with load_lora_weights (not fused),
   the IP-Adapter via load_ip_adapter, a random condition image and a random reference image.
 - batched: the same plain diffusers pipeline, but the story's frames in one call (a batch of prompts, one
-  generator per frame; ref_guided: one condition image per frame and one reference image for the batch): what a
-  competent diffusers user writes, and the baseline every speed-up of "ours" must also be stated against.
+  generator per frame; ref_guided: one condition image per frame and one reference image for the batch), the LoRA
+  fused as diffusers' docs show (load_lora_weights, fuse_lora): what a competent diffusers user writes, and the
+  baseline every speed-up of "ours" must also be stated against.
+- batched_compiled: batched with the UNet (and ControlNet) under torch.compile (mode default, fullgraph): the
+  baseline of every compiled path of "ours".
 - ours: the project's own StoryRenderer.render (CLIP check included, thresholds at -1 so nothing is redone):
   all frames of the story in one call, a batch of prompts with one seeded CPU generator per frame;
   ref_guided renders frame 1 alone (a plain SDXL pipeline over the same components: no ControlNet pass, the
@@ -71,7 +74,7 @@ from storyboard.log import logger, setup_logging  # noqa: E402
 from storyboard.story.poses import POSE_NAMES  # noqa: E402
 
 MODES = ("baseline", "lora", "ref_guided")
-IMPLS = ("baseline", "batched", "ours")
+IMPLS = ("baseline", "batched", "batched_compiled", "ours")
 
 # params.yaml, generate: and character: (copied, not read: the settings module needs pydantic, which the GPU
 # image may lack, and these values only need to be realistic).
@@ -120,12 +123,23 @@ class Run:
         self.impl, self.mode, self.args, self.device = impl, mode, args, device
         kind = "controlnet" if mode == "ref_guided" else "sdxl"
         pipe = sdxl.build_pipeline(kind, args.torch_dtype, device, small=args.small, seed=args.seed)
+        if args.sampler != "standard":
+            # Both impls as a diffusers user sets up a few-step LoRA (load, fuse, the card's scheduler); ours
+            # through the project's own calls.
+            from storyboard.generate.samplers import sampler_of, use_scheduler
+
+            pipe.load_lora_weights(
+                str(files["sampler"]), weight_name="pytorch_lora_weights.safetensors", adapter_name="sampler"
+            )
+            pipe.fuse_lora(adapter_names=["sampler"])
+            pipe.unload_lora_weights()
+            use_scheduler(pipe, sampler_of(args.sampler))
         if mode != "baseline":
             pipe.load_lora_weights(
                 str(files["lora"]), weight_name="pytorch_lora_weights.safetensors", adapter_name="character"
             )
             pipe.set_adapters(["character"], adapter_weights=[LORA_SCALE])
-            if impl == "ours" and not args.no_fuse:
+            if impl in ("batched", "batched_compiled") or (impl == "ours" and not args.no_fuse):
                 # Fused: the LoRA delta is added into the UNet's weights once, so each step runs the plain
                 # UNet instead of base + two low-rank matmuls per projection. Unloading then drops the peft
                 # wrappers; the fused weights stay.
@@ -140,6 +154,11 @@ class Run:
             )
             pipe.set_ip_adapter_scale(IP_ADAPTER_SCALE)
         pipe.set_progress_bar_config(disable=True)
+        if impl == "batched_compiled":
+            # What a competent diffusers user compiles: the UNet (and ControlNet), whole, mode default.
+            pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+            if mode == "ref_guided":
+                pipe.controlnet = torch.compile(pipe.controlnet, fullgraph=True)
         if impl == "ours":
             if args.channels_last:
                 pipe.unet.to(memory_format=torch.channels_last)
@@ -233,8 +252,12 @@ class Run:
         return StoryPlan(story_id="bench", story="bench", planner="offline", frames=frames)
 
     def ours_story(self) -> list[Image.Image]:
+        from storyboard.models.prompts import _parsed
+
         if not hasattr(self, "renderer"):
             self.renderer = self._ours_renderer()
+        # Every story parses its prompts anew: the stage parses them while its models load, which this leaves out.
+        _parsed.cache_clear()
         plan = self._plan()
         first = None
         if self.args.first_from_lora and self.mode == "ref_guided":
@@ -257,7 +280,7 @@ class Run:
         if self.impl == "baseline":
             self.baseline_frame(0)
             return
-        if self.impl == "batched":
+        if self.impl.startswith("batched"):
             self.batched_story()
             return
         if not hasattr(self, "renderer"):
@@ -275,13 +298,17 @@ class Run:
         """All frames of the story; returns the images and the number of pipeline calls."""
         if self.impl == "baseline":
             return [self.baseline_frame(i) for i in range(len(self.prompts))], len(self.prompts)
-        if self.impl == "batched":
+        if self.impl.startswith("batched"):
             return self.batched_story(), 1
+        from storyboard.generate.sharing import batch_size
+
         images = self.ours_story()
-        per_batch, frames = self.args.frames_per_batch, len(images)
+        frames, processes = len(images), self.args.processes
         if self.mode != "ref_guided":
-            return images, -(-frames // per_batch)
-        return images, (0 if self.args.first_from_lora else 1) + -(-(frames - 1) // per_batch)
+            return images, -(-frames // batch_size(frames, self.args.frames_per_batch, processes))
+        later = frames - 1
+        calls = -(-later // batch_size(later, self.args.frames_per_batch, processes))
+        return images, (0 if self.args.first_from_lora else 1) + calls
 
 
 def build_files(args: argparse.Namespace, device: torch.device, workdir: Path, write: bool = True) -> dict[str, Path]:
@@ -289,9 +316,18 @@ def build_files(args: argparse.Namespace, device: torch.device, workdir: Path, w
     paths of those another process wrote."""
     modes = parse_list(args.modes)
     if not write:
-        named = {"lora": any(m != "baseline" for m in modes), "ip_adapter": "ref_guided" in modes}
+        named = {
+            "lora": any(m != "baseline" for m in modes),
+            "ip_adapter": "ref_guided" in modes,
+            "sampler": args.sampler != "standard",
+        }
         return {name: workdir / name for name, wanted in named.items() if wanted}
     files = {}
+    if args.sampler != "standard":
+        # A random LoRA of a rank-64 distillation LoRA's size: fused into the UNet, its values cost nothing.
+        files["sampler"] = sdxl.build_lora_files(
+            workdir / "sampler", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small, seed=args.seed + 1
+        )
     if any(m != "baseline" for m in modes):
         files["lora"] = sdxl.build_lora_files(
             workdir / "lora", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small, seed=args.seed
@@ -389,13 +425,22 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="frames per story (8; 2 with --small)")
     parser.add_argument("--stories", type=int, default=1, help="timed stories per config")
     parser.add_argument(
-        "--frames-per-batch", type=int, default=4, help="ours: generate.frames_per_batch (the shipped default, 4)"
+        "--frames-per-batch",
+        type=lambda v: v if v == "auto" else int(v),
+        default="auto",
+        help="ours: generate.frames_per_batch (the shipped default, auto)",
     )
     parser.add_argument(
         "--warmup-steps", type=int, default=None, help="ours: denoising steps of the untimed story (default --steps)"
     )
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (30; 2 with --small)")
     parser.add_argument("--guidance", type=float, default=6.0)
+    parser.add_argument(
+        "--sampler",
+        default="standard",
+        choices=["standard", "lightning", "hyper-sd"],
+        help="generate.sampler for every impl: a random distillation LoRA fused in, its scheduler, steps and guidance",
+    )
     parser.add_argument("--resolution", type=int, default=None, help="pixels (1024; 64 with --small)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--no-fuse", action="store_true", help="ours: keep the LoRA unfused (for comparison)")
@@ -457,6 +502,11 @@ def main() -> None:
         for item in parse_list(value):
             if item not in allowed:
                 parser.error(f"unknown {what} {item!r}; use {', '.join(allowed)}")
+    if args.sampler != "standard":
+        from storyboard.generate.samplers import sampler_of
+
+        chosen = sampler_of(args.sampler)
+        args.steps, args.guidance = args.steps or chosen.steps, chosen.guidance_scale
     args.frames = args.frames or (2 if args.small else 8)
     args.steps = args.steps or (2 if args.small else 30)
     args.resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
@@ -473,6 +523,7 @@ def main() -> None:
             "stories": args.stories,
             "steps": args.steps,
             "guidance": args.guidance,
+            "sampler": args.sampler,
             "resolution": args.resolution,
             "dtype": args.dtype,
             "lora_rank": LORA_RANK,

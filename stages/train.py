@@ -7,6 +7,7 @@ from pathlib import Path
 
 from storyboard.models.loading import Device, model_set
 from storyboard.stage import run_stage
+from storyboard.train.kohya import lora_card
 from storyboard.train.lora import train_lora
 from storyboard.train.sweep import ClipStepScorer
 
@@ -32,6 +33,7 @@ def main(args, settings) -> None:
         device,
         scorer=scorer if settings.train.select == "best" else None,
         metrics_path=Path(args.metrics),
+        card=lora_card(settings),
     )
 
 

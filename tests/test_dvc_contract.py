@@ -42,12 +42,20 @@ EXPECTED = _table(
     (MODELS, "profile", "runtime.device", "runtime.dtype", "models.tiny.root", "models.tiny.seed"),
     # train: train.select best scores each saved step with evaluate's locator (detector prompt, face backend)
     ({"sample", "caption", "train", "plan", *GENERATE, "evaluate"}, "character.name"),
-    ({"sample", "caption", *GENERATE, "evaluate"}, "character.trigger"),
+    # train: the kohya file's metadata names the trigger (the captions carry it too, so caption reruns anyway)
+    ({"sample", "caption", "train", *GENERATE, "evaluate"}, "character.trigger"),
     ({"caption", "train", "plan", *GENERATE, "evaluate"}, "character.description"),
     ({"plan", *GENERATE, "evaluate"}, "stories"),
     ({"train", *GENERATE}, "models.sdxl.base", "models.sdxl.vae"),
     ({"train", *GENERATE, "evaluate"}, "models.sdxl.clip"),
     (GENERATE, "models.sdxl.likeness"),
+    (
+        GENERATE,
+        "models.sdxl.lightning_lora",
+        "models.sdxl.lightning_lora_weight",
+        "models.sdxl.hyper_sd_lora",
+        "models.sdxl.hyper_sd_lora_weight",
+    ),
     # evaluate's (and the sweep's), but ref_guided lists every model (one DVC slot); its stories' input hash leaves
     # the detector out, so that rerun renders nothing
     ({"train", "generate@ref_guided", "evaluate"}, "models.sdxl.detector"),
@@ -159,7 +167,13 @@ EXPECTED = _table(
         "generate.negative_prompt",
         "generate.clip_threshold",
         "generate.likeness_threshold",
+        "generate.calibration.clip_percentile",
+        "generate.calibration.likeness_percentile",
+        "generate.calibration.min_images",
+        "generate.calibration.clip_fallback",
+        "generate.calibration.likeness_fallback",
         "generate.max_retries",
+        "generate.sampler",
         "generate.frames_per_batch",
         "generate.contact_sheet_columns",
         "generate.gif_frame_ms",
@@ -333,11 +347,11 @@ def test_each_params_key_reruns_exactly_its_stages(locked_repo):
     assert not wrong, "\n".join(wrong)
 
 
-def _readme_table() -> dict[str, set[str]]:
-    """The README's "What reruns" table, expanded to leaf keys: `x.*` is every key under x, "every other" the keys
-    under the prefix that no other row names."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("### What reruns, and what is kept", 1)[1].split("\n\n", 3)[2]
+def _docs_table() -> dict[str, set[str]]:
+    """The "What reruns" table of docs/pipeline-and-params.md, expanded to leaf keys: `x.*` is every key under x,
+    "every other" the keys under the prefix that no other row names."""
+    text = (REPO / "docs" / "pipeline-and-params.md").read_text()
+    section = text.split("## What reruns, and what is kept", 1)[1].split("\n\n", 3)[2]
     rows = [
         line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `") or "every other" in line
     ]
@@ -357,8 +371,10 @@ def _readme_table() -> dict[str, set[str]]:
     return table
 
 
-def test_readme_says_what_the_table_says():
-    """README's claims about what reruns are these tests' claims, key for key."""
-    readme = _readme_table()
-    differ = {k: (sorted(readme.get(k, set())), sorted(v)) for k, v in EXPECTED.items() if readme.get(k) != v}
-    assert not differ, "\n".join(f"{k}: README says {r}, the table {e}" for k, (r, e) in differ.items())
+def test_docs_say_what_the_table_says():
+    """docs/pipeline-and-params.md's claims about what reruns are these tests' claims, key for key."""
+    docs = _docs_table()
+    differ = {k: (sorted(docs.get(k, set())), sorted(v)) for k, v in EXPECTED.items() if docs.get(k) != v}
+    assert not differ, "\n".join(
+        f"{k}: docs/pipeline-and-params.md says {r}, the table {e}" for k, (r, e) in differ.items()
+    )

@@ -4,6 +4,10 @@ The generate stage keeps its outputs between runs (a `persist` output in dvc.yam
 keeps stories 1 and 2, and an edited plan re-renders that story alone. For that to be safe, the hash covers
 exactly what the mode reads, the same keys dvc.yaml lists for generate@<mode>: a knob that only ref_guided reads
 must not invalidate baseline's stories the next time baseline reruns for another reason.
+
+The frame checks' thresholds enter as the values this run applies (calibration.py), not as the settings that
+produced them: a training set or percentile that yields the same values renders nothing again, a new training
+picture that moves them re-renders.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 from pathlib import Path
 
 from storyboard.closure import code_fingerprint
+from storyboard.generate.calibration import Thresholds
+from storyboard.generate.samplers import SAMPLERS, sampler_of
 from storyboard.settings import Mode, ModelSet, Settings
 from storyboard.story.plan import StoryPlan
 
@@ -27,6 +33,8 @@ MODE_KNOBS: dict[Mode, frozenset[str]] = {
 RENDER_MODELS = ("base", "vae", "clip", "likeness")
 EVALUATE_MODELS = ("detector",)
 RENDER_CODE = "storyboard.generate.run"  # its import closure is all the code a render runs through
+# Generate knobs that reach the render only through the thresholds they yield (StoryInputs' `thresholds`).
+THRESHOLD_KNOBS = frozenset({"clip_threshold", "likeness_threshold", "calibration"})
 
 
 def _sha256(data: bytes) -> str:
@@ -40,17 +48,31 @@ def file_sha256(path: Path | None) -> str | None:
 class StoryInputs:
     """Hashes one mode's inputs once per run; `of(plan)` adds a story's plan."""
 
-    def __init__(self, settings: Settings, mode: Mode, models: ModelSet, lora_sha256: str | None, dataset: Path | None):
-        others = set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]
-        used_models = models.model_dump(mode="json", exclude=set(EVALUATE_MODELS))
+    def __init__(
+        self,
+        settings: Settings,
+        mode: Mode,
+        models: ModelSet,
+        lora_sha256: str | None,
+        dataset: Path | None,
+        *,
+        thresholds: Thresholds,
+    ):
+        others = (set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]) | THRESHOLD_KNOBS
+        # the few-step LoRAs: only the one generate.sampler fuses in
+        unused = {f"{s.lora_key}{end}" for s in SAMPLERS.values() for end in ("", "_weight")}
+        sampler = sampler_of(settings.generate.sampler)
+        sampler_models = (sampler.lora_key, f"{sampler.lora_key}_weight") if sampler else ()
+        used_models = models.model_dump(mode="json", exclude=set(EVALUATE_MODELS) | (unused - set(sampler_models)))
         if mode != "ref_guided":
-            used_models = {k: used_models[k] for k in RENDER_MODELS}
+            used_models = {k: used_models[k] for k in RENDER_MODELS + sampler_models}
         self.common = {
             "mode": mode,
             "profile": settings.profile,
             "runtime": settings.runtime.model_dump(mode="json"),
             "character": settings.character.model_dump(mode="json"),
             "generate": settings.generate.model_dump(mode="json", exclude=others),
+            "thresholds": thresholds.values(),
             "models": used_models,
             "lora_sha256": lora_sha256 if mode != "baseline" else None,
             # the likeness check compares with the training images: the manifest names each by content hash

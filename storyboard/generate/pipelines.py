@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from storyboard.generate.calibration import Thresholds
 from storyboard.generate.renderer import StoryRenderer
+from storyboard.generate.samplers import sampler_of, use_scheduler
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import FaceBackend
 from storyboard.models.likeness import LikenessScorer
@@ -20,6 +22,7 @@ from storyboard.models.loading import (
     check_faceid_fits,
     faceid_input_size,
     faceid_weights_input_size,
+    fuse_sampler_lora,
     load_pipeline,
     over_same_modules,
     with_controlnet,
@@ -40,6 +43,7 @@ def load_renderers(
     faces: FaceBackend | None = None,
     training_images: Sequence[Image.Image] = (),
     likeness: LikenessScorer | None = None,
+    thresholds: Thresholds | None = None,
 ) -> Iterator[StoryRenderer]:
     """One renderer per requested mode, in the order baseline, lora, ref_guided, over models loaded once.
 
@@ -56,6 +60,12 @@ def load_renderers(
             raise ValueError("generate.reference: faceid needs a face backend")
         check_faceid_fits(faceid_weights_input_size(models), faces, models)  # before loading, where it can
     pipe = load_pipeline(models, device)
+    sampler = sampler_of(settings.sampler)
+    if sampler is not None:
+        # Every mode samples with it: fused before the character's LoRA, the scheduler shared by every pipeline.
+        fuse_sampler_lora(pipe, models, sampler)
+        use_scheduler(pipe, sampler)
+        settings = settings.model_copy(update={"steps": sampler.steps, "guidance_scale": sampler.guidance_scale})
     fused = False
     for mode in (m for m in MODES if m in modes):
         if mode != "baseline" and not fused:
@@ -78,5 +88,15 @@ def load_renderers(
 
             own = over_same_modules(StableDiffusionXLPipeline, pipe, unet=copy.deepcopy(pipe.unet))
         yield StoryRenderer(
-            mode, own, settings, character, scorer, device, likeness_features, faces, training_images, likeness
+            mode,
+            own,
+            settings,
+            character,
+            scorer,
+            device,
+            likeness_features,
+            faces,
+            training_images,
+            likeness,
+            thresholds,
         )

@@ -12,9 +12,9 @@ The check: each attempt gets a text score (CLIP cosine of frame and scene text) 
 cosine to frame 1, averaged with the mean cosine to the training images when they are given). DINOv2, not CLIP:
 evaluate scores characters with CLIP image features (ViStoryBench's CIDS), and a figure must not come from the
 model that picked the frame. Each frame's first attempt is kept beside it, so evaluate can measure what the
-retries changed. A frame below
-either threshold is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse
-margin, min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
+retries changed. A frame below either threshold (calibrated on the training pictures unless fixed: calibration.py)
+is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse margin,
+min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
 
 Frames of a story go through the pipeline in batches of generate.frames_per_batch (ref_guided: frame 1 alone, then
 the later ones), each frame with its own seeded generator; retries are batched too. The story's prompts are
@@ -34,9 +34,10 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
+from storyboard.generate.calibration import Thresholds
 from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
-from storyboard.generate.sharing import SOLO, Group, frame_batches
+from storyboard.generate.sharing import SOLO, Group, batch_size, frame_batches
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
@@ -67,13 +68,16 @@ class StoryRenderer:
         faces: FaceBackend | None = None,
         training_images: Sequence[Image.Image] = (),
         likeness: LikenessScorer | None = None,
+        thresholds: Thresholds | None = None,
     ):
         """Wrap a ready pipeline (`load_renderers` is the usual way to get one). `scorer`: CLIP, for the text
         check; `likeness`: DINOv2, for the likeness check (None: no likeness check, as in the speed benchmarks);
         `likeness_features`: its features of the training images, which the likeness check compares frames with
-        besides frame 1; `training_images`: the fallback identity of generate.reference: faceid."""
+        besides frame 1; `training_images`: the fallback identity of generate.reference: faceid; `thresholds`: the
+        checks' thresholds as calibrated for this run (calibration.py; None: the fixed values and fallbacks)."""
         self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
         self.device, self.likeness, self.likeness_features = device, likeness, likeness_features
+        self.thresholds = thresholds or Thresholds.fixed(settings)
         self.ip_references = IpReferences(settings.reference, faces, training_images)
         self.faceid = mode == "ref_guided" and settings.reference == "faceid"
         # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same modules renders it without
@@ -147,6 +151,7 @@ class StoryRenderer:
             height=self.resolution,
             width=self.resolution,
             generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
+            output_type="pt",
         )
         if self.mode == "ref_guided":
             if ip_reference is None:
@@ -154,7 +159,7 @@ class StoryRenderer:
                 # skips (the UNet still wants its input, so the encoder sees a blank image once; FaceID: zeros).
                 self.pipe.set_ip_adapter_scale(0.0)
                 with self._faceid_lora_off():
-                    return self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images
+                    return _pil_images(self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images)
             self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
             conditions = [
                 render_openpose(frame_pose(get_pose(pose), shot), self.resolution, self.resolution)
@@ -165,7 +170,7 @@ class StoryRenderer:
                 controlnet_conditioning_scale=s.controlnet_scale,
                 **self._ip_adapter_input(ip_reference),
             )
-        return self.pipe(**kwargs).images
+        return _pil_images(self.pipe(**kwargs).images)
 
     def _ip_adapter_input(self, ip_reference: IpReference | None) -> dict:
         """The pipeline argument that feeds the IP-Adapter; None: an input that its scale of 0 ignores.
@@ -226,9 +231,9 @@ class StoryRenderer:
         return round(sum(parts) / len(parts), 5) if parts else None
 
     def _margin(self, a: Attempt) -> float:
-        s = self.settings
-        text = a.clip_text_score - s.clip_threshold
-        return text if a.likeness is None else min(text, a.likeness - s.likeness_threshold)
+        t = self.thresholds
+        text = a.clip_text_score - t.clip.value
+        return text if a.likeness is None else min(text, a.likeness - t.likeness.value)
 
     def _settle(
         self, frames: list[RenderedFrame], anchor: torch.Tensor | None, ip_reference: IpReference | None
@@ -273,14 +278,15 @@ class StoryRenderer:
                     self._settle(frames[:1], None, None)
                 frames[0], anchor = self._shared_first(frames[0], group)
             ip_reference = self.ip_references.of(frames[0].image, plan.story_id)
-            mine = group.share(frame_batches(frames[1:], per_batch))
+            later = frames[1:]
+            mine = group.share(frame_batches(later, batch_size(len(later), per_batch, group.size)))
             for batch in mine:
                 self._attempt(batch, 0, ip_reference)
         else:
             # No frame conditions another: frame 1 renders in the first batch (the main process's), and only the
             # likeness check waits for it (the later frames are judged against it).
             ip_reference = None
-            mine = group.share(frame_batches(frames, per_batch))
+            mine = group.share(frame_batches(frames, batch_size(len(frames), per_batch, group.size)))
             for batch in mine:
                 self._attempt(batch, 0, None)
             if group.is_main:
@@ -309,6 +315,13 @@ class StoryRenderer:
         if self.likeness is None:
             return None
         return first.features[first.best] if first.features else self.likeness.image_features([first.image])[0]
+
+
+def _pil_images(images: torch.Tensor) -> list[Image.Image]:
+    """The pipeline's decoded frames (in [0, 1], on the device) as PIL images, the same bytes as its own "pil"
+    output: that one scales and rounds on the host in float32, which costs the host more than the GPU's decode."""
+    pixels = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p) for p in pixels]
 
 
 def _kept(frame: RenderedFrame) -> RenderedFrame:

@@ -231,6 +231,25 @@ def attach_lora(pipe, lora_dir: Path, *, adapter_name: str = "character") -> Non
         ) from e
 
 
+def fuse_sampler_lora(pipe, models: ModelSet, sampler) -> None:
+    """A few-step sampler's distillation LoRA (generate.sampler), fused into `pipe`'s UNet: its steps then cost
+    what the plain UNet's do, and the character's LoRA fuses on top of it."""
+    key = sampler.lora_key
+    source, weight = getattr(models, key), getattr(models, f"{key}_weight")
+    logger.info("loading the %s LoRA %s/%s", sampler.name, source, weight)
+    load(
+        f"{sampler.name} LoRA",
+        source,
+        pipe.load_lora_weights,
+        setting=f"{SDXL}.{key}",
+        layout=f"{weight} ({SDXL}.{key}_weight)",
+        weight_name=weight,
+        adapter_name="sampler",
+    )
+    pipe.fuse_lora(adapter_names=["sampler"], lora_scale=sampler.lora_scale)
+    pipe.unload_lora_weights()
+
+
 def attach_ip_adapter(pipe, models: ModelSet, scale: float, *, faceid: bool = False) -> None:
     """The IP-Adapter onto `pipe`'s UNet; with `faceid`, the IP-Adapter FaceID instead: it reads face-recognition
     embeddings (given as `ip_adapter_image_embeds`), so no CLIP image encoder is loaded."""

@@ -14,7 +14,10 @@ by 1.1. Text that is meant literally (a planner's scene) goes through `literal` 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pyparsing
 import torch
@@ -23,6 +26,32 @@ import torch
 # encoding a story (2.4 s for 8 frames on the H200 machine, bench_prompts.py). Packrat memoisation, which pyparsing
 # offers for grammars like compel's, halves it (CPU, tiny encoders: 1.9 -> 0.94 s); the embeddings are the same.
 pyparsing.ParserElement.enable_packrat()
+
+
+@lru_cache(maxsize=4096)
+def _parsed(text: str):
+    """compel's parse of `text`, kept: CompelForSDXL parses every prompt once per text encoder, a retry or a rerun
+    parses it again, and a parse costs more than encoding the prompt on a GPU."""
+    from compel import Compel
+
+    return Compel.parse_prompt_string(text)
+
+
+def parse_ahead(texts: Iterable[str]) -> threading.Thread:
+    """Parse `texts` on a background thread, so the stories' prompts are parsed while models load and earlier
+    stories render (the GPU waits on nothing of it); `encode_prompts` then finds them parsed."""
+
+    # compel imports diffusers, whose lazy modules are not safe to import from two threads at once (the loader
+    # imports them meanwhile); importing it here, before the thread starts, leaves the thread only parsing.
+    import compel  # noqa: F401
+
+    def work() -> None:
+        for text in dict.fromkeys(texts):
+            _parsed(text)
+
+    thread = threading.Thread(target=work, name="prompt-parser", daemon=True)
+    thread.start()
+    return thread
 
 
 def literal(text: str) -> str:
@@ -63,6 +92,9 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> Promp
     if not prompts:
         raise ValueError("no prompts to encode")
     compel = CompelForSDXL(pipe, device=pipe._execution_device)
+    for encoder in (compel.compel_1, compel.compel_2):
+        # Both encoders read the same parse (compel's own classmethod, memoised): one parse a prompt, not two.
+        encoder.parse_prompt_string = _parsed
     # One negative, repeated by compel for every prompt: encoded once, not once per frame.
     out = compel(list(prompts), negative_prompt=[negative_prompt])
     negative, negative_pooled = out.negative_embeds, out.negative_pooled_embeds

@@ -3,7 +3,8 @@
 They are saved with `save_pretrained` into a local folder and then loaded by the same loading code as the real
 hub models, so every code path runs on a CPU in CI. Their outputs are noise: they check plumbing, never
 quality. The build is deterministic for a seed, so the pipeline's outputs are reproducible across machines
-with the same torch build.
+with the same torch build. The InsightFace backend gets a random-weight pack in buffalo_l's layout
+(storyboard/models/insightface_pack.py) beside them.
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from storyboard import TINY_NOTICE
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
 from storyboard.models import bpe
+from storyboard.models.insightface_pack import ensure_pack
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
-BUILD_VERSION = 4
+BUILD_VERSION = 5
 
 # Sizes: the smallest that keep every SDXL mechanism (two text encoders, pooled + time ids conditioning,
 # cross-attention blocks, a 2-level VAE) while a 64 px frame takes milliseconds on a CPU.
 TEXT_DIM = 32  # hidden size of both text encoders; the UNet sees their concatenation
 CROSS_DIM = 2 * TEXT_DIM
+# The file names of the real few-step LoRAs, so the tiny ones go through the same loading call
+TINY_SAMPLER_WEIGHTS = {
+    "lightning_lora": "sdxl_lightning_4step_lora.safetensors",
+    "hyper_sd_lora": "Hyper-SDXL-8steps-CFG-lora.safetensors",
+}
 TIME_DIM = 8  # addition_time_embed_dim: 6 time ids -> 48 features
 IMAGE_SIZE = 32  # CLIP vision input for the IP-Adapter encoder and the scoring model
 NATIVE_RESOLUTION = 64  # unet sample_size (32) x VAE scale (2)
@@ -199,6 +206,22 @@ def _build_faceid_adapter(unet, folder: Path) -> None:
     save_file(tensors, root / "ip-adapter-faceid.safetensors")
 
 
+def _build_sampler_lora(unet, folder: Path, weight: str) -> None:
+    """A random few-step LoRA in the layout the real ones ship in (kohya's: `lora_unet_<module>` with lora_down,
+    lora_up and alpha) over the UNet's attention projections, which diffusers' loader converts as it does theirs."""
+    tensors, rank = {}, 4
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0"):
+            if ".attn" not in name:
+                continue
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = _linear_weight(rank, module.in_features)
+            tensors[f"{key}.lora_up.weight"] = _linear_weight(module.out_features, rank) * 0.1
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / weight))
+
+
 def _linear_weight(out_features: int, in_features: int) -> torch.Tensor:
     # At the scale of a default-initialised linear layer (not near zero), so an adapter's input visibly moves
     # the output and tests can tell an applied adapter from an ignored one.
@@ -331,10 +354,17 @@ def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
         faceid_adapter=str(root / "ip_adapter_faceid"),
         faceid_adapter_weight="ip-adapter-faceid.safetensors",
         controlnet=str(root / "controlnet"),
+        lightning_lora=str(root / "lightning"),
+        lightning_lora_weight=TINY_SAMPLER_WEIGHTS["lightning_lora"],
+        hyper_sd_lora=str(root / "hyper_sd"),
+        hyper_sd_lora_weight=TINY_SAMPLER_WEIGHTS["hyper_sd_lora"],
         clip=str(root / "clip"),
         likeness=str(root / "likeness"),
         detector=str(root / "detector"),
         face_backend=tiny.face_backend,
+        # The random-weight InsightFace pack: models.tiny.face_backend: insightface, and evaluate's backend when that
+        # is the other one (evaluate.face_backend: auto with generate.reference: faceid).
+        face_model_root=str(root / "insightface"),
     )
 
 
@@ -344,6 +374,8 @@ def tiny_model_set(tiny: TinyModels) -> ModelSet:
     root = Path(tiny.root) / f"v{BUILD_VERSION}-seed{tiny.seed}"
     if not (root / "BUILT.json").exists():
         build_tiny_models(root, seed=tiny.seed)
+    # Beside the torch models but versioned on its own: tiny folders built before it gain it without a full rebuild.
+    ensure_pack(root / "insightface", seed=tiny.seed)
     return _model_set(root, tiny)
 
 
@@ -358,6 +390,8 @@ def build_tiny_models(root: Path, *, seed: int) -> None:
         _build_ip_adapter(unet, folder)
         _build_clip(folder)
         _build_faceid_adapter(unet, folder)
+        _build_sampler_lora(unet, folder / "lightning", TINY_SAMPLER_WEIGHTS["lightning_lora"])
+        _build_sampler_lora(unet, folder / "hyper_sd", TINY_SAMPLER_WEIGHTS["hyper_sd_lora"])
         _build_likeness(folder)
         build_detector(folder / "detector")
         (folder / "BUILT.json").write_text(

@@ -19,8 +19,8 @@ fast, resumable and portable.
 
 The parts: parts.py (the frozen SDXL models), latents.py (the inputs, computed once), trainer.py (LoRA layers,
 optimizer, one step), checkpoints.py, progress.py (the per-step log and validation samples), validation.py,
-sweep.py (train.select: best, which saved step becomes the LoRA), export.py (the weight files). This module runs
-them in order.
+sweep.py (train.select: best, which saved step becomes the LoRA), export.py and kohya.py (the weight files, in
+diffusers' and kohya's layouts; sgm.py names the UNet's modules for kohya). This module runs them in order.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
 from storyboard.train.checkpoints import fetch_latest, fingerprint, latest_checkpoint, resume, save_checkpoint
 from storyboard.train.errors import TrainError
-from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS, export_kohya
+from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS
+from storyboard.train.kohya import LoraCard, export_kohya, kohya_metadata
 from storyboard.train.latents import LatentCache, load_examples
 from storyboard.train.parts import SdxlParts
 from storyboard.train.progress import TrainLog
@@ -69,11 +70,12 @@ def train_lora(
     device: Device,
     scorer: StepScorer | None = None,
     metrics_path: Path | None = None,
+    card: LoraCard | None = None,
 ) -> dict:
     """Train, checkpoint every `checkpoint_every` steps, save the chosen LoRA (diffusers + kohya layouts).
 
     train.select best needs `scorer` (the stage passes sweep.ClipStepScorer); `metrics_path`: where the choice
-    and the per-step scores go (metrics/train.json)."""
+    and the per-step scores go (metrics/train.json); `card`: the character and trigger the kohya file names."""
     if settings.select == "best" and scorer is None:
         raise ValueError("train.select best needs a step scorer")
     from diffusers import StableDiffusionXLPipeline
@@ -155,6 +157,8 @@ def train_lora(
         "base_model": models.base,
         "rank": settings.rank,
         "alpha": settings.alpha,
+        "mixed_precision": accelerator.mixed_precision,
+        "prediction_type": parts.scheduler.config.prediction_type,
     }
     final_state = trainer.state(steps)
     if main:
@@ -172,7 +176,21 @@ def train_lora(
                 sweep.copy_lora(metrics["chosen_step"], staged)
             else:
                 StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **trainer.lora_layers())
-            export_kohya(staged / LORA_WEIGHTS, staged / KOHYA_WEIGHTS)
+            metadata = kohya_metadata(
+                settings=settings,
+                models=models,
+                card=card or LoraCard(),
+                summary=summary,
+                captions=[e.caption for e in examples],
+                dataset_name=Path(dataset_dir).name,
+            )
+            export_kohya(
+                staged / LORA_WEIGHTS,
+                staged / KOHYA_WEIGHTS,
+                unet_config=parts.unet.config,
+                alpha=settings.alpha,
+                metadata=metadata,
+            )
             write_json(staged / "training.json", summary)
         if metrics_path is not None:
             write_json(Path(metrics_path), {**metrics, "final_loss": summary["final_loss"]})
