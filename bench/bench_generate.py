@@ -22,8 +22,8 @@ Implementations:
   On top: the LoRA fused into the UNet (fuse_lora + unload_lora_weights, as load_renderers does; --no-fuse
   keeps it as separate peft layers for comparison), optional torch.compile of UNet and ControlNet
   (generate.compile, applied by StoryRenderer; it compiles the VAE decoder too), optional quantization of their
-  Linear layers (generate.quantize: int8 or fp8 with torchao), optional channels_last. The VAE decodes in bf16
-  (the fp16-fix VAE config; diffusers never upcasts a bf16 VAE).
+  Linear layers (generate.quantize: int8 or fp8 with torchao), the kernel knobs (generate.attention, channels_last,
+  fuse_qkv). The VAE decodes in bf16 (the fp16-fix VAE config; diffusers never upcasts a bf16 VAE).
 
 Both impls get the same negative prompt, steps, guidance and scales (params.yaml's generate section).
 
@@ -159,11 +159,6 @@ class Run:
             pipe.unet = torch.compile(pipe.unet, fullgraph=True)
             if mode == "ref_guided":
                 pipe.controlnet = torch.compile(pipe.controlnet, fullgraph=True)
-        if impl == "ours":
-            if args.channels_last:
-                pipe.unet.to(memory_format=torch.channels_last)
-                if mode == "ref_guided":
-                    pipe.controlnet.to(memory_format=torch.channels_last)
         self.pipe = pipe
         self.size = args.resolution
         self.prompts, self.poses = story(args.frames)
@@ -235,12 +230,22 @@ class Run:
             compile=a.compile,  # applied by StoryRenderer, as in the stage
             compile_mode=a.compile_mode,
             quantize=a.quantize,  # applied by StoryRenderer too
+            attention=a.attention,  # and the kernel knobs
+            channels_last=a.channels_last,
+            fuse_qkv=a.fuse_qkv,
         )
         device = Device(self.device, a.torch_dtype)
         model, processor = sdxl.build_clip_scorer_model(self.device, small=a.small, seed=a.seed)
         scorer = ClipScorer.from_model(model, processor, device)
         character = Character(name="Aldar Kose", trigger="aldar_kose_man", description=CHARACTER.split(", ", 2)[2])
-        return StoryRenderer(self.mode, self.pipe, settings, character, scorer, device)
+        renderer = StoryRenderer(self.mode, self.pipe, settings, character, scorer, device)
+        # Where a story's wall time goes besides the pipeline calls: the bench's own stopwatches around the
+        # renderer's prompt encoding and CLIP text check (each drains the GPU first, so pipeline work queued
+        # before it is not counted in it).
+        self.host = {"encode_s": 0.0, "text_check_s": 0.0}
+        renderer.encode = _stopwatch(renderer.encode, self.host, "encode_s", self.device)
+        scorer.text_scores = _stopwatch(scorer.text_scores, self.host, "text_check_s", self.device)
+        return renderer
 
     def _plan(self):
         from storyboard.story.plan import Frame, StoryPlan
@@ -311,6 +316,18 @@ class Run:
         return images, (0 if self.args.first_from_lora else 1) + calls
 
 
+def _stopwatch(fn, totals: dict[str, float], key: str, device: torch.device):
+    def timed_call(*args, **kwargs):
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        synchronize(device)
+        totals[key] += time.perf_counter() - t0
+        return out
+
+    return timed_call
+
+
 def build_files(args: argparse.Namespace, device: torch.device, workdir: Path, write: bool = True) -> dict[str, Path]:
     """The LoRA and IP-Adapter files the pipelines load (diffusers loads both only from files); `write=False`: the
     paths of those another process wrote."""
@@ -352,7 +369,9 @@ def run_one(
             fused_lora=mode != "baseline" and not args.no_fuse,
             compile=args.compile,
             quantize=args.quantize,
+            attention=args.attention,
             channels_last=args.channels_last,
+            fuse_qkv=args.fuse_qkv,
             frames_per_batch=args.frames_per_batch,
             processes=args.processes,
         )
@@ -369,6 +388,9 @@ def run_one(
         with gpu_turn(args.gpu_lock, measuring=False):
             warmup_s, _ = timed(run.warmup, device)
         result["warmup_s"] = round(warmup_s, 2)
+        host = getattr(run, "host", None)
+        if host is not None:
+            host.update(dict.fromkeys(host, 0.0))  # the warmup's are not the timed stories'
         with gpu_turn(args.gpu_lock, measuring=True):
             reset_peak(device)
             total, calls, images = 0.0, 0, []
@@ -376,7 +398,9 @@ def run_one(
                 seconds, (images, n) = timed(run.timed_story, device)
                 total += seconds
                 calls += n
-        frames = args.frames * args.stories
+        # With frame 1 handed over from lora, ref_guided renders the other frames: its figures are per frame rendered.
+        handed_over = args.first_from_lora and mode == "ref_guided" and impl == "ours"
+        frames = (args.frames - handed_over) * args.stories
         mem = memory(device)
         if args.profile:
             # Under the profiler, outside the timed region: one frame for the baseline impl (its frames are
@@ -394,6 +418,7 @@ def run_one(
             frames_per_s=round(frames / total, 4),
             peak_allocated_gib=mem["peak_allocated_gib"],
             peak_reserved_gib=mem["peak_reserved_gib"],
+            **({f"{k}_per_story": round(v / args.stories, 3) for k, v in host.items()} if host else {}),
             # Random weights draw noise; a NaN anywhere would still show as a constant black image.
             last_image_std=round(float(arr.std()), 2),
         )
@@ -461,7 +486,11 @@ def main() -> None:
         choices=["none", "int8", "fp8"],
         help="ours: generate.quantize (torchao, the denoisers' Linear layers; changes the numbers a little)",
     )
-    parser.add_argument("--channels-last", action="store_true", help="ours: channels_last UNet/ControlNet")
+    parser.add_argument(
+        "--attention", default="auto", choices=["auto", "cudnn", "flash", "efficient"], help="ours: generate.attention"
+    )
+    parser.add_argument("--channels-last", action="store_true", help="ours: generate.channels_last")
+    parser.add_argument("--fuse-qkv", action="store_true", help="ours: generate.fuse_qkv")
     parser.add_argument(
         "--first-from-lora",
         action="store_true",

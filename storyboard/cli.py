@@ -26,7 +26,7 @@ def _generate(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{story.id}.plan.json").write_text(plan_to_json(plan), encoding="utf-8")
     modes = MODES if args.mode == "all" else (args.mode,)
-    lora = None if modes == ("baseline",) else Path(args.lora)
+    lora = None if set(modes) <= {"baseline", "multiref"} else Path(args.lora)
     dataset = Path(args.dataset)
     if not (dataset / "manifest.jsonl").exists():
         if args.dataset != DEFAULT_DATASET:
@@ -37,7 +37,15 @@ def _generate(args) -> None:
         logger.info("no training set at %s: the likeness check compares frames with frame 1 only", dataset)
         dataset = None
     # One run for all modes: the models load once and ref_guided reuses lora's frame 1.
-    written = render_plans(settings, modes, [plan], {mode: out / mode for mode in modes}, lora, dataset)
+    written = render_plans(
+        settings,
+        modes,
+        [plan],
+        {mode: out / mode for mode in modes},
+        lora,
+        dataset,
+        references_dir=Path(args.references),
+    )
     for folders in written.values():
         for folder in folders:
             logger.info("contact sheet: %s", folder / "contact_sheet.png")
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     gen = sub.add_parser("generate", help="plan a story and render it (all modes by default)")
     gen.add_argument("--story", required=True, help='one line, e.g. "Aldar Kose tricks a merchant"')
-    gen.add_argument("--mode", default="all", choices=("all", "baseline", "lora", "ref_guided"))
+    gen.add_argument("--mode", default="all", choices=("all", "baseline", "lora", "ref_guided", "multiref"))
     gen.add_argument("--lora", default="models/lora", help="trained LoRA folder (default: %(default)s)")
     gen.add_argument("--out", default="outputs/adhoc", help="output folder (default: %(default)s)")
     gen.add_argument(
@@ -90,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_DATASET,
         help="captioned training set: the likeness check's references and faceid's fallback identity "
         "(default: %(default)s, skipped when absent)",
+    )
+    gen.add_argument(
+        "--references",
+        default="data/references",
+        help="multiref: your reference sheet (its images; when it holds none, references come from --dataset)",
     )
     gen.set_defaults(func=_generate)
 

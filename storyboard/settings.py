@@ -37,9 +37,12 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"
 # device, fp8 needs a GPU of compute capability 8.9 or newer (H100, L4, RTX 40xx). Both change the frames a
 # little; none keeps the model's own precision.
 Quantize = Literal["none", "int8", "fp8"]
-# The three ways generate renders a story; each is its own DVC stage (generate@<mode>), and evaluate compares them.
-Mode = Literal["baseline", "lora", "ref_guided"]
-MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided")
+# The attention kernel tried first (storyboard/models/kernels.py); auto: torch's own order.
+Attention = Literal["auto", "cudnn", "flash", "efficient"]
+# The four ways generate renders a story; each is its own DVC stage (generate@<mode>), and evaluate compares them.
+# multiref: no LoRA, a multi-reference image model (FLUX.2 klein) fed reference images of the character.
+Mode = Literal["baseline", "lora", "ref_guided", "multiref"]
+MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided", "multiref")
 
 
 class Character(_Section):
@@ -76,6 +79,10 @@ class ModelSet(_Section):
         "ByteDance/Hyper-SD", description="generate.sampler hyper-sd: the 8-step CFG distillation LoRA's repo"
     )
     hyper_sd_lora_weight: str = "Hyper-SDXL-8steps-CFG-lora.safetensors"
+    multiref: str = Field(
+        "black-forest-labs/FLUX.2-klein-4B",
+        description="generate@multiref: a FLUX.2 klein pipeline (Flux2KleinPipeline) that takes reference images",
+    )
     clip: str = Field(description="CLIP: generate's text check; evaluate's text and character (CIDS) scores")
     likeness: str = Field(
         "facebook/dinov2-base", description="DINOv2: generate's likeness check only (never an evaluate score)"
@@ -257,6 +264,28 @@ class Calibration(_Section):
     )
 
 
+class Multiref(_Section):
+    """generate@multiref's own knobs. Defaults from the FLUX.2 klein 4B model card: 4 steps (step-distilled), no
+    classifier-free guidance (the distilled model ignores guidance_scale)."""
+
+    steps: PositiveInt = 4
+    guidance_scale: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="classifier-free guidance; only a non-distilled klein (klein base) uses it"
+    )
+    references: Annotated[int, Field(ge=1, le=8)] = Field(
+        2,
+        description="training images chosen as references when data/references holds none: the clearest face, "
+        "then the fullest figures",
+    )
+    reference_size: Annotated[int, Field(ge=64, le=2048)] | None = Field(
+        None, description="longest side of each reference image fed to the model; None: the frame's resolution"
+    )
+    first_frame: bool = Field(False, description="frame 1 of the story is a further reference for the later frames")
+    max_sequence_length: Annotated[int, Field(ge=16, le=512)] = Field(
+        512, description="text tokens of each prompt (the pipeline's default, the model's training length)"
+    )
+
+
 class Generate(_Section):
     steps: PositiveInt = 30
     guidance_scale: Annotated[float, Field(ge=0)] = 6.0
@@ -305,6 +334,10 @@ class Generate(_Section):
     compile: CompileScope = Field("none", description="torch.compile the UNet (and ControlNet)")
     compile_mode: CompileMode = "default"
     quantize: Quantize = Field("none", description="int8 | fp8 Linear layers of the UNet/ControlNet (torchao)")
+    attention: Attention = Field("auto", description="the attention kernel tried first: cudnn | flash | efficient")
+    channels_last: bool = Field(False, description="UNet, ControlNet and VAE convolutions in NHWC")
+    fuse_qkv: bool = Field(False, description="one matmul for each attention's q, k, v (not with an IP-Adapter)")
+    multiref: Multiref = Multiref()
 
     @field_validator("resolution")
     @classmethod

@@ -24,7 +24,7 @@ import yaml
 from dvc.repo import Repo
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("generate@baseline", "generate@lora", "generate@ref_guided")
+MODES = ("generate@baseline", "generate@lora", "generate@ref_guided", "generate@multiref")
 GENERATE = set(MODES)
 MODELS = {"train", *GENERATE, "evaluate"}  # every stage that loads a model of the active profile
 
@@ -70,8 +70,11 @@ EXPECTED = _table(
         "models.sdxl.faceid_adapter_weight",
         "models.sdxl.controlnet",
     ),
+    # multiref's own model; ref_guided lists every model (one DVC slot) and its stories' hash leaves it out
+    ({"generate@ref_guided", "generate@multiref"}, "models.sdxl.multiref"),
+    # multiref: its reference rule picks the clearest face with the profile's face backend
     (
-        {"train", "generate@ref_guided", "evaluate"},
+        {"train", "generate@ref_guided", "generate@multiref", "evaluate"},
         "models.sdxl.face_backend",
         "models.sdxl.face_model",
         "models.sdxl.face_model_root",
@@ -183,8 +186,20 @@ EXPECTED = _table(
         "generate.compile",
         "generate.compile_mode",
         "generate.quantize",
+        "generate.attention",
+        "generate.channels_last",
+        "generate.fuse_qkv",
     ),
     ({"generate@lora", "generate@ref_guided"}, "generate.lora_scale"),
+    (
+        {"generate@multiref"},
+        "generate.multiref.steps",
+        "generate.multiref.guidance_scale",
+        "generate.multiref.references",
+        "generate.multiref.reference_size",
+        "generate.multiref.first_frame",
+        "generate.multiref.max_sequence_length",
+    ),
     (
         {"generate@ref_guided"},
         "generate.ip_adapter_scale",

@@ -36,6 +36,7 @@ MODE_NOTES = {
     "baseline": "SDXL alone, no LoRA",
     "lora": "SDXL + the character LoRA",
     "ref_guided": "LoRA + IP-Adapter on frame 1 + ControlNet pose",
+    "multiref": "FLUX.2 klein fed reference images, no LoRA",
 }
 
 

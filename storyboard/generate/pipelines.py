@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from storyboard.generate.calibration import Thresholds
+from storyboard.generate.multiref import MultirefRenderer
+from storyboard.generate.references import Reference
 from storyboard.generate.renderer import StoryRenderer
 from storyboard.generate.samplers import sampler_of, use_scheduler
 from storyboard.models.clip import ClipScorer
@@ -23,6 +25,7 @@ from storyboard.models.loading import (
     faceid_input_size,
     faceid_weights_input_size,
     fuse_sampler_lora,
+    load_multiref_pipeline,
     load_pipeline,
     over_same_modules,
     with_controlnet,
@@ -44,16 +47,52 @@ def load_renderers(
     training_images: Sequence[Image.Image] = (),
     likeness: LikenessScorer | None = None,
     thresholds: Thresholds | None = None,
+    references: Sequence[Reference] = (),
 ) -> Iterator[StoryRenderer]:
-    """One renderer per requested mode, in the order baseline, lora, ref_guided, over models loaded once.
+    """One renderer per requested mode, in the order baseline, lora, ref_guided, multiref, over models loaded once.
 
-    The modes build on each other: the LoRA is fused into the UNet that baseline used, and ref_guided adds the
+    The SDXL modes build on each other: the LoRA is fused into the UNet that baseline used, and ref_guided adds the
     ControlNet and IP-Adapter around that same UNet. So a renderer is only valid until the next is yielded.
+    multiref loads its own pipeline (FLUX.2 klein) last, fed `references`.
     """
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     check_quantize_supported(settings.quantize, device.device)
+    sdxl_modes = [m for m in modes if m != "multiref"]
+    if sdxl_modes:
+        yield from _sdxl_renderers(
+            sdxl_modes, settings, character, models, device, scorer, lora_dir, likeness_features, faces,
+            training_images, likeness, thresholds,
+        )  # fmt: skip
+    if "multiref" in modes:
+        yield MultirefRenderer(
+            load_multiref_pipeline(models, device),
+            settings,
+            character,
+            scorer,
+            device,
+            references=references,
+            likeness_features=likeness_features,
+            likeness=likeness,
+            thresholds=thresholds,
+        )
+
+
+def _sdxl_renderers(
+    modes: Sequence[Mode],
+    settings: Generate,
+    character: Character,
+    models: ModelSet,
+    device: Device,
+    scorer: ClipScorer,
+    lora_dir: Path | None,
+    likeness_features: torch.Tensor | None,
+    faces: FaceBackend | None,
+    training_images: Sequence[Image.Image],
+    likeness: LikenessScorer | None,
+    thresholds: Thresholds | None,
+) -> Iterator[StoryRenderer]:
     faceid = "ref_guided" in modes and settings.reference == "faceid"
     if faceid:
         if faces is None:

@@ -1,4 +1,4 @@
-"""Render a story plan in one of three modes, with a two-part CLIP check per frame and retries for the weak ones.
+"""Render a story plan in one of four modes, with a two-part CLIP check per frame and retries for the weak ones.
 
 - baseline:   SDXL alone (no LoRA), the same prompts: what the character looks like without our training.
 - lora:       SDXL + our LoRA (fused into the UNet: no per-step LoRA cost).
@@ -7,6 +7,8 @@
               With generate.reference: faceid, an IP-Adapter FaceID fed the face-recognition embedding of frame 1's
               face instead (the training images' mean face when frame 1 has none). ip_reference.py takes
               that input from frame 1.
+- multiref:   no LoRA: FLUX.2 klein fed reference images of the character (multiref.py, a subclass that swaps the
+              pipeline call; the checks, retries and batching here are the same).
 
 The check: each attempt gets a text score (CLIP cosine of frame and scene text) and a likeness score (DINOv2 image
 cosine to frame 1, averaged with the mean cosine to the training images when they are given). DINOv2, not CLIP:
@@ -42,6 +44,7 @@ from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend
+from storyboard.models.kernels import apply_layouts, attention
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, faceid_input_size, native_resolution, over_same_modules
 from storyboard.models.prompts import PromptEmbeds, encode_prompts
@@ -102,6 +105,8 @@ class StoryRenderer:
         # quantizing fuses into the compiled kernels); both in place: the pipeline for ref_guided's frame 1
         # shares these modules and gets the same ones.
         denoisers = [pipe.unet] + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
+        # Fused projections before quantizing, which then quantizes the fused layers.
+        apply_layouts(pipe, channels_last=s.channels_last, fuse_qkv=s.fuse_qkv)
         for module in denoisers:
             quantize_in_place(module, s.quantize)
         if s.vae_tiling:
@@ -122,6 +127,26 @@ class StoryRenderer:
             # The VAE decoder too, whole and without CUDA graphs (it runs once per batch): at 1024 px its
             # eager kernels spend most of their time converting layouts, which compiling removes.
             compile_in_place(pipe.vae.decoder, "model", "default")
+
+    @property
+    def conditions_on_first(self) -> bool:
+        """Whether later frames are conditioned on frame 1 (so it is settled first, alone)."""
+        return self.mode == "ref_guided"
+
+    def _first_reference(self, first: Image.Image, story_id: str) -> IpReference:
+        """What the later frames are conditioned on, taken from frame 1."""
+        return self.ip_references.of(first, story_id)
+
+    def sampling(self) -> dict:
+        """What the frames are sampled with (a story's metadata): generate.sampler's steps and guidance replace the
+        generate section's when it is not standard."""
+        s = self.settings
+        return {
+            "sampler": s.sampler,
+            "steps": s.steps,
+            "guidance_scale": s.guidance_scale,
+            "scheduler": type(self.pipe.scheduler).__name__,
+        }
 
     def encode(self, prompts: list[str]) -> PromptEmbeds:
         """Every word of `prompts` and of the negative prompt through both text encoders (compel), in one call."""
@@ -209,7 +234,8 @@ class StoryRenderer:
         seeds = [self.settings.seed + attempt * SEED_STRIDE + f.index for f in frames]
         t0 = time.perf_counter()
         poses = [(f.frame.pose, f.frame.shot) for f in frames]
-        images = self._run(self._embeds_of(frames), seeds, poses, ip_reference)
+        with attention(self.settings.attention):
+            images = self._run(self._embeds_of(frames), seeds, poses, ip_reference)
         seconds = (time.perf_counter() - t0) / len(frames)
         texts = self.scorer.text_scores(images, [f.frame.scene for f in frames])
         features = self.likeness.image_features(images) if self.likeness is not None else [None] * len(images)
@@ -268,7 +294,7 @@ class StoryRenderer:
         self._encoded = None
         self._embeds_of(frames)  # the whole story in one encoding; attempts and retries take their rows
         per_batch = self.settings.frames_per_batch
-        if self.mode == "ref_guided":
+        if self.conditions_on_first:
             # Later frames are conditioned on frame 1, so it is settled first, alone, by the main process.
             if first is not None and first.prompt == frames[0].prompt:
                 frames[0], anchor = first, self._anchor(first)  # every process has it from its lora share
@@ -277,7 +303,7 @@ class StoryRenderer:
                     self._attempt(frames[:1], 0, None)
                     self._settle(frames[:1], None, None)
                 frames[0], anchor = self._shared_first(frames[0], group)
-            ip_reference = self.ip_references.of(frames[0].image, plan.story_id)
+            ip_reference = self._first_reference(frames[0].image, plan.story_id)
             later = frames[1:]
             mine = group.share(frame_batches(later, batch_size(len(later), per_batch, group.size)))
             for batch in mine:

@@ -39,6 +39,10 @@ SDXL_LAYOUT = (
     "scheduler/, each with its config and weights (a diffusers SDXL pipeline)"
 )
 MODEL_LAYOUT = "config.json and diffusion_pytorch_model.safetensors"
+FLUX2_KLEIN_LAYOUT = (
+    "model_index.json and the folders transformer/, vae/, text_encoder/, tokenizer/ and scheduler/, each with its "
+    "config and weights (a diffusers Flux2KleinPipeline, e.g. black-forest-labs/FLUX.2-klein-4B)"
+)
 
 
 class ModelLoadError(StoryboardError):
@@ -188,6 +192,23 @@ def load_pipeline(models: ModelSet, device: Device):
     pipe = load("SDXL base model", models.base, StableDiffusionXLPipeline.from_pretrained, vae=vae, **parts, **named)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device.device)
+
+
+def load_multiref_pipeline(models: ModelSet, device: Device):
+    """generate@multiref's FLUX.2 klein pipeline (transformer, VAE, Qwen3 text encoder) on `device`."""
+    from diffusers import Flux2KleinPipeline
+
+    logger.info("loading FLUX.2 klein from %s (%s, %s)", models.multiref, device.device, device.dtype)
+    pipe = load(
+        "FLUX.2 klein (generate@multiref)",
+        models.multiref,
+        Flux2KleinPipeline.from_pretrained,
+        setting=f"{SDXL}.multiref",
+        layout=FLUX2_KLEIN_LAYOUT,
+        dtype=device.dtype,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def over_same_modules(pipeline_class, pipe, **extra):
@@ -344,5 +365,8 @@ def check_faceid_fits(size: int | None, faces: FaceBackend, models: ModelSet) ->
 
 
 def native_resolution(pipe) -> int:
-    """The size the base model was trained at: unet sample_size x VAE scale (1024 for SDXL)."""
+    """The size the base model was trained at: unet sample_size x VAE scale (1024 for SDXL); a pipeline without a
+    UNet (FLUX.2 klein): its VAE's sample_size (1024 for FLUX.2's)."""
+    if getattr(pipe, "unet", None) is None:
+        return int(pipe.vae.config.sample_size)
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)

@@ -1,4 +1,4 @@
-"""The tiny profile: small random-weight models of exactly the classes SDXL uses, built offline.
+"""The tiny profile: small random-weight models of exactly the classes SDXL and FLUX.2 klein use, built offline.
 
 They are saved with `save_pretrained` into a local folder and then loaded by the same loading code as the real
 hub models, so every code path runs on a CPU in CI. Their outputs are noise: they check plumbing, never
@@ -24,7 +24,7 @@ from storyboard.models.insightface_pack import ensure_pack
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
-BUILD_VERSION = 5
+BUILD_VERSION = 6
 
 # Sizes: the smallest that keep every SDXL mechanism (two text encoders, pooled + time ids conditioning,
 # cross-attention blocks, a 2-level VAE) while a 64 px frame takes milliseconds on a CPU.
@@ -42,6 +42,24 @@ IP_TOKENS = 4  # image tokens per IP-Adapter reference, as in the released SDXL 
 FACEID_EMBED_DIM = 128  # the FaceID adapter's input: an embedding of the tiny profile's face backend (dlib)
 FACEID_LORA_RANK = 4
 FACEID_LORA_STRENGTH = 4.0
+# FLUX.2 klein (generate@multiref): the pipeline stacks the text encoder's hidden states 9, 18 and 27, so the tiny
+# Qwen3 keeps 28 layers (of a tiny width); the transformer reads their concatenation.
+KLEIN_TEXT_DIM = 16
+KLEIN_TEXT_LAYERS = 28
+KLEIN_VOCAB = 512
+# Qwen3's chat template as the pipeline applies it (one user turn, generation prompt, thinking turned off).
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+# What the tiny byte-level BPE is trained on: words the frame prompts use, so they tokenize into a few merges.
+KLEIN_CORPUS = (
+    "a cheerful folk trickster with a thin black moustache, a patched striped robe and a fur-trimmed conical hat "
+    "greets the sunrise on the steppe, walks into a busy bazaar, haggles with a spice seller, laughs, rides a horse "
+    "close-up medium wide shot, standing walking running sitting waving pointing, cinematic storyboard frame, "
+    "consistent character design, detailed illustration, night village market mountains river"
+)
 
 
 def _tokenizers(folder: Path) -> None:
@@ -344,6 +362,103 @@ def build_detector(target: Path) -> None:
     GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(target)
 
 
+def qwen_tokenizer(folder: Path):
+    """A Qwen2 tokenizer (byte-level BPE, Qwen's special tokens and chat template), trained offline on a few lines:
+    the real vocabulary is not on this machine, and the pipeline only needs its class and its template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    bpe_model = Tokenizer(models.BPE())
+    bpe_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe_model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=KLEIN_VOCAB,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe_model.train_from_iterator([KLEIN_CORPUS], trainer)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=bpe_model, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None
+    )
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    # A tokenizer that lost its merges would spell every word byte by byte.
+    if len(tokenizer("a busy bazaar").input_ids) > 6:
+        raise RuntimeError(f"tiny Qwen tokenizer is broken: {tokenizer.tokenize('a busy bazaar')}")
+    tokenizer.save_pretrained(folder)
+    return Qwen2TokenizerFast.from_pretrained(folder)
+
+
+def build_flux2_klein(folder: Path, tokenizer_dir: Path) -> None:
+    """FLUX.2 klein in the hub's layout (model_index.json, transformer/ vae/ text_encoder/ tokenizer/ scheduler/):
+    Flux2Transformer2DModel, AutoencoderKLFlux2 (2 levels: 64 px frames), a Qwen3ForCausalLM text encoder, the
+    scheduler settings of the released model, step-distilled (is_distilled: no classifier-free guidance)."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = qwen_tokenizer(tokenizer_dir)
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=KLEIN_TEXT_DIM,
+            intermediate_size=2 * KLEIN_TEXT_DIM,
+            num_hidden_layers=KLEIN_TEXT_LAYERS,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    latent_channels = 4
+    transformer = Flux2Transformer2DModel(
+        in_channels=4 * latent_channels,  # the pipeline packs 2x2 latent patches
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=3 * KLEIN_TEXT_DIM,  # three hidden states, concatenated
+        timestep_guidance_channels=16,
+        axes_dims_rope=(2, 2, 2, 2),  # sums to attention_head_dim
+        guidance_embeds=False,
+    )
+    vae = AutoencoderKLFlux2(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=NATIVE_RESOLUTION,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        time_shift_type="exponential",
+    )
+    pipe = Flux2KleinPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=True,
+    )
+    pipe.save_pretrained(folder)
+
+
 def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
     return ModelSet(
         base=str(root / "sdxl"),
@@ -358,6 +473,7 @@ def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
         lightning_lora_weight=TINY_SAMPLER_WEIGHTS["lightning_lora"],
         hyper_sd_lora=str(root / "hyper_sd"),
         hyper_sd_lora_weight=TINY_SAMPLER_WEIGHTS["hyper_sd_lora"],
+        multiref=str(root / "flux2_klein"),
         clip=str(root / "clip"),
         likeness=str(root / "likeness"),
         detector=str(root / "detector"),
@@ -394,6 +510,7 @@ def build_tiny_models(root: Path, *, seed: int) -> None:
         _build_sampler_lora(unet, folder / "hyper_sd", TINY_SAMPLER_WEIGHTS["hyper_sd_lora"])
         _build_likeness(folder)
         build_detector(folder / "detector")
+        build_flux2_klein(folder / "flux2_klein", folder / "_tok" / "qwen")
         (folder / "BUILT.json").write_text(
             json.dumps({"seed": seed, "build_version": BUILD_VERSION, "notice": TINY_NOTICE}, indent=2) + "\n"
         )

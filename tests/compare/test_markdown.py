@@ -66,8 +66,9 @@ def test_headline_names_exactly_the_figures_that_moved() -> None:
     table = [line for line in _section(outside, "### Headline") if line.startswith("| ")]
     assert table[0] == "| mode | Self-CIDS | Cross-CIDS | CLIP text |"  # the moved headline figures, no other
     assert len(table) == 2  # header, ref_guided: the modes where nothing moved have no row
-    self_cids, cross_cids = _moved("ref_guided.vistorybench_self_cids"), _moved(
-        "ref_guided.vistorybench_cross_cids", bold=False, within=True
+    self_cids, cross_cids = (
+        _moved("ref_guided.vistorybench_self_cids"),
+        _moved("ref_guided.vistorybench_cross_cids", bold=False, within=True),
     )
     assert table[1].startswith(f"| **ref_guided** | {self_cids} | {cross_cids}")
     assert f"| {_moved('ref_guided.clip_text_score')} |" in table[1]
@@ -113,8 +114,8 @@ def test_timing_is_labelled_as_timing_and_never_a_verdict() -> None:
     assert "Figures marked timing are wall clock on the machine that ran: noise between runs, not a result." in outside
     assert "| mode | `attempts_per_frame` | `seconds_per_frame` (timing) |" in outside
     attempts, seconds = (BASE[f"ref_guided.{k}"] for k in ("attempts_per_frame", "seconds_per_frame"))
-    row = f"| **ref_guided** | {fmt(attempts)} → 2.5 ({2.5 - attempts:+.4g}) | {fmt(seconds)} → 0.61 ({0.61 - seconds:+.4g}) |"
-    assert row in outside
+    cells = f"{fmt(attempts)} → 2.5 ({2.5 - attempts:+.4g}) | {fmt(seconds)} → 0.61 ({0.61 - seconds:+.4g})"
+    assert f"| **ref_guided** | {cells} |" in outside
     assert "Training time (timing): 24.8 s → 31.2 s (+6.4 s)." in outside
     assert "seconds" not in next(line for line in outside.splitlines() if line.startswith("- **ref_guided**"))
     # Per-story timing moves on every run: not counted as a change of the stories (bazaar's Self-CIDS is).
@@ -251,3 +252,13 @@ def test_artifacts_url_links_the_pictures_instead_of_paths() -> None:
     local = render_markdown(result, chart="compare.png")
     assert "![identity and text per mode, main and workspace](compare.png)" in local
     assert "`dvc plots diff` of both revisions: `compare-plots/index.html` (open in a browser)." in local
+
+
+def test_a_mode_new_in_the_head_leads_as_new_and_takes_its_pipeline_column() -> None:
+    """The run that first renders multiref: no base figures, said so, and its column after ref_guided's."""
+    new = with_changes(tiny_eval(), {})
+    new["multiref"] = new["ref_guided"]
+    md = render_markdown(comparison(eval_side(tiny_eval()), eval_side(new)))
+    assert "- **multiref**: new in `workspace`: no base figures to compare with." in md
+    assert "| figure | baseline | lora | ref_guided | multiref |" in md
+    assert "- **ref_guided**: identity, text and detection unchanged." in md

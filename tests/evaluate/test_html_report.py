@@ -31,7 +31,12 @@ STORIES = [
     Story(id="greeting", text="Aldar Kose greets the sunrise on the steppe."),
     Story(id="bazaar", text="Aldar Kose haggles with a spice seller & laughs."),
 ]
-SIZES = {"baseline": (64, 64), "lora": (64, 64), "ref_guided": (240, 160)}  # tiny frames and larger ones
+SIZES = {
+    "baseline": (64, 64),
+    "lora": (64, 64),
+    "ref_guided": (240, 160),
+    "multiref": (64, 64),
+}  # tiny frames and larger ones
 SHOTS = ["close-up", "medium", "wide"]
 POSES = ["standing", "walking", "waving"]
 

@@ -237,9 +237,11 @@ def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings, 
     assert saved["lora"]["likeness_threshold"] == 0.7 and saved["lora"]["likeness_threshold_source"] == "fallback"
     assert saved["baseline"]["clip_threshold"] is None and saved["baseline"]["clip_threshold_source"] is None
     table = (tmp_path / "m/results.md").read_text()
-    assert "plumbing" in table and "| ref_guided" in table and "face detection rate" in table
+    assert "plumbing" in table and "| ref_guided" in table and "| multiref" in table and "face detection rate" in table
     assert "Self-CIDS (ViStoryBench)" in table and "Self-CIDS, first attempts" in table
     checks_table = table.split("## Frame checks", 1)[1].split("\n## ", 1)[0]
     assert "text threshold" in checks_table and "frames redone" in checks_table and "calibrated" in checks_table
     assert all(f"## {s.id}" in table for s in tiny_settings.stories)
-    assert (tmp_path / "report/index.html").exists() and len(list((tmp_path / "report/assets").rglob("*.png"))) == 27
+    assert (tmp_path / "report/index.html").exists() and len(
+        list((tmp_path / "report/assets").rglob("*.png"))
+    ) == 3 * len(tiny_settings.stories) * len(MODES)

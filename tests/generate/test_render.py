@@ -371,3 +371,35 @@ def test_a_missing_few_step_lora_names_its_key(tmp_path, tiny_settings, tiny_mod
     settings = tiny_settings.generate.model_copy(update={"steps": 2, "sampler": "hyper-sd"})
     with pytest.raises(ModelLoadError, match="hyper_sd_lora"):
         next(load_renderers(("lora",), settings, tiny_settings.character, models, cpu, scorer, lora_dir))
+
+
+def test_kernel_knobs_keep_the_frames(tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    plain = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir).render(PLAN)
+    knobs = {"attention": "cudnn", "channels_last": True, "fuse_qkv": True}
+    r = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, **knobs)
+    assert r.pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_qkv is not None
+    assert r.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain, r.render(PLAN), strict=True):  # other kernels: the same frames but for rounding
+        assert np.abs(_pixels(a.image) - _pixels(b.image)).mean() < 1.0
+
+
+def test_fused_projections_leave_the_ip_adapter_alone(tiny_settings, tiny_models, cpu, scorer, lora_dir, caplog):
+    r = _renderer("ref_guided", tiny_settings, tiny_models, cpu, scorer, lora_dir, fuse_qkv=True)
+    assert "IP-Adapter" in caplog.text
+    assert any("IPAdapter" in type(p).__name__ for p in r.pipe.unet.attn_processors.values())
+
+
+@pytest.mark.parametrize("negative", ["blurry, text", ""])
+def test_short_plain_prompts_encode_in_one_batch_as_compel_encodes_them(
+    negative, tiny_settings, tiny_models, cpu, scorer
+):
+    from storyboard.models import prompts as module
+
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=1)
+    texts = ["aldar_kose_man, a fur-trimmed hat, medium shot", "he laughs at the merchant's horse"]
+    assert all(module.is_plain(t) and module._fits(r.pipe, t) for t in texts)
+    batched = encode_prompts(r.pipe, texts, negative).pipeline_kwargs()
+    for a, b in zip(
+        batched.values(), module._encode_compel(r.pipe, texts, negative).pipeline_kwargs().values(), strict=True
+    ):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
