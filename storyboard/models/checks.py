@@ -29,11 +29,19 @@ class IncompleteModel(ValueError):
         self.found, self.missing = found, missing
 
 
-def check_tokenizer(tokenizer, embeddings: int, *, source: str, subfolder: str = "", reader: str) -> None:
+def check_tokenizer(
+    tokenizer,
+    embeddings: int,
+    *,
+    source: str,
+    subfolder: str = "",
+    reader: str,
+    padding: int = EMBEDDING_PADDING,
+) -> None:
     """Every id `tokenizer` produces must index the `embeddings` rows of `reader` (e.g. "text_encoder/"), and
-    the tokenizer must cover them but for padding."""
+    the tokenizer must cover them but for `padding` rows (of a small table, an eighth at most)."""
     size = len(tokenizer)
-    if embeddings - min(EMBEDDING_PADDING, embeddings // 8) <= size <= embeddings:
+    if embeddings - min(padding, embeddings // 8) <= size <= embeddings:
         return
     found = f"it loads as a tokenizer of {size} tokens, but {reader} reads {embeddings}"
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""

@@ -39,6 +39,7 @@ SDXL_LAYOUT = (
     "scheduler/, each with its config and weights (a diffusers SDXL pipeline)"
 )
 MODEL_LAYOUT = "config.json and diffusion_pytorch_model.safetensors"
+QWEN_PADDING = 1024  # rows of a Qwen embedding table that its tokenizer may leave unused
 FLUX2_KLEIN_LAYOUT = (
     "model_index.json and the folders transformer/, vae/, text_encoder/, tokenizer/ and scheduler/, each with its "
     "config and weights (a diffusers Flux2KleinPipeline, e.g. black-forest-labs/FLUX.2-klein-4B)"
@@ -195,18 +196,36 @@ def load_pipeline(models: ModelSet, device: Device):
 
 
 def load_multiref_pipeline(models: ModelSet, device: Device):
-    """generate@multiref's FLUX.2 klein pipeline (transformer, VAE, Qwen3 text encoder) on `device`."""
-    from diffusers import Flux2KleinPipeline
+    """generate@multiref's FLUX.2 klein pipeline (transformer, VAE, Qwen3 text encoder) on `device`. As SDXL's: its
+    parts with weights and its tokenizer load one by one, checked; the pipeline loads the scheduler around them."""
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen2Tokenizer, Qwen3ForCausalLM
 
-    logger.info("loading FLUX.2 klein from %s (%s, %s)", models.multiref, device.device, device.dtype)
-    pipe = load(
-        "FLUX.2 klein (generate@multiref)",
-        models.multiref,
-        Flux2KleinPipeline.from_pretrained,
-        setting=f"{SDXL}.multiref",
-        layout=FLUX2_KLEIN_LAYOUT,
-        dtype=device.dtype,
+    source = models.multiref
+    logger.info("loading FLUX.2 klein from %s (%s, %s)", source, device.device, device.dtype)
+    named = dict(setting=f"{SDXL}.multiref", layout=FLUX2_KLEIN_LAYOUT)
+    typed = dict(named, dtype=device.dtype)
+    parts = {
+        "transformer": load_model(
+            "FLUX.2 klein transformer", source, Flux2Transformer2DModel, subfolder="transformer", **typed
+        ),
+        "vae": load_model("FLUX.2 klein VAE", source, AutoencoderKLFlux2, subfolder="vae", **typed),
+        "text_encoder": load_model(
+            "FLUX.2 klein text encoder", source, Qwen3ForCausalLM, subfolder="text_encoder", **typed
+        ),
+    }
+    vocab = parts["text_encoder"].config.vocab_size
+
+    def fits(tokenizer):
+        # Qwen's embedding table keeps a few hundred rows beyond its tokenizer's tokens, reserved for new ones.
+        check_tokenizer(
+            tokenizer, vocab, source=source, subfolder="tokenizer", reader="text_encoder/", padding=QWEN_PADDING
+        )
+
+    parts["tokenizer"] = load(
+        "FLUX.2 klein tokenizer", source, Qwen2Tokenizer.from_pretrained, subfolder="tokenizer", check=fits, **named
     )
+    pipe = load("FLUX.2 klein (generate@multiref)", source, Flux2KleinPipeline.from_pretrained, **parts, **typed)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -29,7 +29,13 @@ from storyboard.models import bpe
 from storyboard.models.checks import IncompleteModel, check_tokenizer
 from storyboard.models.clip import ClipScorer
 from storyboard.models.detector import CharacterDetector
-from storyboard.models.loading import ModelLoadError, attach_ip_adapter, load_pipeline, with_controlnet
+from storyboard.models.loading import (
+    ModelLoadError,
+    attach_ip_adapter,
+    load_multiref_pipeline,
+    load_pipeline,
+    with_controlnet,
+)
 from storyboard.models.versions import FLOORS, outdated, version_problems
 from storyboard.train.parts import SdxlParts
 
@@ -172,6 +178,20 @@ def test_an_sdxl_folder_without_its_tokenizer_files_stops_train_and_generate(
     # its special tokens only: 2, or 3 with the second tokenizer's pad token "!"
     assert re.search(rf"a tokenizer of [23] tokens, but {encoder}/ reads {bpe.VOCAB_SIZE}", message)
     assert f"--include '{tokenizer}/*' --local-dir {folder}`" in message
+
+
+def test_a_flux2_klein_folder_without_its_tokenizer_files_stops_multiref(tiny_models, cpu, tmp_path):
+    """The same silent 2-token tokenizer from Flux2KleinPipeline.from_pretrained: multiref's loader names it."""
+    folder = _copy(tiny_models, tmp_path, "flux2_klein", keep_build=False)
+    vocab = json.loads((folder / "text_encoder" / "config.json").read_text())["vocab_size"]
+    _without_tokenizer_files(folder / "tokenizer")
+    with pytest.raises(ModelLoadError) as info:
+        load_multiref_pipeline(tiny_models.model_copy(update={"multiref": str(folder)}), cpu)
+    message = _one_line(info)
+    assert f"could not load the FLUX.2 klein tokenizer (models.sdxl.multiref = {folder})" in message
+    assert "missing tokenizer/vocab.json and tokenizer/merges.txt (or tokenizer/tokenizer.json" in message
+    assert f"a tokenizer of 2 tokens, but text_encoder/ reads {vocab}" in message
+    assert f"--include 'tokenizer/*' --local-dir {folder}`" in message
 
 
 def test_the_clip_scorers_processor_without_its_tokenizer_files(tiny_models, cpu, tmp_path):
