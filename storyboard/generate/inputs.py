@@ -48,6 +48,9 @@ LORA_MODES = ("lora", "ref_guided")
 RENDER_CODE = "storyboard.generate.run"  # its import closure is all the code a render runs through
 # Generate knobs that reach the render only through the thresholds they yield (StoryInputs' `thresholds`).
 THRESHOLD_KNOBS = frozenset({"clip_threshold", "likeness_threshold", "calibration"})
+# Generate knobs of how a story is shown, not of its frames: a kept story's sheet and GIF are redrawn
+# (outputs.relayout), nothing is rendered again.
+PRESENTATION_KNOBS = frozenset({"contact_sheet_columns", "gif_frame_ms"})
 
 
 def _sha256(data: bytes) -> str:
@@ -73,7 +76,7 @@ class StoryInputs:
         references: Path | None = None,
     ):
         """`references`: the user's reference sheet folder (multiref: its images' hashes join the hash)."""
-        others = (set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]) | THRESHOLD_KNOBS
+        others = (set().union(*MODE_KNOBS.values()) - MODE_KNOBS[mode]) | THRESHOLD_KNOBS | PRESENTATION_KNOBS
         # the few-step LoRAs: only the one generate.sampler fuses in, and never into multiref's FLUX.2 klein
         unused = {f"{s.lora_key}{end}" for s in SAMPLERS.values() for end in ("", "_weight")}
         sampler = sampler_of(settings.generate.sampler) if mode != "multiref" else None

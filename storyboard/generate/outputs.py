@@ -99,22 +99,54 @@ def write_story_outputs(
         gif[0].save(staged / "story.gif", save_all=True, append_images=gif[1:], duration=gif_frame_ms, loop=0)
 
 
-def read_first_frame(story_dir: Path, plan: StoryPlan) -> RenderedFrame:
-    """Frame 1 of a story folder that write_story_outputs wrote, as the renderer had settled it: the kept image,
-    the first attempt's when another was kept, and every attempt's record (PNG is lossless: the same pixels)."""
-    record = json.loads((Path(story_dir) / "metadata.json").read_text(encoding="utf-8"))["frames"][0]
+def read_frames(story_dir: Path, plan: StoryPlan, count: int | None = None) -> list[RenderedFrame]:
+    """The frames (the first `count`; None: all) of a story folder that write_story_outputs wrote, as the renderer
+    had settled them: the kept image, the first attempt's when another was kept, and every attempt's record (PNG
+    is lossless: the same pixels)."""
+    records = json.loads((Path(story_dir) / "metadata.json").read_text(encoding="utf-8"))["frames"][:count]
 
     def image(name: str) -> Image.Image:
         with Image.open(Path(story_dir) / name) as opened:
             return opened.convert("RGB")
 
-    first_file = record.get("first_attempt_file", record["file"])
-    return RenderedFrame(
-        index=1,
-        frame=plan.frames[0],
-        prompt=record["prompt"],
-        attempts=[Attempt(**attempt) for attempt in record["attempts"]],
-        image=image(record["file"]),
-        best=record["kept_attempt"] - 1,
-        first_image=image(first_file) if first_file != record["file"] else None,
-    )
+    frames = []
+    for record, frame in zip(records, plan.frames, strict=False):
+        first_file = record.get("first_attempt_file", record["file"])
+        frames.append(
+            RenderedFrame(
+                index=record["index"],
+                frame=frame,
+                prompt=record["prompt"],
+                attempts=[Attempt(**attempt) for attempt in record["attempts"]],
+                image=image(record["file"]),
+                best=record["kept_attempt"] - 1,
+                first_image=image(first_file) if first_file != record["file"] else None,
+            )
+        )
+    return frames
+
+
+def read_first_frame(story_dir: Path, plan: StoryPlan) -> RenderedFrame:
+    """Frame 1 of a story folder, as `read_frames` reads it."""
+    return read_frames(story_dir, plan, count=1)[0]
+
+
+def relayout(story_dir: Path, plan: StoryPlan, *, columns: int, gif_frame_ms: int) -> bool:
+    """Redraw a kept story's contact sheet and GIF when generate's presentation knobs changed since it was written
+    (they are not inputs of the frames: no GPU work); returns whether anything was redrawn."""
+    story_dir = Path(story_dir)
+    metadata = json.loads((story_dir / "metadata.json").read_text(encoding="utf-8"))
+    shown = metadata.get("generate", {})
+    if shown.get("contact_sheet_columns") == columns and shown.get("gif_frame_ms") == gif_frame_ms:
+        return False
+    frames = read_frames(story_dir, plan)
+    title = f"{metadata['story_id']} | {metadata['mode']} | {metadata['story']}"
+    sheet = contact_sheet(frames, title, columns, metadata.get("notice"))
+    with atomic_path(story_dir / "contact_sheet.png") as staged:
+        sheet.save(staged, format="PNG")
+    gif = story_gif(frames)
+    with atomic_path(story_dir / "story.gif") as staged:
+        gif[0].save(staged, format="GIF", save_all=True, append_images=gif[1:], duration=gif_frame_ms, loop=0)
+    metadata["generate"] = {**shown, "contact_sheet_columns": columns, "gif_frame_ms": gif_frame_ms}
+    write_json(story_dir / "metadata.json", metadata)
+    return True

@@ -22,7 +22,7 @@ from storyboard.dataset import load_training_captions, load_training_images
 from storyboard.generate.calibration import Thresholds, calibrate, needs_training_set
 from storyboard.generate.frames import RenderedFrame, frame_prompt
 from storyboard.generate.inputs import LORA_MODES, StoryInputs, file_sha256, is_rendered
-from storyboard.generate.outputs import contact_sheet, read_first_frame, write_story_outputs
+from storyboard.generate.outputs import contact_sheet, read_first_frame, relayout, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.references import Reference, load_references, sheet_files
 from storyboard.generate.sharing import SOLO, Group
@@ -77,6 +77,9 @@ def render_plans(
             key = inputs.of(plan)
             if is_rendered(story_dir, key):
                 logger.info("%s/%s: kept (rendered before from the same inputs)", mode, plan.story_id)
+                g = settings.generate
+                if relayout(story_dir, plan, columns=g.contact_sheet_columns, gif_frame_ms=g.gif_frame_ms):
+                    logger.info("%s/%s: contact sheet and GIF redrawn (presentation knobs)", mode, plan.story_id)
             else:
                 todo.setdefault(mode, []).append((plan, key))
     if not todo:

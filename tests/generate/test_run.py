@@ -199,3 +199,23 @@ def test_a_story_rendered_before_a_failure_is_written_whole(tmp_path, tiny_setti
     assert len(meta["frames"]) == len(plans[0].frames) == len(_frames(story))
     assert (story / "contact_sheet.png").exists() and (story / "story.gif").exists()
     assert not (out / plans[1].story_id).exists()
+
+
+def test_presentation_knobs_redraw_the_sheet_without_rendering(tmp_path, tiny_settings, lora_dir):
+    settings = _settings(tiny_settings)
+    plan = plan_story(OfflinePlanner(settings.plan), settings.stories[0], settings.character)
+    story = tmp_path / "lora" / plan.story_id
+    render_plans(settings, ["lora"], [plan], {"lora": tmp_path / "lora"}, lora_dir)
+    frames = {p.name: p.stat().st_mtime_ns for p in story.glob("frame_*.png")}
+    wide = Image.open(story / "contact_sheet.png").size
+    shown = settings.generate.model_copy(update={"contact_sheet_columns": 1, "gif_frame_ms": 250})
+    render_plans(
+        settings.model_copy(update={"generate": shown}), ["lora"], [plan], {"lora": tmp_path / "lora"}, lora_dir
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in story.glob("frame_*.png")} == frames  # nothing rendered
+    narrow = Image.open(story / "contact_sheet.png").size
+    assert narrow[0] < wide[0] and narrow[1] > wide[1]  # one column now
+    with Image.open(story / "story.gif") as gif:
+        assert gif.info["duration"] == 250
+    meta = json.loads((story / "metadata.json").read_text())
+    assert meta["generate"]["contact_sheet_columns"] == 1 and meta["generate"]["gif_frame_ms"] == 250
