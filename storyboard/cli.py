@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger, setup_logging
+from storyboard.log import setup_logging
 from storyboard.settings import PARAMS_FILE, Story, load_settings, slug
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "data/dataset"  # the caption stage's output in dvc.yaml
 

@@ -18,7 +18,9 @@ import socket
 import sys
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger
+
+logger = logging.getLogger(__name__)
+
 
 PROCESSES_ENV = "STORYBOARD_PROCESSES"
 

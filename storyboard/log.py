@@ -1,4 +1,5 @@
-"""The one logger of the package, configured once by whoever runs a stage or the CLI."""
+"""The package's root logger ("storyboard"), configured once by whoever runs a stage or the CLI; each module logs
+through its own child logger, `logging.getLogger(__name__)`, so a record names the module it came from."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ mirror switches itself off for the rest of the run, and the work goes on locally
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -24,7 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from storyboard.log import logger
+logger = logging.getLogger(__name__)
+
 
 PREFIX = "storyboard"  # beside DVC's files/md5/ tree; `dvc gc -c` only looks at DVC's own objects
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger, setup_logging
+from storyboard.log import setup_logging
 from storyboard.settings import PARAMS_FILE, Settings, load_settings
+
+logger = logging.getLogger(__name__)
 
 OOM_HINT = (
     "out of GPU memory: lower train.batch_size or train.resolution, set train.gradient_checkpointing: true, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -21,9 +22,10 @@ from storyboard.caption.backends import CaptionBackend, CaptionError, CaptionRes
 from storyboard.dataset import ManifestRecord
 from storyboard.fsutil import atomic_path, write_json
 from storyboard.images import BadImage, content_hash, list_images, load_rgb
-from storyboard.log import logger
 from storyboard.remote import RemoteMirror
 from storyboard.settings import Caption, Character
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -10,6 +10,7 @@ template's plain values.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from PIL import Image
 from storyboard import TINY_NOTICE
 from storyboard.evaluate.sweep_report import sweep_section
 from storyboard.fsutil import atomic_path
-from storyboard.log import logger
 from storyboard.settings import MODES, Settings
+
+logger = logging.getLogger(__name__)
 
 NA = "n/a"
 THUMB_PX = 160  # thumbnail width; frames narrower than this (tiny profile: 64 px) are upscaled pixelated

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -24,9 +25,10 @@ from storyboard.evaluate.scores import (
 )
 from storyboard.evaluate.vistorybench import DIFFERENCES
 from storyboard.fsutil import atomic_path, write_json, write_text
-from storyboard.log import logger
 from storyboard.models.loading import Device, model_set
 from storyboard.settings import MODES, Settings
+
+logger = logging.getLogger(__name__)
 
 # Figures also scored on each frame's first attempt (seed, no retries): "kept - first" is the retry loop's gain.
 FIRST_ATTEMPT_FIGURES = (

@@ -6,12 +6,14 @@ shown steps the sample files, which are copied into the report's assets so that 
 
 from __future__ import annotations
 
+import logging
 import shutil
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from storyboard.log import logger
+logger = logging.getLogger(__name__)
+
 
 THUMB_PX = 160
 

@@ -4,6 +4,7 @@ training images' mean face when frame 1 has none."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Literal
@@ -13,8 +14,9 @@ import torch
 from PIL import Image
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger
 from storyboard.models.faces import FaceBackend, largest_face, mean_embedding
+
+logger = logging.getLogger(__name__)
 
 FACE_MARGIN = 0.4  # the face crop: the face box grown by this share on each side
 # An image (frame 1, or its face crop), or for FaceID an identity embedding (1-d, the face backend's size).

@@ -28,6 +28,7 @@ wide).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -40,7 +41,6 @@ from storyboard.generate.calibration import Thresholds
 from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
 from storyboard.generate.sharing import SOLO, Group, batch_size, frame_batches
-from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend
@@ -52,6 +52,8 @@ from storyboard.models.quantizing import quantize_in_place
 from storyboard.settings import Character, Generate, Mode
 from storyboard.story.plan import StoryPlan
 from storyboard.story.poses import Shot, frame_pose, get_pose, render_openpose
+
+logger = logging.getLogger(__name__)
 
 SEED_STRIDE = 1000  # attempt k of frame i uses seed + k * SEED_STRIDE + i
 

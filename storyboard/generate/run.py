@@ -6,6 +6,7 @@ whose inputs are unchanged and renders the rest, so a crash loses at most the st
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,6 @@ from storyboard.generate.outputs import contact_sheet, read_first_frame, relayou
 from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.references import Reference, load_references, sheet_files
 from storyboard.generate.sharing import SOLO, Group
-from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
 from storyboard.models.likeness import LikenessScorer
@@ -34,6 +34,8 @@ from storyboard.models.loading import Device, model_set
 from storyboard.models.prompts import parse_ahead
 from storyboard.settings import Mode, ModelSet, Settings
 from storyboard.story.plan import StoryPlan
+
+logger = logging.getLogger(__name__)
 
 
 def render_plans(

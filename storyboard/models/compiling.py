@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import os
 from pathlib import Path
 
 import torch
 
-from storyboard.log import logger
+
 from storyboard.settings import CompileMode, CompileScope
+
+logger = logging.getLogger(__name__)
 
 # The blocks a UNet repeats (diffusers' `_repeated_blocks`); the ControlNet, which declares none, repeats the same.
 DEFAULT_REPEATED_BLOCKS = ("BasicTransformerBlock",)

@@ -25,6 +25,8 @@ Licences, as stated in the installed packages (check again when versions change;
 
 from __future__ import annotations
 
+import logging
+
 import importlib.util
 import os
 import threading
@@ -39,7 +41,9 @@ import numpy as np
 from PIL import Image
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger
+
+logger = logging.getLogger(__name__)
+
 
 if TYPE_CHECKING:
     from storyboard.settings import ModelSet, TinyModels

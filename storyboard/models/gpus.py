@@ -10,13 +10,17 @@ CUDA_VISIBLE_DEVICES the user set wins (and `accelerate launch` ranks); a machin
 
 from __future__ import annotations
 
+import logging
+
 import fcntl
 import getpass
 import os
 import tempfile
 from pathlib import Path
 
-from storyboard.log import logger
+logger = logging.getLogger(__name__)
+
+
 
 _held: list[int] = []  # file descriptors of this process's claims; never closed: the claim lasts the process
 _chosen: int | None = None

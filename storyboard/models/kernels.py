@@ -13,14 +13,18 @@ Every mode's renderer applies them (the attention choice around each pipeline ca
 
 from __future__ import annotations
 
+import logging
+
 import contextlib
 from collections.abc import Iterator
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from storyboard.log import logger
+
 from storyboard.settings import Attention
+
+logger = logging.getLogger(__name__)
 
 BACKENDS: dict[str, SDPBackend] = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,

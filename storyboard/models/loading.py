@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger, quiet_model_libraries
+from storyboard.log import quiet_model_libraries
 from storyboard.models.checks import check_tokenizer, check_weights
 from storyboard.models.gpus import cuda_index
 from storyboard.models.hub_access import go_offline_if_unreachable
 from storyboard.models.hub_errors import ModelRef, explain, is_loading_failure
 from storyboard.models.versions import version_problems
 from storyboard.settings import ModelSet, Runtime, Settings
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from storyboard.models.faces import FaceBackend

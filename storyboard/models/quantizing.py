@@ -16,13 +16,17 @@ they are; so do convolutions.
 
 from __future__ import annotations
 
+import logging
+
 from typing import Literal
 
 import torch
 
 from storyboard.errors import StoryboardError
-from storyboard.log import logger
+
 from storyboard.settings import Quantize
+
+logger = logging.getLogger(__name__)
 
 # The Linear layers quantized, by a part of their qualified name (see the module docstring); "attn1.to_q" also
 # matches the fused "attn1.to_qkv".

@@ -9,6 +9,8 @@ with the same torch build. The InsightFace backend gets a random-weight pack in 
 
 from __future__ import annotations
 
+import logging
+
 import json
 import shutil
 from pathlib import Path
@@ -18,10 +20,12 @@ from safetensors.torch import save_file
 
 from storyboard import TINY_NOTICE
 from storyboard.fsutil import atomic_path
-from storyboard.log import logger
+
 from storyboard.models import bpe
 from storyboard.models.insightface_pack import ensure_pack
 from storyboard.settings import ModelSet, TinyModels
+
+logger = logging.getLogger(__name__)
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
 BUILD_VERSION = 6

@@ -12,17 +12,19 @@ learn "this identity, any scene". Everything is deterministic for a seed.
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 from PIL import Image
 
 from storyboard.fsutil import atomic_path
-from storyboard.log import logger
 from storyboard.sample_data.figure import draw_character
 from storyboard.sample_data.scenery import SETTINGS
 from storyboard.settings import Character
 from storyboard.story.poses import POSE_NAMES, get_pose
+
+logger = logging.getLogger(__name__)
 
 # Drawn at this multiple of the output size and downsampled, which anti-aliases the flat shapes.
 _SUPERSAMPLE = 2

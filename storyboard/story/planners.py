@@ -8,18 +8,20 @@ per frame, inside what CLIP's text scores (generate's check, evaluate) read, and
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from storyboard.log import logger
 from storyboard.models.bpe import count_tokens
 from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected
 from storyboard.settings import Character, Plan, Story
 from storyboard.story.plan import Frame, PlanError, Shot, StoryPlan
 from storyboard.story.poses import POSE_NAMES, normalise_pose_label
 from storyboard.story.reply import ReplyError, read_frames, shorten, summarise
+
+logger = logging.getLogger(__name__)
 
 
 class FrameList(BaseModel):

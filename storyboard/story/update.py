@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from storyboard.fsutil import write_text
-from storyboard.log import logger
 from storyboard.settings import Character, Plan, Story
 from storyboard.story.plan import plan_to_json, read_plan
 from storyboard.story.planners import Planner, make_planner, plan_story
+
+logger = logging.getLogger(__name__)
 
 # How the endpoint is reached, not what it is asked: changing these keeps the plans.
 NOT_ASKED = {"openai": {"base_url", "api_key_env", "timeout_s", "max_retries"}}

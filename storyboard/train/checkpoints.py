@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 
 from storyboard.closure import code_fingerprint
 from storyboard.fsutil import atomic_path
-from storyboard.log import logger
 from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from storyboard.train.trainer import LoraTrainer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +11,12 @@ import torch
 from PIL import Image, ImageOps
 
 from storyboard.dataset import read_manifest
-from storyboard.log import logger
 from storyboard.settings import Train
 from storyboard.train.buckets import Bucket, fit_to_bucket, make_buckets, nearest_bucket
 from storyboard.train.errors import TrainError
 from storyboard.train.parts import SdxlParts
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass

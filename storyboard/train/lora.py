@@ -25,6 +25,7 @@ diffusers' and kohya's layouts; sgm.py names the UNet's modules for kohya). This
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from pathlib import Path
@@ -34,7 +35,6 @@ import torch
 from tqdm import tqdm
 
 from storyboard.fsutil import atomic_path, write_json
-from storyboard.log import logger
 from storyboard.models.compiling import warn_if_cudagraphs_skipped
 from storyboard.models.loading import Device
 from storyboard.remote import RemoteMirror
@@ -49,6 +49,8 @@ from storyboard.train.progress import TrainLog
 from storyboard.train.sweep import StepScorer, Sweep, choose, sweep_metrics
 from storyboard.train.trainer import LoraTrainer
 from storyboard.train.validation import validation_images
+
+logger = logging.getLogger(__name__)
 
 MAX_PROCESSES_LOOKED_AT = 16  # other GPU counts whose checkpoints a fresh run mentions
 

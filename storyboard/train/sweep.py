@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -26,10 +27,11 @@ from typing import Protocol
 from PIL import Image
 
 from storyboard.fsutil import atomic_path, write_json
-from storyboard.log import logger
 from storyboard.settings import ModelSet, Settings, Train, Validation
 from storyboard.train.export import LORA_WEIGHTS
 from storyboard.train.progress import FAST_PNG
+
+logger = logging.getLogger(__name__)
 
 SHOWN_STEPS = 3  # steps whose samples the report shows: the chosen one and two others
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from storyboard.evaluate.study.sheets import DEFAULT_MODES
 from storyboard.evaluate.study.store import RatingStore
-from storyboard.log import logger
+
+logger = logging.getLogger(__name__)
+
 
 DEFAULT_DB = "study/ratings.sqlite"
 DEFAULT_PORT = 8765

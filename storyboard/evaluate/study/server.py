@@ -33,7 +33,9 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from storyboard.evaluate.study.sheets import DEFAULT_MODES, StudyItem, collect_items, label_for, sheet_png
 from storyboard.evaluate.study.store import RatingStore, StudyError
-from storyboard.log import logger
+
+logger = logging.getLogger(__name__)
+
 
 # A rating post is a few dozen bytes; anything far larger is not from our page.
 MAX_BODY_BYTES = 16 * 1024

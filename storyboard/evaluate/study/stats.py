@@ -9,6 +9,7 @@ the `krippendorff` package: ordinal alpha for the 1-5 ratings (a 4 against a 5 i
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -23,7 +24,9 @@ from statsmodels.stats.weightstats import DescrStatsW
 from storyboard.evaluate.study.sheets import DEFAULT_MODES
 from storyboard.evaluate.study.store import RatingRow, RatingStore, StudyError
 from storyboard.fsutil import write_json
-from storyboard.log import logger
+
+logger = logging.getLogger(__name__)
+
 
 RATING_SCALE = (1, 2, 3, 4, 5)
 
