@@ -46,7 +46,7 @@ def _generate(args) -> None:
         [plan],
         {mode: out / mode for mode in modes},
         lora,
-        dataset,
+        dataset_dir=dataset,
         references_dir=Path(args.references),
     )
     for folders in written.values():

@@ -42,6 +42,7 @@ def load_renderers(
     device: Device,
     scorer: ClipScorer,
     lora_dir: Path | None,
+    *,
     likeness_features: torch.Tensor | None = None,
     faces: FaceBackend | None = None,
     training_images: Sequence[Image.Image] = (),
@@ -62,8 +63,8 @@ def load_renderers(
     sdxl_modes = [m for m in modes if m != "multiref"]
     if sdxl_modes:
         yield from _sdxl_renderers(
-            sdxl_modes, settings, character, models, device, scorer, lora_dir, likeness_features, faces,
-            training_images, likeness, thresholds,
+            sdxl_modes, settings, character, models, device, scorer, lora_dir, likeness_features=likeness_features,
+            faces=faces, training_images=training_images, likeness=likeness, thresholds=thresholds,
         )  # fmt: skip
     if "multiref" in modes:
         yield MultirefRenderer(
@@ -87,6 +88,7 @@ def _sdxl_renderers(
     device: Device,
     scorer: ClipScorer,
     lora_dir: Path | None,
+    *,
     likeness_features: torch.Tensor | None,
     faces: FaceBackend | None,
     training_images: Sequence[Image.Image],
@@ -133,9 +135,9 @@ def _sdxl_renderers(
             character,
             scorer,
             device,
-            likeness_features,
-            faces,
-            training_images,
-            likeness,
-            thresholds,
+            likeness_features=likeness_features,
+            faces=faces,
+            training_images=training_images,
+            likeness=likeness,
+            thresholds=thresholds,
         )

@@ -69,6 +69,7 @@ class StoryRenderer:
         character: Character,
         scorer: ClipScorer,
         device: Device,
+        *,
         likeness_features: torch.Tensor | None = None,
         faces: FaceBackend | None = None,
         training_images: Sequence[Image.Image] = (),

@@ -44,6 +44,7 @@ def render_plans(
     plans: list[StoryPlan],
     out_roots: Mapping[Mode, Path],
     lora_dir: Path | None,
+    *,
     dataset_dir: Path | None = None,
     group: Group = SOLO,
     first_from: Path | None = None,
@@ -117,12 +118,12 @@ def render_plans(
         device,
         checks.scorer,
         lora_dir,
-        checks.likeness_features,
-        faces,
-        training_images,
-        checks.likeness,
-        thresholds,
-        references,
+        likeness_features=checks.likeness_features,
+        faces=faces,
+        training_images=training_images,
+        likeness=checks.likeness,
+        thresholds=thresholds,
+        references=references,
     )
     logger.info("%s: models ready in %.1f s", ", ".join(todo), time.perf_counter() - started)
     notice = TINY_NOTICE if settings.is_tiny else None
@@ -311,7 +312,17 @@ def render_to(
     state.wait_for_everyone()
     if group.size > 1:
         logger.info("process %d of %d: rendering a share of every story's frame batches", group.rank, group.size)
-    render_plans(settings, [mode], plans, {mode: out}, lora_dir, dataset_dir, group, first_from, references_dir)
+    render_plans(
+        settings,
+        [mode],
+        plans,
+        {mode: out},
+        lora_dir,
+        dataset_dir=dataset_dir,
+        group=group,
+        first_from=first_from,
+        references_dir=references_dir,
+    )
     state.wait_for_everyone()
     if group.is_main:
         remove_other_stories(out, [plan.story_id for plan in plans])

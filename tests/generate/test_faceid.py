@@ -122,7 +122,7 @@ def test_metadata_says_whose_face_the_identity_is(where, tmp_path, tiny_settings
     generate = tiny_settings.generate.model_copy(update={"steps": 2, "max_retries": 0, "reference": "faceid"})
     settings = tiny_settings.model_copy(update={"generate": generate})
     plan = plan_story(OfflinePlanner(settings.plan), settings.stories[0], settings.character)
-    render_plans(settings, ["ref_guided"], [plan], {"ref_guided": tmp_path}, lora_dir, tiny_dataset)
+    render_plans(settings, ["ref_guided"], [plan], {"ref_guided": tmp_path}, lora_dir, dataset_dir=tiny_dataset)
     meta = json.loads((tmp_path / plan.story_id / "metadata.json").read_text())
     assert meta["identity_from"] == where and meta["generate"]["reference"] == "faceid"
     assert len(meta["frames"]) == len(plan.frames)

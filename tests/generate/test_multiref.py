@@ -66,7 +66,7 @@ def test_multiref_renders_from_the_training_set_and_resumes(tmp_path, tiny_setti
     settings = _settings(tiny_settings)
     plan = _plan(settings)
     out = {"multiref": tmp_path / "multiref"}
-    render_plans(settings, ["multiref"], [plan], out, None, tiny_dataset, references_dir=tmp_path / "none")
+    render_plans(settings, ["multiref"], [plan], out, None, dataset_dir=tiny_dataset, references_dir=tmp_path / "none")
     story = out["multiref"] / plan.story_id
     meta = json.loads((story / "metadata.json").read_text())
     assert meta["mode"] == "multiref" and meta["lora_sha256"] is None
@@ -76,13 +76,15 @@ def test_multiref_renders_from_the_training_set_and_resumes(tmp_path, tiny_setti
     assert all(len(f["attempts"]) == 1 for f in meta["frames"])
     assert (meta["sampling"]["sampler"], meta["sampling"]["steps"]) == (None, 2)  # multiref's steps, not SDXL's
     mtime = (story / "metadata.json").stat().st_mtime_ns
-    render_plans(settings, ["multiref"], [plan], out, None, tiny_dataset, references_dir=tmp_path / "none")
+    render_plans(settings, ["multiref"], [plan], out, None, dataset_dir=tiny_dataset, references_dir=tmp_path / "none")
     assert (story / "metadata.json").stat().st_mtime_ns == mtime  # same inputs: kept
     # SDXL's knobs are not multiref's (the sampler's LoRAs are SDXL's too): its stories are kept
     sdxl = settings.generate.model_copy(
         update={"steps": 7, "lora_scale": 0.3, "negative_prompt": "x", "sampler": "lightning"}
     )
-    render_plans(settings.model_copy(update={"generate": sdxl}), ["multiref"], [plan], out, None, tiny_dataset)
+    render_plans(
+        settings.model_copy(update={"generate": sdxl}), ["multiref"], [plan], out, None, dataset_dir=tiny_dataset
+    )
     assert (story / "metadata.json").stat().st_mtime_ns == mtime
 
 
@@ -93,7 +95,15 @@ def test_the_reference_sheet_is_what_every_frame_is_rendered_from(tmp_path, tiny
     outs = {}
     for name, sheet in (("red", red), ("blue", blue)):
         outs[name] = tmp_path / f"out-{name}"
-        render_plans(settings, ["multiref"], [plan], {"multiref": outs[name]}, None, tiny_dataset, references_dir=sheet)
+        render_plans(
+            settings,
+            ["multiref"],
+            [plan],
+            {"multiref": outs[name]},
+            None,
+            dataset_dir=tiny_dataset,
+            references_dir=sheet,
+        )
     meta = json.loads((outs["red"] / plan.story_id / "metadata.json").read_text())
     assert meta["references"] == [{"name": "front.png", "why": "sheet"}]
     assert meta["selection"]["reference_face_backend"] is None
@@ -102,7 +112,9 @@ def test_the_reference_sheet_is_what_every_frame_is_rendered_from(tmp_path, tiny
     # editing the sheet re-renders the story
     mtime = (outs["red"] / plan.story_id / "metadata.json").stat().st_mtime_ns
     Image.new("RGB", (96, 128), (20, 220, 20)).save(red / "front.png")
-    render_plans(settings, ["multiref"], [plan], {"multiref": outs["red"]}, None, tiny_dataset, references_dir=red)
+    render_plans(
+        settings, ["multiref"], [plan], {"multiref": outs["red"]}, None, dataset_dir=tiny_dataset, references_dir=red
+    )
     assert (outs["red"] / plan.story_id / "metadata.json").stat().st_mtime_ns != mtime
 
 
@@ -117,7 +129,9 @@ def test_frame_1_as_a_further_reference_changes_only_the_later_frames(tmp_path, 
         settings = settings.model_copy(
             update={"generate": settings.generate.model_copy(update={"frames_per_batch": 1})}
         )
-        render_plans(settings, ["multiref"], [plan], {"multiref": out}, None, tiny_dataset, references_dir=sheet)
+        render_plans(
+            settings, ["multiref"], [plan], {"multiref": out}, None, dataset_dir=tiny_dataset, references_dir=sheet
+        )
         frames[first_frame] = _frames(out / plan.story_id)
     (plain_first, *plain_rest), (with_first, *with_rest) = frames[False], frames[True]
     assert np.array_equal(plain_first, with_first)
@@ -136,7 +150,7 @@ def test_calibrated_thresholds_decide_its_retries_and_an_sdxl_sampler_is_ignored
     plan = plan_story(OfflinePlanner(settings.plan), settings.stories[0], settings.character)
     out = tmp_path / "multiref"
     with caplog.at_level("WARNING", logger="storyboard.generate.multiref"):
-        render_plans(settings, ["multiref"], [plan], {"multiref": out}, None, tiny_dataset)
+        render_plans(settings, ["multiref"], [plan], {"multiref": out}, None, dataset_dir=tiny_dataset)
     assert "generate.sampler lightning is not used" in caplog.text
     meta = json.loads((out / plan.story_id / "metadata.json").read_text())
     assert meta["sampling"]["sampler"] is None and meta["sampling"]["steps"] == 2  # multiref's own, not lightning's 4
