@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
              -S generate.steps=10 -S train.compile=none
 
-.PHONY: install browser run tiny test lint print-tiny-flags compare
+.PHONY: install browser run tiny test lint deps print-tiny-flags compare
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ compare: install  ## Markdown report vs BASE (compare.md, printed) and `dvc plot
 
 lint: install
 	ruff check . && ruff format --check .
+
+deps: install  ## rewrite dvc.yaml's code deps from each stage's import closure (tests/test_dvc_contract.py checks)
+	python -m storyboard.deps dvc.yaml
 
 print-tiny-flags:
 	@echo $(TINY_FLAGS)

@@ -19,8 +19,8 @@ fast, resumable and portable.
 
 The parts: parts.py (the frozen SDXL models), latents.py (the inputs, computed once), trainer.py (LoRA layers,
 optimizer, one step), checkpoints.py, progress.py (the per-step log and validation samples), validation.py,
-sweep.py (train.select: best, which saved step becomes the LoRA), export.py (the weight files). This module runs
-them in order.
+kept.py (every saved step's LoRA and samples), steps.py (models/steps, which the select stage chooses from),
+export.py (the weight files). This module runs them in order.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from storyboard.fsutil import atomic_path, write_json
+from storyboard.fsutil import atomic_path
 from storyboard.log import logger
 from storyboard.models.compiling import warn_if_cudagraphs_skipped
 from storyboard.models.loading import Device
@@ -41,11 +41,11 @@ from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
 from storyboard.train.checkpoints import fetch_latest, fingerprint, latest_checkpoint, resume, save_checkpoint
 from storyboard.train.errors import TrainError
-from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS, export_kohya
+from storyboard.train.kept import KeptSteps
 from storyboard.train.latents import LatentCache, load_examples
 from storyboard.train.parts import SdxlParts
 from storyboard.train.progress import TrainLog
-from storyboard.train.sweep import StepScorer, Sweep, choose, sweep_metrics
+from storyboard.train.steps import write_steps
 from storyboard.train.trainer import LoraTrainer
 from storyboard.train.validation import validation_images
 
@@ -67,17 +67,19 @@ def train_lora(
     settings: Train,
     models: ModelSet,
     device: Device,
-    scorer: StepScorer | None = None,
-    metrics_path: Path | None = None,
 ) -> dict:
-    """Train, checkpoint every `checkpoint_every` steps, save the chosen LoRA (diffusers + kohya layouts).
+    """Train, checkpoint every `checkpoint_every` steps, and write every saved step's LoRA and validation samples
+    to `out_dir` (models/steps, storyboard/train/steps.py); the select stage chooses among them.
 
-    train.select best needs `scorer` (the stage passes sweep.ClipStepScorer); `metrics_path`: where the choice
-    and the per-step scores go (metrics/train.json)."""
-    if settings.select == "best" and scorer is None:
-        raise ValueError("train.select best needs a step scorer")
-    from diffusers import StableDiffusionXLPipeline
-
+    Args:
+        dataset_dir: the caption stage's folder (manifest.jsonl and images).
+        out_dir: where the saved steps go (replaced as a whole when training ends).
+        live_dir: the dvclive folder (loss, step time, validation samples).
+        checkpoint_root: checkpoints, one folder per run fingerprint, kept across runs for resuming.
+        settings: params.yaml's train section.
+        models: the active profile's models (base and VAE are trained on).
+        device: where to train.
+    """
     examples = load_examples(dataset_dir)
     accelerator, weight_dtype = _accelerator(settings, device)
     _seed_everything(settings.seed)
@@ -105,7 +107,7 @@ def train_lora(
         _say_other_process_counts(Path(checkpoint_root), settings, models, dataset_dir, resolution, processes)
     log = TrainLog(live_dir, run_dir / "validation", history, start_step, main)
     validating = bool(main and settings.validation.every and settings.validation.prompts)
-    sweep = Sweep(run_dir, settings.validation) if main and settings.select == "best" else None
+    kept = KeptSteps(run_dir, settings.validation) if main else None
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
     try:
         for step in bar:
@@ -115,14 +117,14 @@ def train_lora(
                 log.flush(trainer.learning_rate, bar)
                 if done == start_step + settings.log_every and main:  # the compiled step has run by now
                     warn_if_cudagraphs_skipped(settings.compile, settings.compile_mode, "train")
-            samples = None  # the validation samples of this step, when rendered: the sweep's are the same
+            samples = None  # the validation samples of this step, when rendered: the kept step's are the same
             if validating and done % settings.validation.every == 0 and done not in log.validated:
                 samples = validation_images(trainer, settings)
                 log.add_samples(done, samples)
             if done % settings.checkpoint_every == 0 and done < steps:
                 log.flush(trainer.learning_rate, bar)  # the checkpoint carries the history up to its own step
-                if sweep is not None and not sweep.has_step(done):  # before the checkpoint: a resume has it
-                    sweep.save_step(done, trainer.lora_layers(), samples or validation_images(trainer, settings))
+                if kept is not None and not kept.has_step(done):  # before the checkpoint: a resume has it
+                    kept.save_step(done, trainer.lora_layers(), samples or _samples(trainer, settings))
                 state = trainer.state(done)  # on every process: it gathers each one's random state
                 if main:
                     save_checkpoint(run_dir, {**state, "history": log.history}, settings.checkpoints_keep, mirror)
@@ -131,8 +133,8 @@ def train_lora(
         if validating and steps not in log.validated:
             samples = validation_images(trainer, settings)
             log.add_samples(steps, samples)
-        if sweep is not None and not sweep.has_step(steps):
-            sweep.save_step(steps, trainer.lora_layers(), samples or validation_images(trainer, settings))
+        if kept is not None and not kept.has_step(steps):
+            kept.save_step(steps, trainer.lora_layers(), samples or _samples(trainer, settings))
     except torch.cuda.OutOfMemoryError:
         raise TrainError(
             f"out of GPU memory at batch {settings.batch_size}, {resolution} px: lower train.batch_size (raise "
@@ -158,28 +160,18 @@ def train_lora(
     }
     final_state = trainer.state(steps)
     if main:
-        # Saved first: scoring the sweep may be killed too, and must not cost the training again.
         save_checkpoint(run_dir, {**final_state, "history": log.history}, settings.checkpoints_keep, mirror)
-        metrics = {"select": settings.select, "chosen_step": steps, "steps": []}
-        if sweep is not None:
-            scores = sweep.scores(scorer)
-            chosen = choose(scores, settings.select_tolerance)
-            logger.info("train.select best: step %d of %s", chosen.step, [s.step for s in scores])
-            metrics = sweep_metrics(settings, scores, chosen, sweep.publish_samples(scores, chosen, Path(live_dir)))
-        summary["chosen_step"] = metrics["chosen_step"]
         with atomic_path(Path(out_dir)) as staged:
-            if sweep is not None:
-                sweep.copy_lora(metrics["chosen_step"], staged)
-            else:
-                StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **trainer.lora_layers())
-            export_kohya(staged / LORA_WEIGHTS, staged / KOHYA_WEIGHTS)
-            write_json(staged / "training.json", summary)
-        if metrics_path is not None:
-            write_json(Path(metrics_path), {**metrics, "final_loss": summary["final_loss"]})
+            write_steps(staged, kept.published(steps), settings.validation.prompts, summary)
     if mirror is not None:
         mirror.wait()
     accelerator.wait_for_everyone()
     return summary
+
+
+def _samples(trainer: LoraTrainer, settings: Train) -> list:
+    """The validation samples of the LoRA as it is now; none without validation prompts."""
+    return validation_images(trainer, settings) if settings.validation.prompts else []
 
 
 def _say_other_process_counts(
