@@ -49,8 +49,9 @@ compare: install  ## Markdown report vs BASE (compare.md, printed) and `dvc plot
 lint: install
 	ruff check . && ruff format --check .
 
+# DEPS_FLAGS=--check: only say what would change (exit 1 if anything would).
 deps: install  ## rewrite dvc.yaml's code deps from each stage's import closure (tests/test_dvc_contract.py checks)
-	python -m storyboard.deps dvc.yaml
+	python -m storyboard.deps dvc.yaml $(DEPS_FLAGS)
 
 print-tiny-flags:
 	@echo $(TINY_FLAGS)
