@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storyboard.errors import StoryboardError
 from storyboard.fsutil import write_json
 from storyboard.train.export import LORA_WEIGHTS
 
@@ -38,7 +39,7 @@ class SavedSteps:
         for saved in self.steps:
             if saved.step == step:
                 return saved
-        raise ValueError(f"step {step} is not a saved step; saved: {[s.step for s in self.steps]}")
+        raise StoryboardError(f"step {step} is not a saved step; saved: {[s.step for s in self.steps]}")
 
 
 def write_steps(out_dir: Path, steps: list[SavedStep], prompts: list[str], training: dict) -> None:
@@ -60,11 +61,11 @@ def read_steps(folder: Path) -> SavedSteps:
     """The saved steps of `folder`, their paths under it; a clear error when it is not the train stage's output."""
     index = Path(folder) / INDEX
     if not index.is_file():
-        raise FileNotFoundError(f"{index} missing: {folder} is not the train stage's output (`dvc repro train`)")
+        raise StoryboardError(f"{index} missing: {folder} is not the train stage's output (`dvc repro train`)")
     data = json.loads(index.read_text(encoding="utf-8"))
     steps = [
         SavedStep(e["step"], Path(folder) / e["lora"], [Path(folder) / s for s in e["samples"]]) for e in data["steps"]
     ]
     if not steps:
-        raise ValueError(f"{index} lists no saved step: train again (`dvc repro -f train`)")
+        raise StoryboardError(f"{index} lists no saved step: train again (`dvc repro -f train`)")
     return SavedSteps(list(data["prompts"]), steps, dict(data["training"]))

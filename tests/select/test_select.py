@@ -14,6 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from storyboard.errors import StoryboardError
 from storyboard.select.sweep import SelectError, StepScore, choose, select_lora
 from storyboard.settings import Select
 from storyboard.train.lora import train_lora
@@ -126,7 +127,7 @@ def test_select_last_or_a_given_step_scores_nothing(steps_dir, tmp_path):
 
 
 def test_select_reads_only_the_train_stages_output(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"steps.json missing: .* is not the train stage's output"):
+    with pytest.raises(StoryboardError, match=r"steps.json missing: .* is not the train stage's output"):
         _select(tmp_path / "nowhere", tmp_path, None, tmp_path / "cache", step="last")
 
 

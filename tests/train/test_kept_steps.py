@@ -82,7 +82,13 @@ def test_the_fingerprint_covers_the_code_that_shapes_the_weights_only(tmp_path):
             path.write_text(original)
 
     # evaluate's scorer (the select stage's), the log, the remote mirror, the models/steps index: no retraining
-    for rel in ("storyboard/evaluate/scores.py", "storyboard/log.py", "storyboard/remote.py", "storyboard/train/steps.py"):
+    unshaping = (
+        "storyboard/evaluate/scores.py",
+        "storyboard/log.py",
+        "storyboard/remote.py",
+        "storyboard/train/steps.py",
+    )
+    for rel in unshaping:
         assert edited(rel) == first, rel
     for rel in ("storyboard/train/trainer.py", "storyboard/train/latents.py", "stages/train.py"):
         assert edited(rel) != first, rel
