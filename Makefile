@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
              -S generate.steps=10 -S train.compile=none
 
-.PHONY: install browser run tiny test lint deps print-tiny-flags compare
+.PHONY: install browser run tiny test test-fast lint deps print-tiny-flags compare readme-dag
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,17 @@ browser:
 test: install browser  ## unit tests, browser tests and the end-to-end tiny pipeline run
 	pytest
 
-# The pull-request comparison: params, metrics per mode and per story, plots, of the workspace against BASE.
+# Unit tests only: no dvc end to end, browser, several processes, S3 server or slow tests (docs/contributing.md).
+FAST = not e2e and not slow and not browser and not multiprocess and not server
+test-fast: install  ## the unit tests a contributor runs before each commit (minutes on 2 cores)
+	pytest -m "$(FAST)"
+
+# The pull-request comparison of the workspace against BASE (docs/compare.md): what moved leads, the rest folded.
+# COMPARE_FLAGS: e.g. --tolerance score=0.02, or --artifacts-url URL (CI: where the chart and plots are kept).
 BASE ?= main
-compare: install  ## Markdown report vs BASE (compare.md, printed) and `dvc plots diff` HTML (compare-plots/)
-	python -m storyboard.cli compare $(BASE) --out compare.md --plots compare-plots
+COMPARE_FLAGS ?=
+compare: install  ## Markdown report vs BASE (compare.md, printed), its chart (compare.png), `dvc plots diff` (compare-plots/)
+	python -m storyboard.cli compare $(BASE) --out compare.md --plots compare-plots $(COMPARE_FLAGS)
 
 lint: install
 	ruff check . && ruff format --check .
@@ -55,3 +62,7 @@ deps: install  ## rewrite dvc.yaml's code deps from each stage's import closure 
 
 print-tiny-flags:
 	@echo $(TINY_FLAGS)
+
+# README.md's pipeline picture, redrawn from dvc.yaml (tests/test_readme.py checks it is current).
+readme-dag: install
+	python scripts/readme_dag.py

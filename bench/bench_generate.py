@@ -10,8 +10,11 @@ Implementations:
 - baseline: plain diffusers usage, one frame per pipeline call, LoRA loaded with load_lora_weights (not fused),
   the IP-Adapter via load_ip_adapter, a random condition image and a random reference image.
 - batched: the same plain diffusers pipeline, but the story's frames in one call (a batch of prompts, one
-  generator per frame; ref_guided: one condition image per frame and one reference image for the batch): what a
-  competent diffusers user writes, and the baseline every speed-up of "ours" must also be stated against.
+  generator per frame; ref_guided: one condition image per frame and one reference image for the batch), the LoRA
+  fused as diffusers' docs show (load_lora_weights, fuse_lora): what a competent diffusers user writes, and the
+  baseline every speed-up of "ours" must also be stated against.
+- batched_compiled: batched with the UNet (and ControlNet) under torch.compile (mode default, fullgraph): the
+  baseline of every compiled path of "ours".
 - ours: the project's own StoryRenderer.render (CLIP check included, thresholds at -1 so nothing is redone):
   all frames of the story in one call, a batch of prompts with one seeded CPU generator per frame;
   ref_guided renders frame 1 alone (a plain SDXL pipeline over the same components: no ControlNet pass, the
@@ -19,8 +22,8 @@ Implementations:
   On top: the LoRA fused into the UNet (fuse_lora + unload_lora_weights, as load_renderers does; --no-fuse
   keeps it as separate peft layers for comparison), optional torch.compile of UNet and ControlNet
   (generate.compile, applied by StoryRenderer; it compiles the VAE decoder too), optional quantization of their
-  Linear layers (generate.quantize: int8 or fp8 with torchao), optional channels_last. The VAE decodes in bf16
-  (the fp16-fix VAE config; diffusers never upcasts a bf16 VAE).
+  Linear layers (generate.quantize: int8 or fp8 with torchao), the kernel knobs (generate.attention, channels_last,
+  fuse_qkv). The VAE decodes in bf16 (the fp16-fix VAE config; diffusers never upcasts a bf16 VAE).
 
 Both impls get the same negative prompt, steps, guidance and scales (params.yaml's generate section).
 
@@ -71,7 +74,7 @@ from storyboard.log import logger, setup_logging  # noqa: E402
 from storyboard.story.poses import POSE_NAMES  # noqa: E402
 
 MODES = ("baseline", "lora", "ref_guided")
-IMPLS = ("baseline", "batched", "ours")
+IMPLS = ("baseline", "batched", "batched_compiled", "ours")
 
 # params.yaml, generate: and character: (copied, not read: the settings module needs pydantic, which the GPU
 # image may lack, and these values only need to be realistic).
@@ -99,13 +102,19 @@ LORA_RANK = 64
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def story(frames: int) -> tuple[list[str], list[str]]:
-    """Prompts (as frames.py's frame_prompt builds them) and pose labels for a story of `frames` frames."""
-    prompts, poses = [], []
-    for i in range(frames):
-        prompts.append(f"{CHARACTER}, {SCENES[i % len(SCENES)]}, medium shot, the steppe, {STYLE}")
-        poses.append(POSE_NAMES[i % len(POSE_NAMES)])
-    return prompts, poses
+SETTING = "the steppe"
+
+
+def shot(i: int) -> str:
+    return "close-up" if i == 0 else "medium"  # frame 1 is the identity reference: a plan requires a close-up
+
+
+def story(frames: int) -> tuple[list[str], list[str], list[str]]:
+    """Scenes, the prompts frames.py's frame_prompt builds of them (what the plain impls are given) and pose
+    labels, for a story of `frames` frames."""
+    scenes = [SCENES[i % len(SCENES)] for i in range(frames)]
+    prompts = [f"{CHARACTER}, {scene}, {shot(i)} shot, {SETTING}, {STYLE}" for i, scene in enumerate(scenes)]
+    return scenes, prompts, [POSE_NAMES[i % len(POSE_NAMES)] for i in range(frames)]
 
 
 def random_image(size: int, seed: int) -> Image.Image:
@@ -120,12 +129,23 @@ class Run:
         self.impl, self.mode, self.args, self.device = impl, mode, args, device
         kind = "controlnet" if mode == "ref_guided" else "sdxl"
         pipe = sdxl.build_pipeline(kind, args.torch_dtype, device, small=args.small, seed=args.seed)
+        if args.sampler != "standard":
+            # Both impls as a diffusers user sets up a few-step LoRA (load, fuse, the card's scheduler); ours
+            # through the project's own calls.
+            from storyboard.generate.samplers import sampler_of, use_scheduler
+
+            pipe.load_lora_weights(
+                str(files["sampler"]), weight_name="pytorch_lora_weights.safetensors", adapter_name="sampler"
+            )
+            pipe.fuse_lora(adapter_names=["sampler"])
+            pipe.unload_lora_weights()
+            use_scheduler(pipe, sampler_of(args.sampler))
         if mode != "baseline":
             pipe.load_lora_weights(
                 str(files["lora"]), weight_name="pytorch_lora_weights.safetensors", adapter_name="character"
             )
             pipe.set_adapters(["character"], adapter_weights=[LORA_SCALE])
-            if impl == "ours" and not args.no_fuse:
+            if impl in ("batched", "batched_compiled") or (impl == "ours" and not args.no_fuse):
                 # Fused: the LoRA delta is added into the UNet's weights once, so each step runs the plain
                 # UNet instead of base + two low-rank matmuls per projection. Unloading then drops the peft
                 # wrappers; the fused weights stay.
@@ -140,14 +160,14 @@ class Run:
             )
             pipe.set_ip_adapter_scale(IP_ADAPTER_SCALE)
         pipe.set_progress_bar_config(disable=True)
-        if impl == "ours":
-            if args.channels_last:
-                pipe.unet.to(memory_format=torch.channels_last)
-                if mode == "ref_guided":
-                    pipe.controlnet.to(memory_format=torch.channels_last)
+        if impl == "batched_compiled":
+            # What a competent diffusers user compiles: the UNet (and ControlNet), whole, mode default.
+            pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+            if mode == "ref_guided":
+                pipe.controlnet = torch.compile(pipe.controlnet, fullgraph=True)
         self.pipe = pipe
         self.size = args.resolution
-        self.prompts, self.poses = story(args.frames)
+        self.scenes, self.prompts, self.poses = story(args.frames)
 
     def _common(self, prompts: list[str], seeds: list[int]) -> dict[str, Any]:
         a = self.args
@@ -216,25 +236,43 @@ class Run:
             compile=a.compile,  # applied by StoryRenderer, as in the stage
             compile_mode=a.compile_mode,
             quantize=a.quantize,  # applied by StoryRenderer too
+            attention=a.attention,  # and the kernel knobs
+            channels_last=a.channels_last,
+            fuse_qkv=a.fuse_qkv,
         )
         device = Device(self.device, a.torch_dtype)
         model, processor = sdxl.build_clip_scorer_model(self.device, small=a.small, seed=a.seed)
         scorer = ClipScorer.from_model(model, processor, device)
         character = Character(name="Aldar Kose", trigger="aldar_kose_man", description=CHARACTER.split(", ", 2)[2])
-        return StoryRenderer(self.mode, self.pipe, settings, character, scorer, device)
+        renderer = StoryRenderer(self.mode, self.pipe, settings, character, scorer, device)
+        # Where a story's wall time goes besides the pipeline calls: the bench's own stopwatches around the
+        # renderer's prompt encoding and CLIP text check (each drains the GPU first, so pipeline work queued
+        # before it is not counted in it).
+        self.host = {"encode_s": 0.0, "text_check_s": 0.0}
+        renderer.encode = _stopwatch(renderer.encode, self.host, "encode_s", self.device)
+        scorer.text_scores = _stopwatch(scorer.text_scores, self.host, "text_check_s", self.device)
+        return renderer
 
     def _plan(self):
+        from storyboard.generate.frames import frame_prompt
         from storyboard.story.plan import Frame, StoryPlan
 
         frames = [
-            Frame(scene=p, shot="close-up" if i == 0 else "medium", pose=self.poses[i], setting="the steppe")
-            for i, p in enumerate(self.prompts)
+            Frame(scene=scene, shot=shot(i), pose=pose, setting=SETTING)
+            for i, (scene, pose) in enumerate(zip(self.scenes, self.poses, strict=True))
         ]
+        # The renderer builds its prompts from the plan: they must be the very prompts the plain impls are given.
+        r = self.renderer
+        assert [frame_prompt(f, r.character, r.settings.style) for f in frames] == self.prompts
         return StoryPlan(story_id="bench", story="bench", planner="offline", frames=frames)
 
     def ours_story(self) -> list[Image.Image]:
+        from storyboard.models.prompts import _parsed
+
         if not hasattr(self, "renderer"):
             self.renderer = self._ours_renderer()
+        # Every story parses its prompts anew: the stage parses them while its models load, which this leaves out.
+        _parsed.cache_clear()
         plan = self._plan()
         first = None
         if self.args.first_from_lora and self.mode == "ref_guided":
@@ -257,7 +295,7 @@ class Run:
         if self.impl == "baseline":
             self.baseline_frame(0)
             return
-        if self.impl == "batched":
+        if self.impl.startswith("batched"):
             self.batched_story()
             return
         if not hasattr(self, "renderer"):
@@ -275,13 +313,29 @@ class Run:
         """All frames of the story; returns the images and the number of pipeline calls."""
         if self.impl == "baseline":
             return [self.baseline_frame(i) for i in range(len(self.prompts))], len(self.prompts)
-        if self.impl == "batched":
+        if self.impl.startswith("batched"):
             return self.batched_story(), 1
+        from storyboard.generate.sharing import batch_size
+
         images = self.ours_story()
-        per_batch, frames = self.args.frames_per_batch, len(images)
+        frames, processes = len(images), self.args.processes
         if self.mode != "ref_guided":
-            return images, -(-frames // per_batch)
-        return images, (0 if self.args.first_from_lora else 1) + -(-(frames - 1) // per_batch)
+            return images, -(-frames // batch_size(frames, self.args.frames_per_batch, processes))
+        later = frames - 1
+        calls = -(-later // batch_size(later, self.args.frames_per_batch, processes))
+        return images, (0 if self.args.first_from_lora else 1) + calls
+
+
+def _stopwatch(fn, totals: dict[str, float], key: str, device: torch.device):
+    def timed_call(*args, **kwargs):
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        synchronize(device)
+        totals[key] += time.perf_counter() - t0
+        return out
+
+    return timed_call
 
 
 def build_files(args: argparse.Namespace, device: torch.device, workdir: Path, write: bool = True) -> dict[str, Path]:
@@ -289,9 +343,18 @@ def build_files(args: argparse.Namespace, device: torch.device, workdir: Path, w
     paths of those another process wrote."""
     modes = parse_list(args.modes)
     if not write:
-        named = {"lora": any(m != "baseline" for m in modes), "ip_adapter": "ref_guided" in modes}
+        named = {
+            "lora": any(m != "baseline" for m in modes),
+            "ip_adapter": "ref_guided" in modes,
+            "sampler": args.sampler != "standard",
+        }
         return {name: workdir / name for name, wanted in named.items() if wanted}
     files = {}
+    if args.sampler != "standard":
+        # A random LoRA of a rank-64 distillation LoRA's size: fused into the UNet, its values cost nothing.
+        files["sampler"] = sdxl.build_lora_files(
+            workdir / "sampler", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small, seed=args.seed + 1
+        )
     if any(m != "baseline" for m in modes):
         files["lora"] = sdxl.build_lora_files(
             workdir / "lora", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small, seed=args.seed
@@ -316,7 +379,9 @@ def run_one(
             fused_lora=mode != "baseline" and not args.no_fuse,
             compile=args.compile,
             quantize=args.quantize,
+            attention=args.attention,
             channels_last=args.channels_last,
+            fuse_qkv=args.fuse_qkv,
             frames_per_batch=args.frames_per_batch,
             processes=args.processes,
         )
@@ -333,6 +398,9 @@ def run_one(
         with gpu_turn(args.gpu_lock, measuring=False):
             warmup_s, _ = timed(run.warmup, device)
         result["warmup_s"] = round(warmup_s, 2)
+        host = getattr(run, "host", None)
+        if host is not None:
+            host.update(dict.fromkeys(host, 0.0))  # the warmup's are not the timed stories'
         with gpu_turn(args.gpu_lock, measuring=True):
             reset_peak(device)
             total, calls, images = 0.0, 0, []
@@ -340,7 +408,9 @@ def run_one(
                 seconds, (images, n) = timed(run.timed_story, device)
                 total += seconds
                 calls += n
-        frames = args.frames * args.stories
+        # With frame 1 handed over from lora, ref_guided renders the other frames: its figures are per frame rendered.
+        handed_over = args.first_from_lora and mode == "ref_guided" and impl == "ours"
+        frames = (args.frames - handed_over) * args.stories
         mem = memory(device)
         if args.profile:
             # Under the profiler, outside the timed region: one frame for the baseline impl (its frames are
@@ -358,6 +428,7 @@ def run_one(
             frames_per_s=round(frames / total, 4),
             peak_allocated_gib=mem["peak_allocated_gib"],
             peak_reserved_gib=mem["peak_reserved_gib"],
+            **({f"{k}_per_story": round(v / args.stories, 3) for k, v in host.items()} if host else {}),
             # Random weights draw noise; a NaN anywhere would still show as a constant black image.
             last_image_std=round(float(arr.std()), 2),
         )
@@ -389,13 +460,22 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="frames per story (8; 2 with --small)")
     parser.add_argument("--stories", type=int, default=1, help="timed stories per config")
     parser.add_argument(
-        "--frames-per-batch", type=int, default=4, help="ours: generate.frames_per_batch (the shipped default, 4)"
+        "--frames-per-batch",
+        type=lambda v: v if v == "auto" else int(v),
+        default="auto",
+        help="ours: generate.frames_per_batch (the shipped default, auto)",
     )
     parser.add_argument(
         "--warmup-steps", type=int, default=None, help="ours: denoising steps of the untimed story (default --steps)"
     )
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (30; 2 with --small)")
     parser.add_argument("--guidance", type=float, default=6.0)
+    parser.add_argument(
+        "--sampler",
+        default="standard",
+        choices=["standard", "lightning", "hyper-sd"],
+        help="generate.sampler for every impl: a random distillation LoRA fused in, its scheduler, steps and guidance",
+    )
     parser.add_argument("--resolution", type=int, default=None, help="pixels (1024; 64 with --small)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--no-fuse", action="store_true", help="ours: keep the LoRA unfused (for comparison)")
@@ -416,7 +496,11 @@ def main() -> None:
         choices=["none", "int8", "fp8"],
         help="ours: generate.quantize (torchao, the denoisers' Linear layers; changes the numbers a little)",
     )
-    parser.add_argument("--channels-last", action="store_true", help="ours: channels_last UNet/ControlNet")
+    parser.add_argument(
+        "--attention", default="auto", choices=["auto", "cudnn", "flash", "efficient"], help="ours: generate.attention"
+    )
+    parser.add_argument("--channels-last", action="store_true", help="ours: generate.channels_last")
+    parser.add_argument("--fuse-qkv", action="store_true", help="ours: generate.fuse_qkv")
     parser.add_argument(
         "--first-from-lora",
         action="store_true",
@@ -457,6 +541,11 @@ def main() -> None:
         for item in parse_list(value):
             if item not in allowed:
                 parser.error(f"unknown {what} {item!r}; use {', '.join(allowed)}")
+    if args.sampler != "standard":
+        from storyboard.generate.samplers import sampler_of
+
+        chosen = sampler_of(args.sampler)
+        args.steps, args.guidance = args.steps or chosen.steps, chosen.guidance_scale
     args.frames = args.frames or (2 if args.small else 8)
     args.steps = args.steps or (2 if args.small else 30)
     args.resolution = args.resolution or (sdxl.SMALL_RESOLUTION if args.small else 1024)
@@ -473,6 +562,7 @@ def main() -> None:
             "stories": args.stories,
             "steps": args.steps,
             "guidance": args.guidance,
+            "sampler": args.sampler,
             "resolution": args.resolution,
             "dtype": args.dtype,
             "lora_rank": LORA_RANK,

@@ -14,6 +14,7 @@ Written under `root/<hub id>/`:
     openai/clip-vit-large-patch14/              CLIPModel + CLIPProcessor (tokenizer, image processor)
     facebook/dinov2-base/                       Dinov2Model + BitImageProcessor (generate's likeness check)
     IDEA-Research/grounding-dino-tiny/          GroundingDinoForObjectDetection + processor (evaluate's locator)
+    black-forest-labs/FLUX.2-klein-4B/          Flux2KleinPipeline (generate@multiref; bench_reference.py builds it)
 
 Grounding DINO's tokenizer is BERT's WordPiece; bert-base-uncased's vocab.txt cannot be had offline, so the folder
 gets the tiny profile's letter vocabulary (storyboard.models.tiny.detector_vocab) in a full-size 30,522-row
@@ -39,6 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_reference import HUB_ID as KLEIN  # noqa: E402
+from bench_reference import build_full_size as build_klein  # noqa: E402
 from sdxl_from_config import (  # noqa: E402
     build_clip_scorer_model,
     build_controlnet,
@@ -146,6 +149,17 @@ def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dic
             build(root / hub_id, small=small, seed=seed)
             _mark(root / hub_id)
             timings[hub_id.split("/")[1]] = time.perf_counter() - t
+    if not _done(root / KLEIN):
+        t = time.perf_counter()
+        torch.manual_seed(seed)
+        if small:
+            from storyboard.models.tiny import build_flux2_klein
+
+            build_flux2_klein(root / KLEIN, root / "_qwen_tokenizer")
+        else:
+            build_klein(root / KLEIN, torch.device(device))
+        _mark(root / KLEIN)
+        timings["flux2_klein"] = time.perf_counter() - t
     if device == "cuda":
         torch.cuda.empty_cache()
     logger.info("model folders in %s (%s)", root, ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
@@ -160,6 +174,7 @@ def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dic
         "models.sdxl.clip": str(clip_dir),
         "models.sdxl.likeness": str(root / LIKENESS),
         "models.sdxl.detector": str(root / DETECTOR),
+        "models.sdxl.multiref": str(root / KLEIN),
     }
 
 

@@ -1,8 +1,10 @@
-"""generate stage: bring outputs/<mode> up to date with the plans, in one mode (baseline | lora | ref_guided).
+"""generate stage: bring outputs/<mode> up to date with the plans, in one mode (baseline | lora | ref_guided |
+multiref).
 
 Stories rendered before from the same inputs are kept (a killed run resumes); the others are rendered. ref_guided
 takes each story's frame 1 from the lora mode's outputs (--first-from) when lora rendered it from the same inputs:
-the LoRA alone, the same prompt and seeds, so the same frame, not rendered twice.
+the LoRA alone, the same prompt and seeds, so the same frame, not rendered twice. multiref reads the user's
+reference sheet (--references) when it holds images, else it chooses references from the training set (--dataset).
 Several GPUs: `python -m storyboard.launch stages.generate <same arguments>` (dvc.yaml's command) runs a process per
 GPU; each renders a share of every story's frame batches, and the frames are the same bytes as one process makes.
 """
@@ -26,6 +28,7 @@ def arguments(parser) -> None:
     parser.add_argument(
         "--first-from", help="ref_guided: the lora mode's output folder, whose frames 1 it takes when they are current"
     )
+    parser.add_argument("--references", help="multiref: the reference sheet folder (its images are the references)")
 
 
 def main(args, settings) -> None:
@@ -38,6 +41,7 @@ def main(args, settings) -> None:
         Path(args.lora) if args.lora else None,
         Path(args.dataset) if args.dataset else None,
         Path(args.first_from) if args.first_from else None,
+        Path(args.references) if args.references else None,
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from storyboard.models.loading import Device, model_set
 from storyboard.stage import run_stage
+from storyboard.train.kohya import lora_card
 from storyboard.train.lora import train_lora
 
 
@@ -26,6 +27,7 @@ def main(args, settings) -> None:
         settings.train,
         model_set(settings),
         Device.from_runtime(settings.runtime),
+        card=lora_card(settings),
     )
 
 

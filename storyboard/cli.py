@@ -26,7 +26,7 @@ def _generate(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{story.id}.plan.json").write_text(plan_to_json(plan), encoding="utf-8")
     modes = MODES if args.mode == "all" else (args.mode,)
-    lora = None if modes == ("baseline",) else Path(args.lora)
+    lora = None if set(modes) <= {"baseline", "multiref"} else Path(args.lora)
     dataset = Path(args.dataset)
     if not (dataset / "manifest.jsonl").exists():
         if args.dataset != DEFAULT_DATASET:
@@ -37,7 +37,15 @@ def _generate(args) -> None:
         logger.info("no training set at %s: the likeness check compares frames with frame 1 only", dataset)
         dataset = None
     # One run for all modes: the models load once and ref_guided reuses lora's frame 1.
-    written = render_plans(settings, modes, [plan], {mode: out / mode for mode in modes}, lora, dataset)
+    written = render_plans(
+        settings,
+        modes,
+        [plan],
+        {mode: out / mode for mode in modes},
+        lora,
+        dataset,
+        references_dir=Path(args.references),
+    )
     for folders in written.values():
         for folder in folders:
             logger.info("contact sheet: %s", folder / "contact_sheet.png")
@@ -60,13 +68,18 @@ def _tiny_models(args) -> None:
 
 
 def _compare(args) -> None:
-    from storyboard.compare import compare, render_markdown
+    from storyboard.compare import compare, render_markdown, tolerances_from, write_chart
 
-    plots = None if args.no_plots else Path(args.plots)
-    report = render_markdown(compare(args.base, args.head, plots))
-    if args.out:
-        Path(args.out).write_text(report, encoding="utf-8")
-        logger.info("comparison written to %s", args.out)
+    tolerances = tolerances_from(args.tolerance)
+    result = compare(args.base, args.head, None if args.no_plots else Path(args.plots))
+    out = Path(args.out)
+    chart = None if args.no_chart else write_chart(result, out.with_suffix(".png"))
+    # The chart lies beside the report, so the report names it by file name alone.
+    report = render_markdown(
+        result, tolerances=tolerances, chart=chart and chart.name, artifacts_url=args.artifacts_url or None
+    )
+    out.write_text(report, encoding="utf-8")
+    logger.info("comparison written to %s%s", out, f" (chart {chart})" if chart else "")
     sys.stdout.write(report)
 
 
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     gen = sub.add_parser("generate", help="plan a story and render it (all modes by default)")
     gen.add_argument("--story", required=True, help='one line, e.g. "Aldar Kose tricks a merchant"')
-    gen.add_argument("--mode", default="all", choices=("all", "baseline", "lora", "ref_guided"))
+    gen.add_argument("--mode", default="all", choices=("all", "baseline", "lora", "ref_guided", "multiref"))
     gen.add_argument("--lora", default="models/lora", help="trained LoRA folder (default: %(default)s)")
     gen.add_argument("--out", default="outputs/adhoc", help="output folder (default: %(default)s)")
     gen.add_argument(
@@ -85,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_DATASET,
         help="captioned training set: the likeness check's references and faceid's fallback identity "
         "(default: %(default)s, skipped when absent)",
+    )
+    gen.add_argument(
+        "--references",
+        default="data/references",
+        help="multiref: your reference sheet (its images; when it holds none, references come from --dataset)",
     )
     gen.set_defaults(func=_generate)
 
@@ -95,12 +113,26 @@ def main(argv: list[str] | None = None) -> None:
     tiny = sub.add_parser("build-tiny-models", help="build the tiny profile's random-weight models")
     tiny.set_defaults(func=_tiny_models)
 
+    from storyboard.compare.figures import RATE_TOLERANCE, SCORE_TOLERANCE
+
     comp = sub.add_parser("compare", help="Markdown report for a pull request: params, metrics and plots vs a base")
     comp.add_argument("base", help="commit, branch or tag to compare against, e.g. main")
     comp.add_argument("--head", help="revision to compare (default: the workspace)")
     comp.add_argument("--out", default="compare.md", help="Markdown file (default: %(default)s; also printed)")
     comp.add_argument("--plots", default="compare-plots", help="folder for `dvc plots diff` HTML (%(default)s)")
     comp.add_argument("--no-plots", action="store_true", help="skip the plots")
+    comp.add_argument("--no-chart", action="store_true", help="skip the chart PNG written beside the report")
+    comp.add_argument(
+        "--tolerance",
+        action="append",
+        metavar="NAME=VALUE",
+        help=f"how far a headline figure may move and read as unchanged: score={SCORE_TOLERANCE:g} (similarities, "
+        f"CLIP text), rate={RATE_TOLERANCE:g} (detection rates) or a figure, e.g. vistorybench_self_cids=0.005 "
+        "(repeatable)",
+    )
+    comp.add_argument(
+        "--artifacts-url", help="where CI keeps the chart and the plots (the report links there instead of paths)"
+    )
     comp.set_defaults(func=_compare)
 
     from storyboard.evaluate.study.cli import add_commands as add_study_commands

@@ -39,9 +39,18 @@ def read_manifest(dataset_dir: Path) -> list[ManifestRecord]:
         return [ManifestRecord(**json.loads(line)) for line in f if line.strip()]
 
 
-def load_training_images(dataset_dir: Path | None) -> list[Image.Image]:
-    """The training images: the character as the user drew it, for likeness checks and cross figures."""
+def training_records(dataset_dir: Path | None) -> list[ManifestRecord]:
+    """The manifest's usable pictures, in its order; none without a dataset (`storyboard generate` ad hoc)."""
     if dataset_dir is None or not (Path(dataset_dir) / "manifest.jsonl").exists():
         return []
-    records = [r for r in read_manifest(dataset_dir) if r.status == "ok"]
-    return [Image.open(Path(dataset_dir) / "images" / r.image).convert("RGB") for r in records]
+    return [r for r in read_manifest(dataset_dir) if r.status == "ok"]
+
+
+def load_training_images(dataset_dir: Path | None) -> list[Image.Image]:
+    """The training images: the character as the user drew it, for likeness checks and cross figures."""
+    return [Image.open(Path(dataset_dir) / "images" / r.image).convert("RGB") for r in training_records(dataset_dir)]
+
+
+def load_training_captions(dataset_dir: Path | None) -> list[str | None]:
+    """The training images' captions, in the order of `load_training_images`."""
+    return [r.caption for r in training_records(dataset_dir)]

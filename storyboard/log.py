@@ -27,6 +27,12 @@ def quiet_model_libraries() -> None:
     """No per-file "Loading weights" bars from the model libraries (they hide the stage's own progress bar), and
     their errors only, also when they were imported before setup_logging. Called before each model load, after
     the loader's own import: a library not imported yet is left unimported (evaluate never needs diffusers)."""
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import logging as hub_logging
+
+        # huggingface_hub prints through a handler of its own and also passes each record up to the root
+        # logger's: every retry warning came out twice. Its own handler alone prints it once.
+        hub_logging.disable_propagation()
     if "diffusers" in sys.modules:
         from diffusers.utils import logging as diffusers_logging
 

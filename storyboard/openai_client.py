@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,3 +96,9 @@ class ChatEndpoint:
         if not getattr(reply, "choices", None):  # a non-JSON content type comes back as plain text
             raise fail(f"{self.what} sent a reply without choices ({str(reply)[:100]!r}); {not_openai}")
         return reply
+
+
+def strip_thinking(text: str) -> str:
+    """A reply without a reasoning model's `<think>...</think>` block, which some local servers (Ollama, llama.cpp
+    with Qwen3 or DeepSeek-R1) leave in the content; an unclosed one (cut at max_tokens) runs to the end."""
+    return re.sub(r"<think>.*?(?:</think>|$)", "", text, flags=re.DOTALL | re.IGNORECASE).strip()

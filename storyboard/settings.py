@@ -37,9 +37,12 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"
 # device, fp8 needs a GPU of compute capability 8.9 or newer (H100, L4, RTX 40xx). Both change the frames a
 # little; none keeps the model's own precision.
 Quantize = Literal["none", "int8", "fp8"]
-# The three ways generate renders a story; each is its own DVC stage (generate@<mode>), and evaluate compares them.
-Mode = Literal["baseline", "lora", "ref_guided"]
-MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided")
+# The attention kernel tried first (storyboard/models/kernels.py); auto: torch's own order.
+Attention = Literal["auto", "cudnn", "flash", "efficient"]
+# The four ways generate renders a story; each is its own DVC stage (generate@<mode>), and evaluate compares them.
+# multiref: no LoRA, a multi-reference image model (FLUX.2 klein) fed reference images of the character.
+Mode = Literal["baseline", "lora", "ref_guided", "multiref"]
+MODES: tuple[Mode, ...] = ("baseline", "lora", "ref_guided", "multiref")
 
 
 class Character(_Section):
@@ -68,6 +71,18 @@ class ModelSet(_Section):
     faceid_adapter_subfolder: str = ""
     faceid_adapter_weight: str | None = None
     controlnet: str
+    lightning_lora: str = Field(
+        "ByteDance/SDXL-Lightning", description="generate.sampler lightning: the 4-step distillation LoRA's repo"
+    )
+    lightning_lora_weight: str = "sdxl_lightning_4step_lora.safetensors"
+    hyper_sd_lora: str = Field(
+        "ByteDance/Hyper-SD", description="generate.sampler hyper-sd: the 8-step CFG distillation LoRA's repo"
+    )
+    hyper_sd_lora_weight: str = "Hyper-SDXL-8steps-CFG-lora.safetensors"
+    multiref: str = Field(
+        "black-forest-labs/FLUX.2-klein-4B",
+        description="generate@multiref: a FLUX.2 klein pipeline (Flux2KleinPipeline) that takes reference images",
+    )
     clip: str = Field(description="CLIP: generate's text check; evaluate's text and character (CIDS) scores")
     likeness: str = Field(
         "facebook/dinov2-base", description="DINOv2: generate's likeness check only (never an evaluate score)"
@@ -204,7 +219,11 @@ class Select(_Section):
 
 class Plan(_Section):
     backend: Literal["openai", "offline"] = "openai"
-    structured_output: bool = Field(True, description="ask for the JSON schema; falls back to JSON mode")
+    structured_output: bool = Field(
+        True,
+        description="ask the endpoint to enforce the plan's JSON schema (then JSON mode, then nothing, as far as it "
+        "takes them); false: no response_format at all, for local servers whose schema or JSON mode misbehaves",
+    )
     min_frames: Annotated[int, Field(ge=2, le=16)] = 6
     max_frames: Annotated[int, Field(ge=2, le=16)] = 10
     scene_tokens: Annotated[int, Field(ge=8, le=75)] = Field(
@@ -219,6 +238,53 @@ class Plan(_Section):
         return self
 
 
+# A frame check's threshold: a cosine, or auto (calibrated on the training set, see Calibration).
+Threshold = Literal["auto"] | Annotated[float, Field(ge=-1, le=1)]
+Percentile = Annotated[float, Field(ge=0, le=100)]
+
+
+class Calibration(_Section):
+    """How the `auto` thresholds are computed, once per run, from the training pictures (docs/frame-checks.md)."""
+
+    clip_percentile: Percentile = Field(
+        5, description="percentile of the training pictures' CLIP scores against their own captions"
+    )
+    likeness_percentile: Percentile = Field(
+        5, description="percentile of the training pictures' likeness to each other (the check's own formula)"
+    )
+    min_images: Annotated[int, Field(ge=2)] = Field(
+        5, description="fewer usable training pictures than this: the fallback, with a warning"
+    )
+    clip_fallback: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.25, description="the text threshold when it can't be calibrated (no dataset, too few or template captions)"
+    )
+    likeness_fallback: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.70, description="the likeness threshold when it can't be calibrated (no dataset, too few pictures)"
+    )
+
+
+class Multiref(_Section):
+    """generate@multiref's own knobs. Defaults from the FLUX.2 klein 4B model card: 4 steps (step-distilled), no
+    classifier-free guidance (the distilled model ignores guidance_scale)."""
+
+    steps: PositiveInt = 4
+    guidance_scale: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="classifier-free guidance; only a non-distilled klein (klein base) uses it"
+    )
+    references: Annotated[int, Field(ge=1, le=8)] = Field(
+        2,
+        description="training images chosen as references when data/references holds none: the clearest face, "
+        "then the fullest figures",
+    )
+    reference_size: Annotated[int, Field(ge=64, le=2048)] | None = Field(
+        None, description="longest side of each reference image fed to the model; None: the frame's resolution"
+    )
+    first_frame: bool = Field(False, description="frame 1 of the story is a further reference for the later frames")
+    max_sequence_length: Annotated[int, Field(ge=16, le=512)] = Field(
+        512, description="text tokens of each prompt (the pipeline's default, the model's training length)"
+    )
+
+
 class Generate(_Section):
     steps: PositiveInt = 30
     guidance_scale: Annotated[float, Field(ge=0)] = 6.0
@@ -229,17 +295,27 @@ class Generate(_Section):
     lora_scale: Annotated[float, Field(ge=0, le=2)] = 1.0
     ip_adapter_scale: Annotated[float, Field(ge=0, le=2)] = 0.6
     controlnet_scale: Annotated[float, Field(ge=0, le=2)] = 0.8
-    clip_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
-        0.25, description="CLIP cosine similarity of frame and scene text below which a frame is redone"
+    clip_threshold: Threshold = Field(
+        "auto",
+        description="CLIP cosine similarity of frame and scene text below which a frame is redone; auto: "
+        "calibrated on the training pictures against their captions (generate.calibration)",
     )
-    likeness_threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
-        0.70, description="DINOv2 image cosine (frame vs frame 1 and the training images) below which it is redone"
+    likeness_threshold: Threshold = Field(
+        "auto",
+        description="DINOv2 image cosine (frame vs frame 1 and the training images) below which it is redone; "
+        "auto: calibrated on the training pictures' likeness to each other (generate.calibration)",
     )
+    calibration: Calibration = Calibration()
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    frames_per_batch: PositiveInt = Field(
-        4,
-        description="frames per pipeline call; a story's batches spread over the GPUs of `accelerate launch`, "
-        "and a frame's pixels depend on its batch, not on the number of GPUs",
+    sampler: Literal["standard", "lightning", "hyper-sd"] = Field(
+        "standard",
+        description="standard: steps and guidance_scale as given; lightning | hyper-sd: a few-step distillation "
+        "LoRA fused in, with its own scheduler, steps and guidance (storyboard/generate/samplers.py)",
+    )
+    frames_per_batch: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="frames per pipeline call; auto: a story in one call (up to 8 frames), split evenly over the "
+        "GPUs of `accelerate launch`; a number: the same batches, so the same pixels, on any number of GPUs",
     )
     reference: Literal["face", "frame", "faceid"] = Field(
         "face",
@@ -257,6 +333,10 @@ class Generate(_Section):
     compile: CompileScope = Field("none", description="torch.compile the UNet (and ControlNet)")
     compile_mode: CompileMode = "default"
     quantize: Quantize = Field("none", description="int8 | fp8 Linear layers of the UNet/ControlNet (torchao)")
+    attention: Attention = Field("auto", description="the attention kernel tried first: cudnn | flash | efficient")
+    channels_last: bool = Field(False, description="UNet, ControlNet and VAE convolutions in NHWC")
+    fuse_qkv: bool = Field(False, description="one matmul for each attention's q, k, v (not with an IP-Adapter)")
+    multiref: Multiref = Multiref()
 
     @field_validator("resolution")
     @classmethod

@@ -15,6 +15,34 @@ pytest_plugins = ["tiny_fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# What `make test-fast` leaves out (docs/contributing.md), by node id prefix; tests/e2e marks itself `e2e`, and a
+# test that takes the `s3_server` fixture is `server`. One list, so a slow test is named in one place.
+MARKED = {
+    "browser": (
+        "tests/evaluate/test_html_report.py::test_report_renders_in_chromium",
+        "tests/evaluate/test_study_server.py::test_two_raters_complete_the_study_through_their_invite_links",
+    ),
+    "multiprocess": (
+        "tests/train/test_multiprocess.py::",
+        "tests/train/test_lora.py::test_two_processes_train_with_ddp",
+        "tests/generate/test_sharding.py::test_two_processes_write_the_bytes_of_one",
+        "tests/evaluate/test_study_cli.py::test_a_killed_server_loses_no_acknowledged_rating",
+    ),
+    "slow": (
+        "tests/test_dvc_contract.py::test_each_params_key_reruns_exactly_its_stages",
+        "tests/train/test_lora.py::test_saved_lora_loads_into_the_pipeline_and_changes_it",
+    ),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker, prefixes in MARKED.items():
+            if item.nodeid.startswith(prefixes):
+                item.add_marker(marker)
+        if "s3_server" in getattr(item, "fixturenames", ()):
+            item.add_marker("server")
+
 
 @pytest.fixture(scope="session")
 def params() -> Settings:

@@ -9,6 +9,9 @@ Reply kinds (queue items, or what a responder returns):
   HTTPError   a status code with an OpenAI-style JSON error body and optional headers (e.g. Retry-After)
   Delay       wait, then send another reply: longer than the client's timeout, it makes the client time out
   Malformed   a 200 whose body is not the JSON the client expects
+
+Responders for servers that don't do what was asked: `rejecting_formats` (a 400 for response formats it does
+not implement) and `replying` (the same content whatever the request).
 """
 
 from __future__ import annotations
@@ -104,6 +107,12 @@ class RecordedRequest:
         return self.body.get("model") if isinstance(self.body, dict) else None
 
     @property
+    def response_format(self) -> str | None:
+        """The `response_format` type asked for (json_schema, json_object), None when the request set none."""
+        fmt = self.body.get("response_format") if isinstance(self.body, dict) else None
+        return fmt.get("type") if isinstance(fmt, dict) else None
+
+    @property
     def messages(self) -> list[dict[str, Any]]:
         return self.body.get("messages", []) if isinstance(self.body, dict) else []
 
@@ -146,6 +155,25 @@ def caption_everything(request: RecordedRequest) -> Reply:
     hashes = request.image_hashes
     tag = hashes[0][:8] if hashes else "no-image"
     return Completion(f"A cheerful man in a striped robe and a fur hat waves in a sunny market (frame {tag}).")
+
+
+def rejecting_formats(*formats: str | None, then: Responder) -> Responder:
+    """A server that answers 400 to the response formats it does not implement, as local servers do (LM Studio
+    takes no `json_object`, some llama.cpp and vLLM builds no `json_schema`), and `then` to the rest."""
+
+    def respond(request: RecordedRequest) -> Reply:
+        if request.response_format in formats:
+            return HTTPError(
+                400, f"response_format type {request.response_format!r} is not supported", "invalid_request_error"
+            )
+        return then(request)
+
+    return respond
+
+
+def replying(content: str | None, *, finish_reason: str = "stop") -> Responder:
+    """A responder that sends the same content to every request (a model that ignores what it is asked)."""
+    return lambda request: Completion(content, finish_reason=finish_reason)
 
 
 class OpenAIServer:

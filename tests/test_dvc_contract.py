@@ -29,7 +29,7 @@ from dvc.repo import Repo
 from storyboard.deps import entry_modules
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("generate@baseline", "generate@lora", "generate@ref_guided")
+MODES = ("generate@baseline", "generate@lora", "generate@ref_guided", "generate@multiref")
 GENERATE = set(MODES)
 MODELS = {"train", "select", *GENERATE, "evaluate"}  # every stage that loads a model of the active profile
 SCORED = {"select", "evaluate"}  # select scores the saved steps with evaluate's locator and identity figure
@@ -46,14 +46,23 @@ def _table(*rows: tuple) -> dict[str, set[str]]:
 
 EXPECTED = _table(
     (MODELS, "profile", "runtime.device", "runtime.dtype", "models.tiny.root", "models.tiny.seed"),
-    # the detector prompt may name the character: select and evaluate locate it with it
-    ({"sample", "caption", "plan", *GENERATE, *SCORED}, "character.name"),
-    ({"sample", "caption", *GENERATE, "evaluate"}, "character.trigger"),
-    ({"caption", "plan", *GENERATE, *SCORED}, "character.description"),
+    # train: the kohya file's metadata names the character (title, description, trigger); select and evaluate
+    # locate it with the detector prompt, which may name it
+    ({"sample", "caption", "train", "plan", *GENERATE, *SCORED}, "character.name"),
+    # train: the kohya file's metadata names the trigger (the captions carry it too, so caption reruns anyway)
+    ({"sample", "caption", "train", *GENERATE, "evaluate"}, "character.trigger"),
+    ({"caption", "train", "plan", *GENERATE, *SCORED}, "character.description"),
     ({"plan", *GENERATE, "evaluate"}, "stories"),
     ({"train", *GENERATE}, "models.sdxl.base", "models.sdxl.vae"),
     ({*GENERATE, *SCORED}, "models.sdxl.clip"),
     (GENERATE, "models.sdxl.likeness"),
+    (
+        GENERATE,
+        "models.sdxl.lightning_lora",
+        "models.sdxl.lightning_lora_weight",
+        "models.sdxl.hyper_sd_lora",
+        "models.sdxl.hyper_sd_lora_weight",
+    ),
     # select's and evaluate's, but ref_guided lists every model (one DVC slot); its stories' input hash leaves the
     # detector out, so that rerun renders nothing
     ({"generate@ref_guided", *SCORED}, "models.sdxl.detector"),
@@ -68,8 +77,11 @@ EXPECTED = _table(
         "models.sdxl.faceid_adapter_weight",
         "models.sdxl.controlnet",
     ),
+    # multiref's own model; ref_guided lists every model (one DVC slot) and its stories' hash leaves it out
+    ({"generate@ref_guided", "generate@multiref"}, "models.sdxl.multiref"),
+    # multiref: its reference rule picks the clearest face with the profile's face backend
     (
-        {"generate@ref_guided", *SCORED},
+        {"generate@ref_guided", "generate@multiref", *SCORED},
         "models.sdxl.face_backend",
         "models.sdxl.face_model",
         "models.sdxl.face_model_root",
@@ -164,7 +176,13 @@ EXPECTED = _table(
         "generate.negative_prompt",
         "generate.clip_threshold",
         "generate.likeness_threshold",
+        "generate.calibration.clip_percentile",
+        "generate.calibration.likeness_percentile",
+        "generate.calibration.min_images",
+        "generate.calibration.clip_fallback",
+        "generate.calibration.likeness_fallback",
         "generate.max_retries",
+        "generate.sampler",
         "generate.frames_per_batch",
         "generate.contact_sheet_columns",
         "generate.gif_frame_ms",
@@ -174,8 +192,20 @@ EXPECTED = _table(
         "generate.compile",
         "generate.compile_mode",
         "generate.quantize",
+        "generate.attention",
+        "generate.channels_last",
+        "generate.fuse_qkv",
     ),
     ({"generate@lora", "generate@ref_guided"}, "generate.lora_scale"),
+    (
+        {"generate@multiref"},
+        "generate.multiref.steps",
+        "generate.multiref.guidance_scale",
+        "generate.multiref.references",
+        "generate.multiref.reference_size",
+        "generate.multiref.first_frame",
+        "generate.multiref.max_sequence_length",
+    ),
     (
         {"generate@ref_guided"},
         "generate.ip_adapter_scale",
@@ -362,11 +392,11 @@ def test_each_params_key_reruns_exactly_its_stages(locked_repo):
     assert not wrong, "\n".join(wrong)
 
 
-def _readme_table() -> dict[str, set[str]]:
-    """The README's "What reruns" table, expanded to leaf keys: `x.*` is every key under x, "every other" the keys
-    under the prefix that no other row names."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("### What reruns, and what is kept", 1)[1].split("\n\n", 3)[2]
+def _docs_table() -> dict[str, set[str]]:
+    """The "What reruns" table of docs/pipeline-and-params.md, expanded to leaf keys: `x.*` is every key under x,
+    "every other" the keys under the prefix that no other row names."""
+    text = (REPO / "docs" / "pipeline-and-params.md").read_text()
+    section = text.split("## What reruns, and what is kept", 1)[1].split("\n\n", 3)[2]
     rows = [
         line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `") or "every other" in line
     ]
@@ -386,8 +416,10 @@ def _readme_table() -> dict[str, set[str]]:
     return table
 
 
-def test_readme_says_what_the_table_says():
-    """README's claims about what reruns are these tests' claims, key for key."""
-    readme = _readme_table()
-    differ = {k: (sorted(readme.get(k, set())), sorted(v)) for k, v in EXPECTED.items() if readme.get(k) != v}
-    assert not differ, "\n".join(f"{k}: README says {r}, the table {e}" for k, (r, e) in differ.items())
+def test_docs_say_what_the_table_says():
+    """docs/pipeline-and-params.md's claims about what reruns are these tests' claims, key for key."""
+    docs = _docs_table()
+    differ = {k: (sorted(docs.get(k, set())), sorted(v)) for k, v in EXPECTED.items() if docs.get(k) != v}
+    assert not differ, "\n".join(
+        f"{k}: docs/pipeline-and-params.md says {r}, the table {e}" for k, (r, e) in differ.items()
+    )

@@ -24,3 +24,20 @@ assert not diffusers_logging.is_progress_bar_enabled()
 def test_quiet_model_libraries_quiets_only_what_is_imported():
     proc = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+HUB_WARNING = """
+import logging
+from storyboard.log import quiet_model_libraries, setup_logging
+setup_logging()
+import huggingface_hub
+quiet_model_libraries()
+logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+"""
+
+
+def test_a_huggingface_hub_warning_is_printed_once():
+    """huggingface_hub has a handler of its own and passed its records up to the stage's root handler too."""
+    proc = subprocess.run([sys.executable, "-c", HUB_WARNING], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("Retrying in 1s") == 1, proc.stderr

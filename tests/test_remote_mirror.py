@@ -24,7 +24,7 @@ def _dvc_repo(root: Path, url: str | None = None, endpoint: str | None = None) -
 
 @pytest.fixture
 def project(tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A DVC repo whose default remote is the test server, set up with the README's commands."""
+    """A DVC repo whose default remote is the test server, set up with docs/team-workflow.md's commands."""
     root = _dvc_repo(tmp_path / "project", f"s3://storyboard/{uuid.uuid4().hex}", s3_server.endpoint)
     for key, value in s3_server.credentials().items():
         monkeypatch.setenv(key, value)

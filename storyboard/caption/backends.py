@@ -12,7 +12,7 @@ from typing import Protocol
 from PIL import Image
 
 from storyboard.errors import StoryboardError
-from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected
+from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected, strip_thinking
 from storyboard.settings import Caption, Character
 
 
@@ -104,12 +104,39 @@ class SidecarBackend:
         return CaptionResult(text)
 
 
-# What vision models say when they decline; matched at the start of the reply only, so a caption that
-# mentions an apology in the scene ("a man saying sorry") is not taken for a refusal.
+# What vision models say when they decline (or, served without the image, that they see none); matched at the
+# start of the reply only, so a caption that mentions an apology in the scene ("a man saying sorry") is not taken
+# for a refusal.
 REFUSAL = re.compile(
-    r"^\s*(i'?m sorry|i am sorry|sorry, |i can(?:'|no)t|i cannot|i'?m unable|i am unable|unfortunately, i)",
+    r"^\s*(?:i'?m sorry|i am sorry|sorry[,.!]|my apologies|i apologi[sz]e|i can'?t|i cannot|i can not"
+    r"|i'?m unable|i am unable|i'?m not able|i am not able|i won'?t|i will not|i must decline|i'?m afraid"
+    r"|i do(?:n'?t| not) feel|i'?m not comfortable|i'?d rather not|i'?m not going to|as an ai\b"
+    r"|unfortunately,? i\b|i do(?:n'?t| not) see an? image|there is no image|no image (?:was|is) )",
     re.IGNORECASE,
 )
+# What chat models put around a caption: an opening ("Sure! Here is the caption:", "Certainly.", "Caption:") and
+# a closing sentence ("Let me know if you'd like changes!"). Openings are only taken off before a colon or line
+# break, or as a lone courtesy word, so a caption that starts "Here is Aldar..." keeps its words.
+_OPENING = re.compile(
+    r"^\s*(?:(?:sure|certainly|of course|absolutely|okay|ok|alright|great)\s*[,.!:]\s*)?"
+    r"(?:(?:here(?:'s| is| are)|below is)\b[^:\n]*(?::|\n)\s*)?"
+    r"(?:#*\s*(?:image )?(?:caption|description)\s*:\s*)?",
+    re.IGNORECASE,
+)
+_CLOSING = re.compile(
+    r"(?:^|(?<=[.!?])\s+|\n\s*)(?:let me know|i hope (?:this|that)|hope this|feel free|if you(?:'d| would)? like"
+    r"|would you like|is there anything)\b.*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def caption_from_reply(text: str) -> str:
+    """The caption in a chat model's reply: without a reasoning block, markdown emphasis, the opening and
+    closing words around it, and its quotes (`Sure! Here is the caption: **"A man waves."** Enjoy!` -> `A man
+    waves.`); empty when the reply held nothing else."""
+    text = re.sub(r"\*\*|__", "", strip_thinking(text.replace("\u2019", "'")))
+    text = _CLOSING.sub("", _OPENING.sub("", text, count=1))
+    return clean_caption(text)
 
 
 def is_refusal(text: str | None, refusal_field: str | None) -> bool:
@@ -145,41 +172,49 @@ class OpenAIBackend:
         self.settings = settings
         self.endpoint = ChatEndpoint(settings.openai, CAPTION_ENDPOINT)
 
-    def _ask(self, prompt: str, url: str) -> tuple[str | None, str | None, int, int]:
+    def _ask(self, prompt: str, url: str) -> tuple[str | None, str | None, bool, int, int]:
+        """content, refusal, whether the reply was cut at max_tokens, tokens in, tokens out."""
         content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
         try:
             response = self.endpoint.complete([{"role": "user", "content": content}])
         except RequestRejected as e:
             # This image, not the setup: exclude it with the reason and go on with the others.
             raise ImageRejected(f"the caption endpoint rejected this image ({e.status_code}): {e.message}") from None
-        message = response.choices[0].message
+        choice = response.choices[0]
         usage = response.usage
         return (
-            message.content,
-            getattr(message, "refusal", None),
+            choice.message.content,
+            getattr(choice.message, "refusal", None),
+            choice.finish_reason == "length",
             usage.prompt_tokens if usage else 0,
             usage.completion_tokens if usage else 0,
         )
 
     def caption(self, image: Image.Image, source: Path) -> CaptionResult:
+        """A refusal, in the `refusal` field or in words, or an empty reply is asked once more with the refusal
+        prompt; a second one gives the image up as refused (excluded, cached, `caption.retry_refused` asks again)."""
         url = image_data_url(image)
         tokens_in = tokens_out = 0
         reasons = []
         for attempt, prompt in enumerate((self.settings.prompt, self.settings.refusal_prompt), start=1):
             try:
-                text, refusal, t_in, t_out = self._ask(prompt, url)
+                text, refusal, cut, t_in, t_out = self._ask(prompt, url)
             except ImageRejected as e:
                 return CaptionResult(
                     None, failed=True, reason=str(e), tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt
                 )
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
-            text = clean_caption(text) if text else text  # a quoted "I'm sorry..." is still a refusal
+            text = caption_from_reply(text) if text else text  # a quoted "I'm sorry..." is still a refusal
             if not is_refusal(text, refusal):
                 return CaptionResult(text, tokens_in=tokens_in, tokens_out=tokens_out, requests=attempt)
-            reasons.append((refusal or text or "empty reply").strip()[:200])
+            reasons.append((refusal or text or _EMPTY[cut]).strip()[:200])
         return CaptionResult(
             None, refused=True, reason=" | ".join(reasons), tokens_in=tokens_in, tokens_out=tokens_out, requests=2
         )
+
+
+# An empty reply cut at max_tokens is most often a reasoning model that spent them all before answering.
+_EMPTY = {False: "empty reply", True: "empty reply, cut at caption.openai.max_tokens (raise it for a reasoning model)"}
 
 
 def make_backend(settings: Caption, character: Character) -> CaptionBackend:

@@ -36,6 +36,7 @@ MODE_NOTES = {
     "baseline": "SDXL alone, no LoRA",
     "lora": "SDXL + the character LoRA",
     "ref_guided": "LoRA + IP-Adapter on frame 1 + ControlNet pose",
+    "multiref": "FLUX.2 klein fed reference images, no LoRA",
 }
 
 
@@ -67,6 +68,23 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("face_pairs_possible", "face pairs possible", "d"),
     Column("attempts_per_frame", "attempts / frame", ".2f"),
     Column("seconds_per_frame", "s / frame", ".2f"),
+)
+
+# The retry loop's cost and gain per mode (report.py's CHECK_COLUMNS): the thresholds generate applied and where
+# they came from, how often it rendered a frame again, and the first attempts' figures beside the kept ones.
+CHECK_COLUMNS: tuple[Column, ...] = (
+    Column("clip_threshold", "text threshold", ".3f"),
+    Column("clip_threshold_source", "text threshold from", ""),
+    Column("likeness_threshold", "likeness threshold", ".3f"),
+    Column("likeness_threshold_source", "likeness threshold from", ""),
+    Column("attempts_per_frame", "attempts / frame", ".2f"),
+    Column("frames_redone", "frames redone", ".0%"),
+    Column("clip_text_score_first_attempt", "CLIP text, first", ".3f"),
+    Column("clip_text_score", "CLIP text, kept", ".3f"),
+    Column("vistorybench_self_cids_first_attempt", "Self-CIDS, first", ".3f"),
+    Column("vistorybench_self_cids", "Self-CIDS, kept", ".3f"),
+    Column("character_to_references_first_attempt", "vs training set, first", ".3f"),
+    Column("character_to_references", "vs training set, kept", ".3f"),
 )
 
 # The per-frame scores shown under each thumbnail: columns of the evaluate stage's frames/<mode>.csv.
@@ -113,21 +131,22 @@ def _present(columns: tuple[Column, ...], rows: list[dict]) -> list[Column]:
     return [c for c in columns if any(c.key in r for r in rows)]
 
 
-def _table(rows: list[dict]) -> dict[str, Any]:
+def _table(rows: list[dict], columns: tuple[Column, ...] = SUMMARY_COLUMNS) -> dict[str, Any]:
     """rows: {"mode", "figures", and for per-story rows "story_id"/"story_rowspan"}; only columns some row has."""
-    columns = _present(SUMMARY_COLUMNS, [row["figures"] for row in rows])
+    columns = _present(columns, [row["figures"] for row in rows])
     return {
         "columns": columns,
         "rows": [{**row, "cells": [_cell(row["figures"].get(c.key), c.fmt) for c in columns]} for row in rows],
     }
 
 
-def _ablation(metrics: dict) -> dict[str, Any]:
+def _ablation(metrics: dict, columns: tuple[Column, ...] = SUMMARY_COLUMNS) -> dict[str, Any]:
     return _table(
         [
             {"story_rowspan": 0, "mode": mode, "note": MODE_NOTES.get(mode), "figures": metrics.get(mode) or {}}
             for mode in MODES
-        ]
+        ],
+        columns,
     )
 
 
@@ -255,6 +274,7 @@ def render_html(
         modes=MODES,
         notice=TINY_NOTICE if settings.is_tiny else None,
         ablation=_ablation(metrics),
+        checks=_ablation(metrics, CHECK_COLUMNS),
         per_story=_per_story(metrics, settings),
         checkpoints=Markup(checkpoints),  # built by sweep_report.py, which escapes the run's text
         stories=[_story_view(sid, story_text.get(sid, ""), by_mode) for sid, by_mode in stories.items()],

@@ -2,8 +2,10 @@
 
 generate picks each frame's kept attempt by its CLIP text score and its DINOv2 likeness to frame 1 and the
 training images (models.<profile>.likeness), and with generate.reference: faceid it conditions on the profile's
-face backend's embedding. evaluate scores characters with CLIP ViT-L/14 image features of the Grounding DINO box
-(ViStoryBench's CIDS branch), and faces with `evaluate_face_backend`, which is never the conditioning one.
+face backend's embedding; generate@multiref picks its clearest-face reference training image by that backend's
+detections (never its embedding), and conditions FLUX.2 klein on the pixels of its references. evaluate scores
+characters with CLIP ViT-L/14 image features of the Grounding DINO box (ViStoryBench's CIDS branch), and faces
+with `evaluate_face_backend`, which is never the conditioning one.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def figure_provenance(settings: Settings, models: ModelSet, face_backend: str) -
             "likeness_model": models.likeness,
             "text_model": models.clip,
             "conditioning_face_backend": conditioning if faceid else None,
+            # multiref: which training image is a reference (detections only: the face figures compare
+            # embeddings, which no mode but faceid conditions on)
+            "multiref_reference_face_backend": conditioning,
         },
         "detector": {"model": models.detector, "optimised_by_generate": False},
     }

@@ -14,6 +14,7 @@ from storyboard.evaluate.html import write_html_report
 from storyboard.evaluate.independence import evaluate_face_backend, figure_provenance
 from storyboard.evaluate.scores import (
     Locator,
+    frame_checks,
     locate_files,
     mode_files,
     retried,
@@ -53,7 +54,24 @@ TABLE_COLUMNS = {
     "face_similarity_to_first": "face sim. vs frame 1",
     "face_pairwise": "face sim. pairwise",
     "attempts_per_frame": "attempts / frame",
+    "frames_redone": "frames redone",
     "seconds_per_frame": "s / frame",
+}
+# The retry loop's cost and gain per mode: the thresholds it applied, how often it rendered a frame again, and the
+# figures of the first attempts beside the kept ones.
+CHECK_COLUMNS = {
+    "clip_threshold": "text threshold",
+    "clip_threshold_source": "text threshold from",
+    "likeness_threshold": "likeness threshold",
+    "likeness_threshold_source": "likeness threshold from",
+    "attempts_per_frame": "attempts / frame",
+    "frames_redone": "frames redone",
+    "clip_text_score_first_attempt": "CLIP text, first",
+    "clip_text_score": "CLIP text, kept",
+    "vistorybench_self_cids_first_attempt": "Self-CIDS, first",
+    "vistorybench_self_cids": "Self-CIDS, kept",
+    "character_to_references_first_attempt": "vs training set, first",
+    "character_to_references": "vs training set, kept",
 }
 
 
@@ -61,9 +79,9 @@ def _with_first(kept: dict, first: dict) -> dict:
     return {**kept, **{f"{key}_first_attempt": first[key] for key in FIRST_ATTEMPT_FIGURES}}
 
 
-def _table(rows: dict[str, dict]) -> str:
+def _table(rows: dict[str, dict], columns: dict[str, str] = TABLE_COLUMNS) -> str:
     table = pd.DataFrame(
-        {name: {label: row.get(key) for key, label in TABLE_COLUMNS.items()} for name, row in rows.items()}
+        {name: {label: row.get(key) for key, label in columns.items()} for name, row in rows.items()}
     ).T
     # None survives as None (not NaN) so tabulate prints it as n/a
     return table.astype(object).where(table.notna(), None).to_markdown(floatfmt=".3f", missingval="n/a")
@@ -84,6 +102,13 @@ def results_markdown(metrics: dict, settings: Settings, face_backend: str, clip_
         "## All stories",
         "",
         _table({mode: metrics[mode] for mode in MODES}),
+        "",
+        "## Frame checks: what the retries cost and what they bought",
+        "",
+        'generate redoes a frame below either threshold (docs/frame-checks.md); "first": the frames\' first '
+        'attempts, "kept": the attempts kept.',
+        "",
+        _table({mode: metrics[mode] for mode in MODES}, CHECK_COLUMNS),
         "",
     ]
     for story in settings.stories:
@@ -134,6 +159,7 @@ def evaluate_outputs(
             first_by_story = summarise_by_story(first, first_stories)
             metrics[mode] = {
                 **_with_first(summarise(frames[mode], stories), summarise(first, first_stories)),
+                **frame_checks(outputs / mode, story_ids, mode),
                 "stories": {
                     story: _with_first(kept, first_by_story[story])
                     for story, kept in summarise_by_story(frames[mode], stories).items()

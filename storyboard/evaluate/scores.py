@@ -300,6 +300,18 @@ def retried(mode_dir: Path, story_ids: list[str], mode: str) -> bool:
     return False
 
 
+def frame_checks(mode_dir: Path, story_ids: list[str], mode: str) -> dict:
+    """The thresholds generate judged a mode's frames by (its stories' metadata.json): each value and how it was
+    reached (calibrated, fixed, fallback). None when the stories differ (a story's render hash holds the values, so
+    one generate run leaves them all alike) or predate the record."""
+    seen = [story_files(Path(mode_dir) / story_id, mode, "kept")[0].get("thresholds") or {} for story_id in story_ids]
+    checks: dict = {}
+    for key in ("clip_threshold", "likeness_threshold"):
+        found = {((t.get(key) or {}).get("value"), (t.get(key) or {}).get("source")) for t in seen}
+        checks[key], checks[f"{key}_source"] = found.pop() if len(found) == 1 else (None, None)
+    return checks
+
+
 def _mean(series: pd.Series) -> float | None:
     values = series.dropna()
     return _round(values.mean()) if len(values) else None
@@ -335,6 +347,8 @@ def summarise(frames: pd.DataFrame, stories: dict[str, dict]) -> dict:
         "face_pairs_scored": int(later["face_similarity_to_first"].notna().sum()),
         "face_pairs_possible": int(len(later)),
         "attempts_per_frame": _round(frames["attempts"].mean()),
+        # what the retry loop costs: the share of frames rendered more than once (attempts_per_frame: how often)
+        "frames_redone": _round((frames["attempts"] > 1).mean()),
         "seconds_per_frame": _round(frames["seconds"].mean()),
     }
 

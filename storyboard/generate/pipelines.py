@@ -9,7 +9,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from storyboard.generate.calibration import Thresholds
+from storyboard.generate.multiref import MultirefRenderer
+from storyboard.generate.references import Reference
 from storyboard.generate.renderer import StoryRenderer
+from storyboard.generate.samplers import sampler_of, use_scheduler
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import FaceBackend
 from storyboard.models.likeness import LikenessScorer
@@ -20,6 +24,8 @@ from storyboard.models.loading import (
     check_faceid_fits,
     faceid_input_size,
     faceid_weights_input_size,
+    fuse_sampler_lora,
+    load_multiref_pipeline,
     load_pipeline,
     over_same_modules,
     with_controlnet,
@@ -40,22 +46,65 @@ def load_renderers(
     faces: FaceBackend | None = None,
     training_images: Sequence[Image.Image] = (),
     likeness: LikenessScorer | None = None,
+    thresholds: Thresholds | None = None,
+    references: Sequence[Reference] = (),
 ) -> Iterator[StoryRenderer]:
-    """One renderer per requested mode, in the order baseline, lora, ref_guided, over models loaded once.
+    """One renderer per requested mode, in the order baseline, lora, ref_guided, multiref, over models loaded once.
 
-    The modes build on each other: the LoRA is fused into the UNet that baseline used, and ref_guided adds the
+    The SDXL modes build on each other: the LoRA is fused into the UNet that baseline used, and ref_guided adds the
     ControlNet and IP-Adapter around that same UNet. So a renderer is only valid until the next is yielded.
+    multiref loads its own pipeline (FLUX.2 klein) last, fed `references`.
     """
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     check_quantize_supported(settings.quantize, device.device)
+    sdxl_modes = [m for m in modes if m != "multiref"]
+    if sdxl_modes:
+        yield from _sdxl_renderers(
+            sdxl_modes, settings, character, models, device, scorer, lora_dir, likeness_features, faces,
+            training_images, likeness, thresholds,
+        )  # fmt: skip
+    if "multiref" in modes:
+        yield MultirefRenderer(
+            load_multiref_pipeline(models, device),
+            settings,
+            character,
+            scorer,
+            device,
+            references=references,
+            likeness_features=likeness_features,
+            likeness=likeness,
+            thresholds=thresholds,
+        )
+
+
+def _sdxl_renderers(
+    modes: Sequence[Mode],
+    settings: Generate,
+    character: Character,
+    models: ModelSet,
+    device: Device,
+    scorer: ClipScorer,
+    lora_dir: Path | None,
+    likeness_features: torch.Tensor | None,
+    faces: FaceBackend | None,
+    training_images: Sequence[Image.Image],
+    likeness: LikenessScorer | None,
+    thresholds: Thresholds | None,
+) -> Iterator[StoryRenderer]:
     faceid = "ref_guided" in modes and settings.reference == "faceid"
     if faceid:
         if faces is None:
             raise ValueError("generate.reference: faceid needs a face backend")
         check_faceid_fits(faceid_weights_input_size(models), faces, models)  # before loading, where it can
     pipe = load_pipeline(models, device)
+    sampler = sampler_of(settings.sampler)
+    if sampler is not None:
+        # Every mode samples with it: fused before the character's LoRA, the scheduler shared by every pipeline.
+        fuse_sampler_lora(pipe, models, sampler)
+        use_scheduler(pipe, sampler)
+        settings = settings.model_copy(update={"steps": sampler.steps, "guidance_scale": sampler.guidance_scale})
     fused = False
     for mode in (m for m in MODES if m in modes):
         if mode != "baseline" and not fused:
@@ -78,5 +127,15 @@ def load_renderers(
 
             own = over_same_modules(StableDiffusionXLPipeline, pipe, unet=copy.deepcopy(pipe.unet))
         yield StoryRenderer(
-            mode, own, settings, character, scorer, device, likeness_features, faces, training_images, likeness
+            mode,
+            own,
+            settings,
+            character,
+            scorer,
+            device,
+            likeness_features,
+            faces,
+            training_images,
+            likeness,
+            thresholds,
         )

@@ -1,4 +1,4 @@
-"""Render a story plan in one of three modes, with a two-part CLIP check per frame and retries for the weak ones.
+"""Render a story plan in one of four modes, with a two-part CLIP check per frame and retries for the weak ones.
 
 - baseline:   SDXL alone (no LoRA), the same prompts: what the character looks like without our training.
 - lora:       SDXL + our LoRA (fused into the UNet: no per-step LoRA cost).
@@ -7,14 +7,16 @@
               With generate.reference: faceid, an IP-Adapter FaceID fed the face-recognition embedding of frame 1's
               face instead (the training images' mean face when frame 1 has none). ip_reference.py takes
               that input from frame 1.
+- multiref:   no LoRA: FLUX.2 klein fed reference images of the character (multiref.py, a subclass that swaps the
+              pipeline call; the checks, retries and batching here are the same).
 
 The check: each attempt gets a text score (CLIP cosine of frame and scene text) and a likeness score (DINOv2 image
 cosine to frame 1, averaged with the mean cosine to the training images when they are given). DINOv2, not CLIP:
 evaluate scores characters with CLIP image features (ViStoryBench's CIDS), and a figure must not come from the
 model that picked the frame. Each frame's first attempt is kept beside it, so evaluate can measure what the
-retries changed. A frame below
-either threshold is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse
-margin, min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
+retries changed. A frame below either threshold (calibrated on the training pictures unless fixed: calibration.py)
+is redone with a new seed, up to `max_retries` times; the attempt kept is the one whose worse margin,
+min(text - text threshold, likeness - likeness threshold), is largest: the one closest to passing both.
 
 Frames of a story go through the pipeline in batches of generate.frames_per_batch (ref_guided: frame 1 alone, then
 the later ones), each frame with its own seeded generator; retries are batched too. The story's prompts are
@@ -34,13 +36,15 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
+from storyboard.generate.calibration import Thresholds
 from storyboard.generate.frames import Attempt, RenderedFrame, frame_prompt
 from storyboard.generate.ip_reference import IdentitySource, IpReference, IpReferences
-from storyboard.generate.sharing import SOLO, Group, frame_batches
+from storyboard.generate.sharing import SOLO, Group, batch_size, frame_batches
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.compiling import compile_in_place
 from storyboard.models.faces import FaceBackend
+from storyboard.models.kernels import apply_layouts, attention
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, faceid_input_size, native_resolution, over_same_modules
 from storyboard.models.prompts import PromptEmbeds, encode_prompts
@@ -67,13 +71,16 @@ class StoryRenderer:
         faces: FaceBackend | None = None,
         training_images: Sequence[Image.Image] = (),
         likeness: LikenessScorer | None = None,
+        thresholds: Thresholds | None = None,
     ):
         """Wrap a ready pipeline (`load_renderers` is the usual way to get one). `scorer`: CLIP, for the text
         check; `likeness`: DINOv2, for the likeness check (None: no likeness check, as in the speed benchmarks);
         `likeness_features`: its features of the training images, which the likeness check compares frames with
-        besides frame 1; `training_images`: the fallback identity of generate.reference: faceid."""
+        besides frame 1; `training_images`: the fallback identity of generate.reference: faceid; `thresholds`: the
+        checks' thresholds as calibrated for this run (calibration.py; None: the fixed values and fallbacks)."""
         self.mode, self.pipe, self.settings, self.character, self.scorer = mode, pipe, settings, character, scorer
         self.device, self.likeness, self.likeness_features = device, likeness, likeness_features
+        self.thresholds = thresholds or Thresholds.fixed(settings)
         self.ip_references = IpReferences(settings.reference, faces, training_images)
         self.faceid = mode == "ref_guided" and settings.reference == "faceid"
         # ref_guided's frame 1 is the LoRA alone: a plain SDXL pipeline over the same modules renders it without
@@ -98,6 +105,8 @@ class StoryRenderer:
         # quantizing fuses into the compiled kernels); both in place: the pipeline for ref_guided's frame 1
         # shares these modules and gets the same ones.
         denoisers = [pipe.unet] + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
+        # Fused projections before quantizing, which then quantizes the fused layers.
+        apply_layouts(pipe, channels_last=s.channels_last, fuse_qkv=s.fuse_qkv)
         for module in denoisers:
             quantize_in_place(module, s.quantize)
         if s.vae_tiling:
@@ -118,6 +127,26 @@ class StoryRenderer:
             # The VAE decoder too, whole and without CUDA graphs (it runs once per batch): at 1024 px its
             # eager kernels spend most of their time converting layouts, which compiling removes.
             compile_in_place(pipe.vae.decoder, "model", "default")
+
+    @property
+    def conditions_on_first(self) -> bool:
+        """Whether later frames are conditioned on frame 1 (so it is settled first, alone)."""
+        return self.mode == "ref_guided"
+
+    def _first_reference(self, first: Image.Image, story_id: str) -> IpReference:
+        """What the later frames are conditioned on, taken from frame 1."""
+        return self.ip_references.of(first, story_id)
+
+    def sampling(self) -> dict:
+        """What the frames are sampled with (a story's metadata): generate.sampler's steps and guidance replace the
+        generate section's when it is not standard."""
+        s = self.settings
+        return {
+            "sampler": s.sampler,
+            "steps": s.steps,
+            "guidance_scale": s.guidance_scale,
+            "scheduler": type(self.pipe.scheduler).__name__,
+        }
 
     def encode(self, prompts: list[str]) -> PromptEmbeds:
         """Every word of `prompts` and of the negative prompt through both text encoders (compel), in one call."""
@@ -147,6 +176,7 @@ class StoryRenderer:
             height=self.resolution,
             width=self.resolution,
             generator=[torch.Generator(device="cpu").manual_seed(seed) for seed in seeds],
+            output_type="pt",
         )
         if self.mode == "ref_guided":
             if ip_reference is None:
@@ -154,7 +184,7 @@ class StoryRenderer:
                 # skips (the UNet still wants its input, so the encoder sees a blank image once; FaceID: zeros).
                 self.pipe.set_ip_adapter_scale(0.0)
                 with self._faceid_lora_off():
-                    return self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images
+                    return _pil_images(self.first_pipe(**kwargs, **self._ip_adapter_input(None)).images)
             self.pipe.set_ip_adapter_scale(s.ip_adapter_scale)
             conditions = [
                 render_openpose(frame_pose(get_pose(pose), shot), self.resolution, self.resolution)
@@ -165,7 +195,7 @@ class StoryRenderer:
                 controlnet_conditioning_scale=s.controlnet_scale,
                 **self._ip_adapter_input(ip_reference),
             )
-        return self.pipe(**kwargs).images
+        return _pil_images(self.pipe(**kwargs).images)
 
     def _ip_adapter_input(self, ip_reference: IpReference | None) -> dict:
         """The pipeline argument that feeds the IP-Adapter; None: an input that its scale of 0 ignores.
@@ -204,7 +234,8 @@ class StoryRenderer:
         seeds = [self.settings.seed + attempt * SEED_STRIDE + f.index for f in frames]
         t0 = time.perf_counter()
         poses = [(f.frame.pose, f.frame.shot) for f in frames]
-        images = self._run(self._embeds_of(frames), seeds, poses, ip_reference)
+        with attention(self.settings.attention):
+            images = self._run(self._embeds_of(frames), seeds, poses, ip_reference)
         seconds = (time.perf_counter() - t0) / len(frames)
         texts = self.scorer.text_scores(images, [f.frame.scene for f in frames])
         features = self.likeness.image_features(images) if self.likeness is not None else [None] * len(images)
@@ -226,9 +257,9 @@ class StoryRenderer:
         return round(sum(parts) / len(parts), 5) if parts else None
 
     def _margin(self, a: Attempt) -> float:
-        s = self.settings
-        text = a.clip_text_score - s.clip_threshold
-        return text if a.likeness is None else min(text, a.likeness - s.likeness_threshold)
+        t = self.thresholds
+        text = a.clip_text_score - t.clip.value
+        return text if a.likeness is None else min(text, a.likeness - t.likeness.value)
 
     def _settle(
         self, frames: list[RenderedFrame], anchor: torch.Tensor | None, ip_reference: IpReference | None
@@ -263,7 +294,7 @@ class StoryRenderer:
         self._encoded = None
         self._embeds_of(frames)  # the whole story in one encoding; attempts and retries take their rows
         per_batch = self.settings.frames_per_batch
-        if self.mode == "ref_guided":
+        if self.conditions_on_first:
             # Later frames are conditioned on frame 1, so it is settled first, alone, by the main process.
             if first is not None and first.prompt == frames[0].prompt:
                 frames[0], anchor = first, self._anchor(first)  # every process has it from its lora share
@@ -272,15 +303,16 @@ class StoryRenderer:
                     self._attempt(frames[:1], 0, None)
                     self._settle(frames[:1], None, None)
                 frames[0], anchor = self._shared_first(frames[0], group)
-            ip_reference = self.ip_references.of(frames[0].image, plan.story_id)
-            mine = group.share(frame_batches(frames[1:], per_batch))
+            ip_reference = self._first_reference(frames[0].image, plan.story_id)
+            later = frames[1:]
+            mine = group.share(frame_batches(later, batch_size(len(later), per_batch, group.size)))
             for batch in mine:
                 self._attempt(batch, 0, ip_reference)
         else:
             # No frame conditions another: frame 1 renders in the first batch (the main process's), and only the
             # likeness check waits for it (the later frames are judged against it).
             ip_reference = None
-            mine = group.share(frame_batches(frames, per_batch))
+            mine = group.share(frame_batches(frames, batch_size(len(frames), per_batch, group.size)))
             for batch in mine:
                 self._attempt(batch, 0, None)
             if group.is_main:
@@ -309,6 +341,13 @@ class StoryRenderer:
         if self.likeness is None:
             return None
         return first.features[first.best] if first.features else self.likeness.image_features([first.image])[0]
+
+
+def _pil_images(images: torch.Tensor) -> list[Image.Image]:
+    """The pipeline's decoded frames (in [0, 1], on the device) as PIL images, the same bytes as its own "pil"
+    output: that one scales and rounds on the host in float32, which costs the host more than the GPU's decode."""
+    pixels = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p) for p in pixels]
 
 
 def _kept(frame: RenderedFrame) -> RenderedFrame:

@@ -10,23 +10,28 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from storyboard import TINY_NOTICE
-from storyboard.dataset import load_training_images
-from storyboard.generate.frames import RenderedFrame
-from storyboard.generate.inputs import StoryInputs, file_sha256, is_rendered
+from storyboard.dataset import load_training_captions, load_training_images
+from storyboard.generate.calibration import Thresholds, calibrate, needs_training_set
+from storyboard.generate.frames import RenderedFrame, frame_prompt
+from storyboard.generate.inputs import LORA_MODES, StoryInputs, file_sha256, is_rendered
 from storyboard.generate.outputs import contact_sheet, read_first_frame, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
+from storyboard.generate.references import Reference, load_references, sheet_files
 from storyboard.generate.sharing import SOLO, Group
 from storyboard.log import logger
 from storyboard.models.clip import ClipScorer
 from storyboard.models.faces import load_face_backend
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.loading import Device, model_set
+from storyboard.models.prompts import parse_ahead
 from storyboard.settings import Mode, ModelSet, Settings
 from storyboard.story.plan import StoryPlan
 
@@ -40,22 +45,32 @@ def render_plans(
     dataset_dir: Path | None = None,
     group: Group = SOLO,
     first_from: Path | None = None,
+    references_dir: Path | None = None,
 ) -> dict[Mode, list[Path]]:
     """Render each plan in each mode into out_roots[mode]/<story_id>/; return those folders per mode.
 
     With a `group` of several processes, each story's frame batches spread over them and the main process writes.
 
     Stories already there from the same inputs are kept as they are. Models are loaded once for all the modes (see
-    `load_renderers`), and only when some story needs rendering. ref_guided's frame 1 is the LoRA alone, the frame
-    lora renders first: ref_guided takes it from lora's render in this run, or from lora's folder (`first_from`,
-    the DVC pipeline's way; else out_roots["lora"]) when lora rendered the story there from this run's inputs.
+    `load_renderers`), and only when some story needs rendering; the checks' models (CLIP, DINOv2) also when an
+    `auto` threshold is calibrated on the training pictures (calibration.py), which every story's inputs hold.
+    ref_guided's frame 1 is the LoRA alone, the frame lora renders first: ref_guided takes it from lora's render in
+    this run, or from lora's folder (`first_from`, the DVC pipeline's way; else out_roots["lora"]) when lora
+    rendered the story there from this run's inputs. multiref takes its references from `references_dir` (the
+    user's sheet) or the training set (references.py), and is judged by the same thresholds.
     """
     models = model_set(settings)
     lora_sha256 = file_sha256(Path(lora_dir) / "pytorch_lora_weights.safetensors") if lora_dir else None
+    started = time.perf_counter()
+    device = Device.from_runtime(settings.runtime)
+    training_images = load_training_images(dataset_dir)
+    thresholds, checks = _calibrated(settings, models, device, dataset_dir, training_images, group)
     written: dict[Mode, list[Path]] = {mode: [] for mode in modes}
     todo: dict[Mode, list[tuple[StoryPlan, str]]] = {}
     for mode in modes:
-        inputs = StoryInputs(settings, mode, models, lora_sha256, dataset_dir)
+        inputs = StoryInputs(
+            settings, mode, models, lora_sha256, dataset_dir, thresholds=thresholds, references=references_dir
+        )
         for plan in plans:
             story_dir = Path(out_roots[mode]) / plan.story_id
             written[mode].append(story_dir)
@@ -67,33 +82,48 @@ def render_plans(
     if not todo:
         return written
 
-    started = time.perf_counter()
-    device = Device.from_runtime(settings.runtime)
-    scorer = ClipScorer(models.clip, device)
-    likeness = LikenessScorer(models.likeness, device)
-    training_images = load_training_images(dataset_dir)
-    likeness_features = likeness.image_features(training_images) if training_images else None
+    # compel's parse of every prompt to render is host work: done while the models load and the GPU renders.
+    # multiref's prompts go to FLUX.2 klein's Qwen3 tokenizer whole, unparsed.
+    sdxl_todo = [stories for mode, stories in todo.items() if mode != "multiref"]
+    if sdxl_todo:
+        parse_ahead(
+            [settings.generate.negative_prompt]
+            + [
+                frame_prompt(frame, settings.character, settings.generate.style)
+                for stories in sdxl_todo
+                for plan, _ in stories
+                for frame in plan.frames
+            ]
+        )
+    checks = checks or _CheckModels.load(models, device, training_images)
     faces = None
-    if "ref_guided" in todo and settings.generate.reference in ("face", "faceid"):
+    ip_faces = "ref_guided" in todo and settings.generate.reference in ("face", "faceid")
+    reference_rule = "multiref" in todo and not sheet_files(references_dir)  # no sheet: the rule reads faces
+    if ip_faces or reference_rule:
         faces = load_face_backend(models, settings.generate.face_min_score)
+    references: list[Reference] = []
+    if "multiref" in todo:
+        references = load_references(references_dir, dataset_dir, faces, count=settings.generate.multiref.references)
     renderers = load_renderers(
         list(todo),
         settings.generate,
         settings.character,
         models,
         device,
-        scorer,
+        checks.scorer,
         lora_dir,
-        likeness_features,
+        checks.likeness_features,
         faces,
         training_images,
-        likeness,
+        checks.likeness,
+        thresholds,
+        references,
     )
     logger.info("%s: models ready in %.1f s", ", ".join(todo), time.perf_counter() - started)
     notice = TINY_NOTICE if settings.is_tiny else None
     # story id -> frame 1 as the lora mode settled it: read from lora's folder now, or rendered below (lora first)
     lora_root = first_from or out_roots.get("lora")
-    lora_first = _lora_first_frames(settings, models, lora_sha256, dataset_dir, todo, lora_root)
+    lora_first = _lora_first_frames(settings, models, lora_sha256, dataset_dir, todo, lora_root, thresholds)
     # A story's files (PNG encoding, contact sheet, GIF: 3-4 s a story at 1024 px on the H200 machine) are written
     # on a thread while the next story renders. Leaving the block waits for them, also when rendering fails, so
     # every story rendered is kept.
@@ -119,8 +149,11 @@ def render_plans(
                     "notice": notice,
                     "planner": plan.planner,
                     "models": models.model_dump(mode="json"),
-                    "lora_sha256": lora_sha256 if mode != "baseline" else None,
+                    "lora_sha256": lora_sha256 if mode in LORA_MODES else None,
                     "generate": settings.generate.model_dump(mode="json"),
+                    # what the frames were sampled with: generate.sampler's steps and guidance replace the
+                    # generate section's when it is not standard
+                    "sampling": renderer.sampling(),
                     "resolution": renderer.resolution,
                     "device": str(device.device),
                     "processes": group.size,
@@ -129,15 +162,24 @@ def render_plans(
                     "frame_1_from": "lora" if reused is not None and frames[0] is reused else None,
                     # generate.reference: faceid: whose face the identity embedding is (frame_1 | training_images)
                     "identity_from": renderer.identity_from,
+                    # multiref: the reference images every frame was rendered from, and why each was chosen
+                    # (sheet: the user's; clearest_face / fullest_figure: references.py's rule over the training set)
+                    "references": [{"name": r.name, "why": r.why} for r in references] if mode == "multiref" else None,
                     # training images the likeness check compared each frame with, besides frame 1
                     "likeness_references": len(training_images),
+                    # the checks' thresholds this story was judged by: values, and how each was reached
+                    "thresholds": thresholds.record(),
                     # what picked each frame's kept attempt: every attempt's clip_text_score and likeness are these
                     # models' scores, the selection's own, not evaluate's (which uses none of them for identity)
                     "selection": {
                         "text_model": models.clip,
                         "likeness_model": models.likeness,
                         "conditioning_face_backend": faces.name
-                        if faces is not None and settings.generate.reference == "faceid"
+                        if faces is not None and mode == "ref_guided" and settings.generate.reference == "faceid"
+                        else None,
+                        # multiref's rule picked its clearest-face reference by this backend's detections
+                        "reference_face_backend": faces.name
+                        if mode == "multiref" and any(r.why == "clearest_face" for r in references)
                         else None,
                     },
                     # what this story was rendered from; a rerun with the same hash keeps the folder
@@ -152,6 +194,45 @@ def render_plans(
     return written
 
 
+@dataclass
+class _CheckModels:
+    """The frame checks' models, and the likeness features of the training images the check compares with."""
+
+    scorer: ClipScorer
+    likeness: LikenessScorer
+    likeness_features: torch.Tensor | None
+
+    @classmethod
+    def load(cls, models: ModelSet, device: Device, training_images: Sequence[Image.Image]) -> _CheckModels:
+        likeness = LikenessScorer(models.likeness, device)
+        features = likeness.image_features(training_images) if training_images else None
+        return cls(ClipScorer(models.clip, device), likeness, features)
+
+
+def _calibrated(
+    settings: Settings,
+    models: ModelSet,
+    device: Device,
+    dataset_dir: Path | None,
+    training_images: list[Image.Image],
+    group: Group,
+) -> tuple[Thresholds, _CheckModels | None]:
+    """This run's thresholds, and the checks' models when calibrating them needed those (None: not loaded yet)."""
+    checks = None
+    if training_images and needs_training_set(settings.generate):
+        checks = _CheckModels.load(models, device, training_images)
+    thresholds = calibrate(
+        settings.generate,
+        images=training_images,
+        captions=load_training_captions(dataset_dir),
+        trigger=settings.character.trigger,
+        scorer=checks.scorer if checks else None,
+        likeness_features=checks.likeness_features if checks else None,
+    )
+    # Every process must hash the same values: the main process's.
+    return group.broadcast(thresholds), checks
+
+
 def _lora_first_frames(
     settings: Settings,
     models: ModelSet,
@@ -159,6 +240,7 @@ def _lora_first_frames(
     dataset_dir: Path | None,
     todo: Mapping[Mode, list[tuple[StoryPlan, str]]],
     lora_root: Path | None,
+    thresholds: Thresholds,
 ) -> dict[str, RenderedFrame]:
     """Frame 1 of each ref_guided story to render whose lora story is already in `lora_root`, rendered from this
     run's inputs (the same frame: the LoRA alone, the same prompt and seeds); stories lora renders in this run
@@ -166,7 +248,7 @@ def _lora_first_frames(
     if lora_root is None or "ref_guided" not in todo:
         return {}
     rendering = {plan.story_id for plan, _ in todo.get("lora", [])}
-    inputs = StoryInputs(settings, "lora", models, lora_sha256, dataset_dir)
+    inputs = StoryInputs(settings, "lora", models, lora_sha256, dataset_dir, thresholds=thresholds)
     found = {}
     for plan, _ in todo["ref_guided"]:
         story_dir = Path(lora_root) / plan.story_id
@@ -204,9 +286,11 @@ def render_to(
     lora_dir: Path | None,
     dataset_dir: Path | None = None,
     first_from: Path | None = None,
+    references_dir: Path | None = None,
 ) -> None:
     """Bring `out` up to date with the plans: render what is missing or changed, keep the rest, drop the others.
-    `first_from`: the lora mode's output folder, where ref_guided finds its frames 1 (see render_plans).
+    `first_from`: the lora mode's output folder, where ref_guided finds its frames 1 (see render_plans);
+    `references_dir`: multiref's reference sheet.
 
     Under `accelerate launch` every process goes through the same stories; each renders its share of a story's
     frame batches (sharing.py) and the main process writes the story folder (atomically) once they are gathered.
@@ -222,7 +306,7 @@ def render_to(
     state.wait_for_everyone()
     if group.size > 1:
         logger.info("process %d of %d: rendering a share of every story's frame batches", group.rank, group.size)
-    render_plans(settings, [mode], plans, {mode: out}, lora_dir, dataset_dir, group, first_from)
+    render_plans(settings, [mode], plans, {mode: out}, lora_dir, dataset_dir, group, first_from, references_dir)
     state.wait_for_everyone()
     if group.is_main:
         remove_other_stories(out, [plan.story_id for plan in plans])

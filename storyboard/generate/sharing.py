@@ -1,8 +1,10 @@
-"""How the processes of one `accelerate launch` share a story's frames: fixed batches, each rendered by one process.
+"""How the processes of one `accelerate launch` share a story's frames: batches, each rendered by one process.
 
-A story's frames go through the pipeline in batches of `generate.frames_per_batch`, cut the same way whatever the
-number of processes: a frame's pixels depend on the batch it was rendered in (kernels round differently at another
-batch size), so fixed batches make N processes write the same bytes as one. Each process renders a contiguous
+A story's frames go through the pipeline in batches of `generate.frames_per_batch`. A frame's pixels depend on the
+batch it was rendered in (kernels round differently at another batch size). A number cuts a story the same way
+whatever the number of processes, so N processes write the same bytes as one. `auto` gives one process the whole
+story in one call (at most AUTO_MAX frames a call: fewer calls keep the GPU busier) and N processes a batch each,
+so its frames on N GPUs differ from one GPU's in the last bits of their rounding. Each process renders a contiguous
 share of the batches; the results are gathered on every process (torch.distributed's object collectives, which
 accelerate set up).
 """
@@ -11,9 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
+
+AUTO_MAX = 8  # frames_per_batch auto: most frames of one call (a batch of 8 at 1024 px fits an 80 GB GPU)
+
+
+def batch_size(frames: int, per_batch: int | Literal["auto"], processes: int = 1) -> int:
+    """Frames per pipeline call for `frames` frames: `per_batch` as given, or for `auto` the fewest calls that keep
+    each under AUTO_MAX and give every process one, evenly sized."""
+    if per_batch != "auto":
+        return per_batch
+    calls = max(processes, -(-frames // AUTO_MAX), 1)
+    return max(1, -(-frames // calls))
 
 
 def frame_batches(indices: Sequence[int], per_batch: int) -> list[list[int]]:

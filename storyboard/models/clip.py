@@ -7,11 +7,12 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from storyboard.models.loading import SDXL, Device, load
+from storyboard.models.checks import check_processor
+from storyboard.models.loading import SDXL, Device, load, load_model
 
 CLIP_LAYOUT = (
     "config.json and model.safetensors (a transformers CLIPModel) with its processor's files "
-    "(tokenizer.json or vocab.json and merges.txt, preprocessor_config.json)"
+    "(tokenizer.json or vocab.json and merges.txt; processor_config.json or preprocessor_config.json)"
 )
 
 
@@ -25,8 +26,13 @@ class ClipScorer:
         self.device = device.device
         # CLIP runs in fp32: it is small, and scores must not move with the generation dtype.
         named = dict(setting=f"{SDXL}.clip", layout=CLIP_LAYOUT)
-        self.model = load("CLIP scoring model", source, CLIPModel.from_pretrained, **named).to(self.device).eval()
-        self.processor = load("CLIP processor", source, CLIPProcessor.from_pretrained, **named)
+        self.model = load_model("CLIP scoring model", source, CLIPModel, **named).to(self.device).eval()
+        vocab = self.model.config.text_config.vocab_size
+
+        def fits(processor) -> None:
+            check_processor(processor, vocab, source=source, reader="config.json's text model")
+
+        self.processor = load("CLIP processor", source, CLIPProcessor.from_pretrained, check=fits, **named)
 
     @classmethod
     def from_model(cls, model, processor, device: Device, source: str = "in-memory") -> ClipScorer:

@@ -14,11 +14,16 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from storyboard.models.loading import Device, load
+from storyboard.models.checks import check_processor
+from storyboard.models.loading import SDXL, Device, load, load_model
 
 # ViStoryBench's defaults (CIDSEvaluator.__init__: BOX_TRESHOLD, TEXT_TRESHOLD)
 BOX_THRESHOLD = 0.25
 TEXT_THRESHOLD = 0.25
+DETECTOR_LAYOUT = (
+    "config.json and model.safetensors (a transformers GroundingDinoForObjectDetection) with its processor's files "
+    "(tokenizer.json or vocab.txt; processor_config.json or preprocessor_config.json)"
+)
 BATCH = 8  # images per detector call: a story's frames, or the references, in a few calls
 
 
@@ -48,9 +53,17 @@ class CharacterDetector:
         self.source = source
         self.device = device.device
         # fp32 like the CLIP scorer: a metric must not move with the generation dtype.
-        self.model = load("Grounding DINO detector", source, GroundingDinoForObjectDetection.from_pretrained)
+        named = dict(setting=f"{SDXL}.detector", layout=DETECTOR_LAYOUT)
+        self.model = load_model("Grounding DINO detector", source, GroundingDinoForObjectDetection, **named)
         self.model = self.model.to(self.device).eval()
-        self.processor = load("Grounding DINO processor", source, GroundingDinoProcessor.from_pretrained)
+        vocab = self.model.config.text_config.vocab_size
+
+        def fits(processor) -> None:
+            check_processor(processor, vocab, source=source, reader="config.json's text model")
+
+        self.processor = load(
+            "Grounding DINO processor", source, GroundingDinoProcessor.from_pretrained, check=fits, **named
+        )
 
     @torch.no_grad()
     def detect_many(self, images: Sequence[Image.Image], prompt: str) -> list[list[Box]]:

@@ -24,6 +24,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from storyboard.models.checks import IncompleteModel
+from storyboard.models.hub_access import looks_like_path, unreachable_reason
+
 # Written by the tiny builder at the root of each build: a folder under one is rebuilt, not downloaded.
 TINY_BUILD_MARKER = "BUILT.json"
 DOWNLOADS = ".cache/hub/"
@@ -47,6 +50,7 @@ class ModelRef:
     source: str  # a hub id (org/name) or a folder
     layout: str = ""  # the files it consists of, naming the keys that choose them
     part: str = ""  # the repo's subfolder that is all this model reads: the download command fetches only it
+    subfolder: str = ""  # the component of a folder loaded (unet/): a folder's copy that lacks it needs only it
 
 
 def failure_chain(error: BaseException) -> list[BaseException]:
@@ -76,22 +80,30 @@ def explain(ref: ModelRef, error: BaseException) -> str:
     local = Path(ref.source).expanduser()
     if local.exists():
         problem, fix = _local_folder(ref, local, chain)
-    elif _looks_like_path(ref.source) or _first(chain, HFValidationError):
+    elif looks_like_path(ref.source) or _first(chain, HFValidationError):
         problem = f"there is no folder {ref.source} (and it is not a hub id of the form org/name)"
         fix = f"set {ref.setting or 'it'} to a hub id or to a folder that exists"
     else:
         problem, fix = _hub(ref, chain)
-    return f"{head}: {problem}. Fix: {fix}. ({_detail(chain)})"
+    # the libraries' own words, unless the error is a check's (checks.py), whose words the problem holds already
+    detail = "" if isinstance(error, IncompleteModel) else f" ({_detail(chain)})"
+    return f"{head}: {problem}. Fix: {fix}.{detail}"
 
 
 def _local_folder(ref: ModelRef, folder: Path, chain: list[BaseException]) -> tuple[str, str]:
-    missing = _missing_file(chain)
     layout = f"; it should hold {ref.layout}" if ref.layout else ""
-    problem = f"{missing} is missing{layout}" if missing else f"the folder does not hold a loadable {ref.what}{layout}"
+    incomplete = _first(chain, IncompleteModel)
+    if incomplete is not None:  # loaded, but not what the folder should give
+        found = f"missing {incomplete.missing}: {incomplete.found}" if incomplete.missing else incomplete.found
+        problem = f"{found}{layout}"
+    elif missing := _missing_file(chain, ref.subfolder):
+        problem = f"{missing} is missing{layout}"
+    else:
+        problem = f"the folder does not hold a loadable {ref.what}{layout}"
     build = next((p for p in (folder, *folder.parents) if (p / TINY_BUILD_MARKER).is_file()), None)
     if build is not None:
         return problem, f"delete {build} and rerun: the tiny models are rebuilt from their seed"
-    again = _download(ref, repo="<its hub id>", folder=ref.source)
+    again = _download(ref, repo="<its hub id>", folder=ref.source, part=ref.part or ref.subfolder)
     return problem, f"download it again (`{again}`) or point {ref.setting or 'it'} at a complete folder"
 
 
@@ -115,6 +127,8 @@ def _hub(ref: ModelRef, chain: list[BaseException]) -> tuple[str, str]:
     if _first(chain, RevisionNotFoundError):
         return f"{ref.source} has no such revision", f"check {setting}"
     cache = constants.HF_HUB_CACHE
+    if reason := unreachable_reason():  # this process went offline after one failed probe (hub_access.py)
+        return _unreachable(ref, reason)
     if constants.HF_HUB_OFFLINE:
         return (
             f"HF_HUB_OFFLINE is set and {ref.source} is not in the Hugging Face cache ({cache})",
@@ -122,15 +136,13 @@ def _hub(ref: ModelRef, chain: list[BaseException]) -> tuple[str, str]:
             f"(or copy that machine's Hugging Face cache to {cache}); or unset HF_HUB_OFFLINE",
         )
     if unreachable := _first(chain, ConnectionError, TimeoutError) or _first(chain, LocalEntryNotFoundError):
-        return (
-            f"the hub {constants.ENDPOINT} could not be reached ({_first_line(unreachable)}) and {ref.source} is "
-            f"not in the Hugging Face cache ({cache})",
-            f"check the network (and HF_ENDPOINT), or on a machine with network run `{_download(ref)}`, copy that "
-            f"folder here and set {setting} to it",
-        )
+        return _unreachable(ref, _first_line(unreachable))
+    layout = f": the repo should hold {ref.layout}" if ref.layout else ""
+    if incomplete := _first(chain, IncompleteModel):
+        has_no = f"has no {incomplete.missing}: " if incomplete.missing else ""
+        return f"the repo {ref.source} {has_no}{incomplete.found}", f"check {setting}{layout}"
     missing = _missing_file(chain)
     if missing and (_first(chain, EntryNotFoundError) or not _first(chain, HfHubHTTPError)):
-        layout = f": the repo should hold {ref.layout}" if ref.layout else ""
         return f"the repo {ref.source} has no {missing}", f"check {setting}{layout}"
     if (http := _first(chain, HfHubHTTPError)) and _status(http) in (401, 403):
         return f"the hub refused access to {ref.source} ({_status(http)})", f"{login} with an account that can read it"
@@ -142,20 +154,38 @@ def _hub(ref: ModelRef, chain: list[BaseException]) -> tuple[str, str]:
     return f"it did not load from the hub {constants.ENDPOINT}", f"check {setting}"
 
 
-def _download(ref: ModelRef, repo: str | None = None, folder: str | None = None) -> str:
-    """The `hf` command that fetches what is read of the model into a folder `setting` can name."""
+def _unreachable(ref: ModelRef, reason: str) -> tuple[str, str]:
+    return (
+        f"the hub {constants.ENDPOINT} could not be reached ({reason}) and {ref.source} is not in the Hugging Face "
+        f"cache ({constants.HF_HUB_CACHE})",
+        f"check the network (and HF_ENDPOINT), or on a machine with network run `{_download(ref)}`, copy that "
+        f"folder here and set {ref.setting or 'the model id'} to it",
+    )
+
+
+def _download(ref: ModelRef, repo: str | None = None, folder: str | None = None, part: str | None = None) -> str:
+    """The `hf` command that fetches what is read of the model (`part`: only that subfolder; default: the
+    model's own part) into a folder `setting` can name."""
     repo = repo or ref.source
-    include = f" --include '{ref.part.strip('/')}/*'" if ref.part else ""
+    part = ref.part if part is None else part
+    include = f" --include '{part.strip('/')}/*'" if part else ""
     # Under .cache/, which git ignores: weights stay out of the repository.
     return f"hf download {repo}{include} --local-dir {folder or DOWNLOADS + repo.replace('/', '--')}"
 
 
-def _missing_file(chain: list[BaseException]) -> str | None:
+def _missing_file(chain: list[BaseException], part: str = "") -> str | None:
+    """The missing file the libraries name; `part`: the subfolder loaded, which diffusers leaves out of the
+    folder it names."""
     for pattern in _MISSING_FILE:
         for error in chain:
             if match := pattern.search(str(error)):
                 found = match.groupdict()
-                return f"{found['folder']}/{found['file']}" if found.get("folder") else found["file"]
+                if not found.get("folder"):
+                    return found["file"]
+                folder = found["folder"]
+                if part and not folder.rstrip("/").endswith(part.strip("/")):
+                    folder = f"{folder.rstrip('/')}/{part.strip('/')}"
+                return f"{folder}/{found['file']}"
     return None
 
 
@@ -176,8 +206,3 @@ def _first_line(error: BaseException) -> str:
 def _detail(chain: list[BaseException]) -> str:
     """The library's own words, of the innermost error that says something: for a bug report, not for the user."""
     return " <- ".join(_first_line(e) for e in chain[:2])
-
-
-def _looks_like_path(source: str) -> bool:
-    # A hub id is `name` or `org/name`; anything else the user meant as a folder.
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source

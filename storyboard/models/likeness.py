@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from storyboard.models.loading import Device, load
+from storyboard.models.loading import SDXL, Device, load, load_model
+
+LIKENESS_LAYOUT = "config.json and model.safetensors (a transformers Dinov2Model) and preprocessor_config.json"
 
 
 class LikenessScorer:
@@ -23,8 +25,9 @@ class LikenessScorer:
         self.source = source
         self.device = device.device
         # fp32: small, and the check's threshold must not move with the generation dtype.
-        self.model = load("likeness model (DINOv2)", source, Dinov2Model.from_pretrained).to(self.device).eval()
-        self.processor = load("likeness image processor", source, AutoImageProcessor.from_pretrained)
+        named = dict(setting=f"{SDXL}.likeness", layout=LIKENESS_LAYOUT)
+        self.model = load_model("likeness model (DINOv2)", source, Dinov2Model, **named).to(self.device).eval()
+        self.processor = load("likeness image processor", source, AutoImageProcessor.from_pretrained, **named)
 
     @torch.no_grad()
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:

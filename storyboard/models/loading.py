@@ -19,7 +19,9 @@ import torch
 
 from storyboard.errors import StoryboardError
 from storyboard.log import logger, quiet_model_libraries
+from storyboard.models.checks import check_tokenizer, check_weights
 from storyboard.models.gpus import cuda_index
+from storyboard.models.hub_access import go_offline_if_unreachable
 from storyboard.models.hub_errors import ModelRef, explain, is_loading_failure
 from storyboard.models.versions import version_problems
 from storyboard.settings import ModelSet, Runtime, Settings
@@ -37,6 +39,11 @@ SDXL_LAYOUT = (
     "scheduler/, each with its config and weights (a diffusers SDXL pipeline)"
 )
 MODEL_LAYOUT = "config.json and diffusion_pytorch_model.safetensors"
+QWEN_PADDING = 1024  # rows of a Qwen embedding table that its tokenizer may leave unused
+FLUX2_KLEIN_LAYOUT = (
+    "model_index.json and the folders transformer/, vae/, text_encoder/, tokenizer/ and scheduler/, each with its "
+    "config and weights (a diffusers Flux2KleinPipeline, e.g. black-forest-labs/FLUX.2-klein-4B)"
+)
 
 
 class ModelLoadError(StoryboardError):
@@ -86,25 +93,78 @@ def load(
     setting: str | None = None,
     layout: str = "",
     part: str = "",
+    check: Callable[[T], None] | None = None,
     **kwargs,
 ) -> T:
-    """Call `loader(source, **kwargs)`; a failure of the model's files or of the way to them becomes one
-    ModelLoadError naming the model (`setting`: its params key), the id or folder, what went wrong and the fix
-    (`layout`: the files it should hold; `part`: the subfolder of a big repo that is all it needs)."""
+    """Call `loader(source, **kwargs)`, then `check(loaded)` (checks.py: what it must be); a failure of the
+    model's files or of the way to them becomes one ModelLoadError naming the model (`setting`: its params key),
+    the id or folder, what went wrong and the fix (`layout`: the files it should hold; `part`: the subfolder of a
+    big repo that is all it needs)."""
     check_versions()
     quiet_model_libraries()
+    go_offline_if_unreachable(source)
     started = time.perf_counter()
     try:
         loaded = loader(source, **kwargs)
+        if check is not None:
+            check(loaded)
     except Exception as e:
         if not is_loading_failure(e):
             raise
-        ref = ModelRef(what, setting, source, layout, part)
+        ref = ModelRef(what, setting, source, layout, part, kwargs.get("subfolder") or "")
         raise ModelLoadError(explain(ref, e)) from e
     seconds = time.perf_counter() - started
     # a slow disk or a hub download shows where a stage's start-up goes
     logger.log(logging.INFO if seconds >= 1 else logging.DEBUG, "%s: loaded in %.1f s (%s)", what, seconds, source)
     return loaded
+
+
+def load_model(what: str, source: str, model_class, /, **kwargs):
+    """`load` of a transformers or diffusers model class that also fails when its files lack some of the
+    model's weights (from_pretrained would initialise those at random and say so only in a silenced log line)."""
+    subfolder = kwargs.get("subfolder") or ""
+
+    def loader(source: str, **kwargs):
+        model, info = model_class.from_pretrained(source, output_loading_info=True, **kwargs)
+        check_weights(info, subfolder=subfolder)
+        return model
+
+    return load(what, source, loader, **kwargs)
+
+
+def load_text_encoders(models: ModelSet, dtype: torch.dtype | None = None) -> dict:
+    """SDXL's two text encoders and their tokenizers, for generate's pipeline and for train alike; each tokenizer
+    checked against its encoder's embedding table. Keyed as the pipeline's components."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    named = dict(setting=f"{SDXL}.base", layout=SDXL_LAYOUT)
+    typed = {"dtype": dtype} if dtype is not None else {}
+    parts = {}
+    for suffix, encoder_class in (("", CLIPTextModel), ("_2", CLIPTextModelWithProjection)):
+        encoder_sub, tokenizer_sub = f"text_encoder{suffix}", f"tokenizer{suffix}"
+        encoder = load_model(
+            f"text encoder{suffix.replace('_', ' ')}",
+            models.base,
+            encoder_class,
+            subfolder=encoder_sub,
+            **named,
+            **typed,
+        )
+        vocab = encoder.config.vocab_size
+
+        def fits(tokenizer, vocab=vocab, sub=tokenizer_sub, reader=f"{encoder_sub}/"):
+            check_tokenizer(tokenizer, vocab, source=models.base, subfolder=sub, reader=reader)
+
+        parts[encoder_sub] = encoder
+        parts[tokenizer_sub] = load(
+            f"tokenizer{suffix.replace('_', ' ')}",
+            models.base,
+            CLIPTokenizer.from_pretrained,
+            subfolder=tokenizer_sub,
+            check=fits,
+            **named,
+        )
+    return parts
 
 
 @functools.cache
@@ -116,31 +176,58 @@ def check_versions() -> None:
 
 
 def load_pipeline(models: ModelSet, device: Device):
-    """The SDXL text-to-image pipeline on `device`."""
-    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    """The SDXL text-to-image pipeline on `device`. Its parts with weights and its tokenizers load one by one,
+    checked (train loads the same ones); the pipeline loads the rest (scheduler, configs) around them."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 
-    extra = {}
-    if models.vae:
-        extra["vae"] = load(
-            "VAE",
-            models.vae,
-            AutoencoderKL.from_pretrained,
-            setting=f"{SDXL}.vae",
-            layout=MODEL_LAYOUT,
-            dtype=device.dtype,
-        )
     logger.info("loading SDXL from %s (%s, %s)", models.base, device.device, device.dtype)
-    pipe = load(
-        "SDXL base model",
-        models.base,
-        StableDiffusionXLPipeline.from_pretrained,
-        setting=f"{SDXL}.base",
-        layout=SDXL_LAYOUT,
-        dtype=device.dtype,
-        **extra,
-    )
+    named = dict(setting=f"{SDXL}.base", layout=SDXL_LAYOUT, dtype=device.dtype)
+    if models.vae:
+        vae = load_model(
+            "VAE", models.vae, AutoencoderKL, setting=f"{SDXL}.vae", layout=MODEL_LAYOUT, dtype=device.dtype
+        )
+    else:
+        vae = load_model("VAE", models.base, AutoencoderKL, subfolder="vae", **named)
+    parts = load_text_encoders(models, device.dtype)
+    parts["unet"] = load_model("UNet", models.base, UNet2DConditionModel, subfolder="unet", **named)
+    pipe = load("SDXL base model", models.base, StableDiffusionXLPipeline.from_pretrained, vae=vae, **parts, **named)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device.device)
+
+
+def load_multiref_pipeline(models: ModelSet, device: Device):
+    """generate@multiref's FLUX.2 klein pipeline (transformer, VAE, Qwen3 text encoder) on `device`. As SDXL's: its
+    parts with weights and its tokenizer load one by one, checked; the pipeline loads the scheduler around them."""
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen2Tokenizer, Qwen3ForCausalLM
+
+    source = models.multiref
+    logger.info("loading FLUX.2 klein from %s (%s, %s)", source, device.device, device.dtype)
+    named = dict(setting=f"{SDXL}.multiref", layout=FLUX2_KLEIN_LAYOUT)
+    typed = dict(named, dtype=device.dtype)
+    parts = {
+        "transformer": load_model(
+            "FLUX.2 klein transformer", source, Flux2Transformer2DModel, subfolder="transformer", **typed
+        ),
+        "vae": load_model("FLUX.2 klein VAE", source, AutoencoderKLFlux2, subfolder="vae", **typed),
+        "text_encoder": load_model(
+            "FLUX.2 klein text encoder", source, Qwen3ForCausalLM, subfolder="text_encoder", **typed
+        ),
+    }
+    vocab = parts["text_encoder"].config.vocab_size
+
+    def fits(tokenizer):
+        # Qwen's embedding table keeps a few hundred rows beyond its tokenizer's tokens, reserved for new ones.
+        check_tokenizer(
+            tokenizer, vocab, source=source, subfolder="tokenizer", reader="text_encoder/", padding=QWEN_PADDING
+        )
+
+    parts["tokenizer"] = load(
+        "FLUX.2 klein tokenizer", source, Qwen2Tokenizer.from_pretrained, subfolder="tokenizer", check=fits, **named
+    )
+    pipe = load("FLUX.2 klein (generate@multiref)", source, Flux2KleinPipeline.from_pretrained, **parts, **typed)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def over_same_modules(pipeline_class, pipe, **extra):
@@ -159,10 +246,10 @@ def with_controlnet(pipe, models: ModelSet, device: Device):
     """The ControlNet variant of `pipe`: its own modules plus the ControlNet, loaded onto `device`."""
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
-    controlnet = load(
+    controlnet = load_model(
         "ControlNet",
         models.controlnet,
-        ControlNetModel.from_pretrained,
+        ControlNetModel,
         setting=f"{SDXL}.controlnet",
         layout=MODEL_LAYOUT,
         dtype=device.dtype,
@@ -182,6 +269,25 @@ def attach_lora(pipe, lora_dir: Path, *, adapter_name: str = "character") -> Non
             f"the LoRA in {lora_dir} does not fit the base model {pipe.name_or_path}: was it trained on another "
             f"profile? retrain with `dvc repro train`. ({e})"
         ) from e
+
+
+def fuse_sampler_lora(pipe, models: ModelSet, sampler) -> None:
+    """A few-step sampler's distillation LoRA (generate.sampler), fused into `pipe`'s UNet: its steps then cost
+    what the plain UNet's do, and the character's LoRA fuses on top of it."""
+    key = sampler.lora_key
+    source, weight = getattr(models, key), getattr(models, f"{key}_weight")
+    logger.info("loading the %s LoRA %s/%s", sampler.name, source, weight)
+    load(
+        f"{sampler.name} LoRA",
+        source,
+        pipe.load_lora_weights,
+        setting=f"{SDXL}.{key}",
+        layout=f"{weight} ({SDXL}.{key}_weight)",
+        weight_name=weight,
+        adapter_name="sampler",
+    )
+    pipe.fuse_lora(adapter_names=["sampler"], lora_scale=sampler.lora_scale)
+    pipe.unload_lora_weights()
 
 
 def attach_ip_adapter(pipe, models: ModelSet, scale: float, *, faceid: bool = False) -> None:
@@ -278,5 +384,8 @@ def check_faceid_fits(size: int | None, faces: FaceBackend, models: ModelSet) ->
 
 
 def native_resolution(pipe) -> int:
-    """The size the base model was trained at: unet sample_size x VAE scale (1024 for SDXL)."""
+    """The size the base model was trained at: unet sample_size x VAE scale (1024 for SDXL); a pipeline without a
+    UNet (FLUX.2 klein): its VAE's sample_size (1024 for FLUX.2's)."""
+    if getattr(pipe, "unet", None) is None:
+        return int(pipe.vae.config.sample_size)
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)

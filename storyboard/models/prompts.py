@@ -14,7 +14,10 @@ by 1.1. Text that is meant literally (a planner's scene) goes through `literal` 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pyparsing
 import torch
@@ -23,6 +26,47 @@ import torch
 # encoding a story (2.4 s for 8 frames on the H200 machine, bench_prompts.py). Packrat memoisation, which pyparsing
 # offers for grammars like compel's, halves it (CPU, tiny encoders: 1.9 -> 0.94 s); the embeddings are the same.
 pyparsing.ParserElement.enable_packrat()
+
+
+# Text in which compel's grammar sees nothing but words: no weights, groups, escapes or quotes, a hyphen only inside
+# a word ("word-" weighs it down), already in the form the parser writes back (single spaces, ", " after commas).
+_PLAIN = re.compile(r"(?:[\w,.;:!?'/&%#@*=<>~$ ]|(?<=\w)-(?=\w))*")
+_UNNORMAL = re.compile(r"^ | $|  |,(?=[^ ])| ,")
+
+
+def is_plain(text: str) -> bool:
+    """Whether compel would parse `text` into itself, one fragment of weight 1."""
+    return _PLAIN.fullmatch(text) is not None and _UNNORMAL.search(text) is None
+
+
+@lru_cache(maxsize=4096)
+def _parsed(text: str):
+    """compel's parse of `text`, kept: CompelForSDXL parses every prompt once per text encoder, a retry or a rerun
+    parses it again, and a parse costs more than encoding the prompt on a GPU. Plain text (most planned scenes:
+    `literal` leaves no syntax) is the one fragment the parser would return, built without running it."""
+    from compel import Compel
+    from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
+
+    if is_plain(text):
+        return Conjunction([FlattenedPrompt([Fragment(text, 1.0)])])
+    return Compel.parse_prompt_string(text)
+
+
+def parse_ahead(texts: Iterable[str]) -> threading.Thread:
+    """Parse `texts` on a background thread, so the stories' prompts are parsed while models load and earlier
+    stories render (the GPU waits on nothing of it); `encode_prompts` then finds them parsed."""
+
+    # compel imports diffusers, whose lazy modules are not safe to import from two threads at once (the loader
+    # imports them meanwhile); importing it here, before the thread starts, leaves the thread only parsing.
+    import compel  # noqa: F401
+
+    def work() -> None:
+        for text in dict.fromkeys(texts):
+            _parsed(text)
+
+    thread = threading.Thread(target=work, name="prompt-parser", daemon=True)
+    thread.start()
+    return thread
 
 
 def literal(text: str) -> str:
@@ -58,15 +102,45 @@ def encode_prompts(pipe, prompts: list[str], negative_prompt: str = "") -> Promp
 
     `pipe` is any SDXL pipeline; with model CPU offload its hooks move the encoders to the device as usual.
     """
-    from compel import CompelForSDXL
-
     if not prompts:
         raise ValueError("no prompts to encode")
+    if all(is_plain(text) and _fits(pipe, text) for text in [*prompts, negative_prompt]):
+        return _encode_short(pipe, list(prompts), negative_prompt)
+    return _encode_compel(pipe, list(prompts), negative_prompt)
+
+
+def _encode_compel(pipe, prompts: list[str], negative_prompt: str) -> PromptEmbeds:
+    from compel import CompelForSDXL
+
     compel = CompelForSDXL(pipe, device=pipe._execution_device)
+    for encoder in (compel.compel_1, compel.compel_2):
+        # Both encoders read the same parse (compel's own classmethod, memoised): one parse a prompt, not two.
+        encoder.parse_prompt_string = _parsed
     # One negative, repeated by compel for every prompt: encoded once, not once per frame.
-    out = compel(list(prompts), negative_prompt=[negative_prompt])
+    out = compel(prompts, negative_prompt=[negative_prompt])
     negative, negative_pooled = out.negative_embeds, out.negative_pooled_embeds
     if not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
         # What SDXL's pipelines do for no negative prompt: zeros, not the embedding of "".
         negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
     return PromptEmbeds(out.embeds, out.pooled_embeds, negative, negative_pooled)
+
+
+def _fits(pipe, text: str) -> bool:
+    """Whether `text` fits in one window of both tokenizers (77 tokens with the start and end markers)."""
+    return all(
+        len(tokenizer(text).input_ids) <= tokenizer.model_max_length for tokenizer in (pipe.tokenizer, pipe.tokenizer_2)
+    )
+
+
+def _encode_short(pipe, prompts: list[str], negative_prompt: str) -> PromptEmbeds:
+    """Plain prompts of one window: the embeddings compel gives them (diffusers' own), in one batched pass of each
+    encoder; compel encodes each prompt, and its pooled embedding, in passes of their own."""
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=prompts,
+        device=pipe._execution_device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        # None, not "": SDXL's pipelines then use zeros where the config says so, as encode_prompts does.
+        negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+    )
+    return PromptEmbeds(embeds, pooled, negative, negative_pooled)

@@ -1,9 +1,10 @@
-"""The tiny profile: small random-weight models of exactly the classes SDXL uses, built offline.
+"""The tiny profile: small random-weight models of exactly the classes SDXL and FLUX.2 klein use, built offline.
 
 They are saved with `save_pretrained` into a local folder and then loaded by the same loading code as the real
 hub models, so every code path runs on a CPU in CI. Their outputs are noise: they check plumbing, never
 quality. The build is deterministic for a seed, so the pipeline's outputs are reproducible across machines
-with the same torch build.
+with the same torch build. The InsightFace backend gets a random-weight pack in buffalo_l's layout
+(storyboard/models/insightface_pack.py) beside them.
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from storyboard import TINY_NOTICE
 from storyboard.fsutil import atomic_path
 from storyboard.log import logger
 from storyboard.models import bpe
+from storyboard.models.insightface_pack import ensure_pack
 from storyboard.settings import ModelSet, TinyModels
 
 # Bump when the architecture below changes, so stale folders are rebuilt instead of half-matching.
-BUILD_VERSION = 4
+BUILD_VERSION = 6
 
 # Sizes: the smallest that keep every SDXL mechanism (two text encoders, pooled + time ids conditioning,
 # cross-attention blocks, a 2-level VAE) while a 64 px frame takes milliseconds on a CPU.
 TEXT_DIM = 32  # hidden size of both text encoders; the UNet sees their concatenation
 CROSS_DIM = 2 * TEXT_DIM
+# The file names of the real few-step LoRAs, so the tiny ones go through the same loading call
+TINY_SAMPLER_WEIGHTS = {
+    "lightning_lora": "sdxl_lightning_4step_lora.safetensors",
+    "hyper_sd_lora": "Hyper-SDXL-8steps-CFG-lora.safetensors",
+}
 TIME_DIM = 8  # addition_time_embed_dim: 6 time ids -> 48 features
 IMAGE_SIZE = 32  # CLIP vision input for the IP-Adapter encoder and the scoring model
 NATIVE_RESOLUTION = 64  # unet sample_size (32) x VAE scale (2)
@@ -35,6 +42,24 @@ IP_TOKENS = 4  # image tokens per IP-Adapter reference, as in the released SDXL 
 FACEID_EMBED_DIM = 128  # the FaceID adapter's input: an embedding of the tiny profile's face backend (dlib)
 FACEID_LORA_RANK = 4
 FACEID_LORA_STRENGTH = 4.0
+# FLUX.2 klein (generate@multiref): the pipeline stacks the text encoder's hidden states 9, 18 and 27, so the tiny
+# Qwen3 keeps 28 layers (of a tiny width); the transformer reads their concatenation.
+KLEIN_TEXT_DIM = 16
+KLEIN_TEXT_LAYERS = 28
+KLEIN_VOCAB = 512
+# Qwen3's chat template as the pipeline applies it (one user turn, generation prompt, thinking turned off).
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+# What the tiny byte-level BPE is trained on: words the frame prompts use, so they tokenize into a few merges.
+KLEIN_CORPUS = (
+    "a cheerful folk trickster with a thin black moustache, a patched striped robe and a fur-trimmed conical hat "
+    "greets the sunrise on the steppe, walks into a busy bazaar, haggles with a spice seller, laughs, rides a horse "
+    "close-up medium wide shot, standing walking running sitting waving pointing, cinematic storyboard frame, "
+    "consistent character design, detailed illustration, night village market mountains river"
+)
 
 
 def _tokenizers(folder: Path) -> None:
@@ -199,6 +224,22 @@ def _build_faceid_adapter(unet, folder: Path) -> None:
     save_file(tensors, root / "ip-adapter-faceid.safetensors")
 
 
+def _build_sampler_lora(unet, folder: Path, weight: str) -> None:
+    """A random few-step LoRA in the layout the real ones ship in (kohya's: `lora_unet_<module>` with lora_down,
+    lora_up and alpha) over the UNet's attention projections, which diffusers' loader converts as it does theirs."""
+    tensors, rank = {}, 4
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0"):
+            if ".attn" not in name:
+                continue
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = _linear_weight(rank, module.in_features)
+            tensors[f"{key}.lora_up.weight"] = _linear_weight(module.out_features, rank) * 0.1
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / weight))
+
+
 def _linear_weight(out_features: int, in_features: int) -> torch.Tensor:
     # At the scale of a default-initialised linear layer (not near zero), so an adapter's input visibly moves
     # the output and tests can tell an applied adapter from an ignored one.
@@ -321,6 +362,103 @@ def build_detector(target: Path) -> None:
     GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(target)
 
 
+def qwen_tokenizer(folder: Path):
+    """A Qwen2 tokenizer (byte-level BPE, Qwen's special tokens and chat template), trained offline on a few lines:
+    the real vocabulary is not on this machine, and the pipeline only needs its class and its template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    bpe_model = Tokenizer(models.BPE())
+    bpe_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe_model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=KLEIN_VOCAB,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe_model.train_from_iterator([KLEIN_CORPUS], trainer)
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=bpe_model, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None
+    )
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    # A tokenizer that lost its merges would spell every word byte by byte.
+    if len(tokenizer("a busy bazaar").input_ids) > 6:
+        raise RuntimeError(f"tiny Qwen tokenizer is broken: {tokenizer.tokenize('a busy bazaar')}")
+    tokenizer.save_pretrained(folder)
+    return Qwen2TokenizerFast.from_pretrained(folder)
+
+
+def build_flux2_klein(folder: Path, tokenizer_dir: Path) -> None:
+    """FLUX.2 klein in the hub's layout (model_index.json, transformer/ vae/ text_encoder/ tokenizer/ scheduler/):
+    Flux2Transformer2DModel, AutoencoderKLFlux2 (2 levels: 64 px frames), a Qwen3ForCausalLM text encoder, the
+    scheduler settings of the released model, step-distilled (is_distilled: no classifier-free guidance)."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = qwen_tokenizer(tokenizer_dir)
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=KLEIN_TEXT_DIM,
+            intermediate_size=2 * KLEIN_TEXT_DIM,
+            num_hidden_layers=KLEIN_TEXT_LAYERS,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    latent_channels = 4
+    transformer = Flux2Transformer2DModel(
+        in_channels=4 * latent_channels,  # the pipeline packs 2x2 latent patches
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=3 * KLEIN_TEXT_DIM,  # three hidden states, concatenated
+        timestep_guidance_channels=16,
+        axes_dims_rope=(2, 2, 2, 2),  # sums to attention_head_dim
+        guidance_embeds=False,
+    )
+    vae = AutoencoderKLFlux2(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=NATIVE_RESOLUTION,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        time_shift_type="exponential",
+    )
+    pipe = Flux2KleinPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=True,
+    )
+    pipe.save_pretrained(folder)
+
+
 def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
     return ModelSet(
         base=str(root / "sdxl"),
@@ -331,10 +469,18 @@ def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
         faceid_adapter=str(root / "ip_adapter_faceid"),
         faceid_adapter_weight="ip-adapter-faceid.safetensors",
         controlnet=str(root / "controlnet"),
+        lightning_lora=str(root / "lightning"),
+        lightning_lora_weight=TINY_SAMPLER_WEIGHTS["lightning_lora"],
+        hyper_sd_lora=str(root / "hyper_sd"),
+        hyper_sd_lora_weight=TINY_SAMPLER_WEIGHTS["hyper_sd_lora"],
+        multiref=str(root / "flux2_klein"),
         clip=str(root / "clip"),
         likeness=str(root / "likeness"),
         detector=str(root / "detector"),
         face_backend=tiny.face_backend,
+        # The random-weight InsightFace pack: models.tiny.face_backend: insightface, and evaluate's backend when that
+        # is the other one (evaluate.face_backend: auto with generate.reference: faceid).
+        face_model_root=str(root / "insightface"),
     )
 
 
@@ -344,6 +490,8 @@ def tiny_model_set(tiny: TinyModels) -> ModelSet:
     root = Path(tiny.root) / f"v{BUILD_VERSION}-seed{tiny.seed}"
     if not (root / "BUILT.json").exists():
         build_tiny_models(root, seed=tiny.seed)
+    # Beside the torch models but versioned on its own: tiny folders built before it gain it without a full rebuild.
+    ensure_pack(root / "insightface", seed=tiny.seed)
     return _model_set(root, tiny)
 
 
@@ -358,8 +506,11 @@ def build_tiny_models(root: Path, *, seed: int) -> None:
         _build_ip_adapter(unet, folder)
         _build_clip(folder)
         _build_faceid_adapter(unet, folder)
+        _build_sampler_lora(unet, folder / "lightning", TINY_SAMPLER_WEIGHTS["lightning_lora"])
+        _build_sampler_lora(unet, folder / "hyper_sd", TINY_SAMPLER_WEIGHTS["hyper_sd_lora"])
         _build_likeness(folder)
         build_detector(folder / "detector")
+        build_flux2_klein(folder / "flux2_klein", folder / "_tok" / "qwen")
         (folder / "BUILT.json").write_text(
             json.dumps({"seed": seed, "build_version": BUILD_VERSION, "notice": TINY_NOTICE}, indent=2) + "\n"
         )

@@ -26,7 +26,8 @@ from storyboard.errors import StoryboardError
 from storyboard.fsutil import atomic_path, write_json
 from storyboard.select.scorer import StepScorer
 from storyboard.settings import Select
-from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS, export_kohya
+from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS
+from storyboard.train.kohya import export_kohya
 from storyboard.train.steps import SavedStep, SavedSteps, read_steps
 
 logger = logging.getLogger(__name__)
@@ -106,13 +107,23 @@ def sweep_metrics(settings: Select, saved: SavedSteps, scores: list[StepScore], 
     }
 
 
-def export_lora(saved: SavedStep, out_dir: Path, training: dict) -> None:
-    """`saved`'s LoRA as models/lora: the diffusers file, the same in kohya's layout, and the run's summary."""
+def export_lora(saved: SavedSteps, step: int, out_dir: Path) -> None:
+    """Saved step `step` as models/lora: the diffusers file, the same in kohya's layout with the metadata train
+    recorded for that step, and the run's summary."""
+    chosen, kohya = saved.at(step), saved.kohya
+    if step not in kohya.metadata:
+        raise SelectError(f"{chosen.lora.parent.parent}: steps.json has no kohya metadata of step {step}; retrain")
     with atomic_path(Path(out_dir)) as staged:
         staged.mkdir()
-        shutil.copyfile(saved.lora, staged / LORA_WEIGHTS)
-        export_kohya(staged / LORA_WEIGHTS, staged / KOHYA_WEIGHTS)
-        write_json(staged / "training.json", {**training, "chosen_step": saved.step})
+        shutil.copyfile(chosen.lora, staged / LORA_WEIGHTS)
+        export_kohya(
+            staged / LORA_WEIGHTS,
+            staged / KOHYA_WEIGHTS,
+            unet_config=kohya.unet_config,
+            alpha=kohya.alpha,
+            metadata=kohya.metadata[step],
+        )
+        write_json(staged / "training.json", {**saved.training, "chosen_step": step})
 
 
 def select_lora(
@@ -141,7 +152,7 @@ def select_lora(
         if step not in [s.step for s in saved.steps]:
             raise SelectError(f"select.step {step} is no saved step; saved: {[s.step for s in saved.steps]}")
         metrics = {"select": settings.step, "chosen_step": step, "steps": []}
-    export_lora(saved.at(metrics["chosen_step"]), out_dir, saved.training)
+    export_lora(saved, metrics["chosen_step"], out_dir)
     metrics["final_loss"] = saved.training.get("final_loss")
     write_json(Path(metrics_path), metrics)
     return metrics

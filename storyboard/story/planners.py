@@ -8,22 +8,23 @@ per frame, inside what CLIP's text scores (generate's check, evaluate) read, and
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from storyboard.log import logger
 from storyboard.models.bpe import count_tokens
 from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected
 from storyboard.settings import Character, Plan, Story
-from storyboard.story.plan import Frame, PlanError, Shot, StoryPlan, field_errors
+from storyboard.story.plan import Frame, PlanError, Shot, StoryPlan
 from storyboard.story.poses import POSE_NAMES, normalise_pose_label
+from storyboard.story.reply import ReplyError, read_frames, shorten, summarise
 
 
 class FrameList(BaseModel):
-    """What the LLM is asked to return."""
+    """What the LLM is asked to return (the schema sent as structured output; replies are read by
+    storyboard.story.reply, which also takes what servers that don't enforce it send)."""
 
     model_config = ConfigDict(extra="forbid")
     frames: list[Frame]
@@ -187,15 +188,24 @@ PLAN_ENDPOINT = Purpose(
 )
 
 
+FAILURE_CHARS = 300  # the planner's final error: one line a person reads whole
+
+
 class OpenAIPlanner:
-    """Any OpenAI-compatible chat endpoint (client and errors: storyboard.openai_client); the reply is validated
-    against the schema and retried once."""
+    """Any OpenAI-compatible chat endpoint (client and errors: storyboard.openai_client).
+
+    The reply is read as servers that don't enforce the schema send it (storyboard.story.reply) and validated
+    against the plan's schema; a reply that still fails is asked again once, quoting a short summary of what
+    was wrong, and a second failure is a PlanError of one short line naming the story and the fixes.
+    """
 
     name = "openai"
 
     def __init__(self, settings: Plan):
         self.settings = settings
         self.endpoint = ChatEndpoint(settings.openai, PLAN_ENDPOINT)
+        # Response formats still to try, the first in use: one an endpoint rejects is dropped for every story.
+        self._formats: list[str | None] = ["json_schema", "json_object", None] if settings.structured_output else [None]
 
     def frames(self, story: Story, character: Character) -> list[Frame]:
         s = self.settings
@@ -211,17 +221,19 @@ class OpenAIPlanner:
             {"role": "system", "content": system},
             {"role": "user", "content": f"Character: {character.name}, {character.description}.\nStory: {story.text}"},
         ]
-        problem = ""
+        problem, text, cut_off = "", "", False
         for attempt in range(2):
-            text = self._ask(messages).choices[0].message.content or ""
+            choice = self._ask(messages).choices[0]
+            text, cut_off = choice.message.content or "", choice.finish_reason == "length"
             try:
-                data = _with_known_poses(text)
-                frames = (
-                    FrameList.model_validate_json(text) if data is None else FrameList.model_validate(data)
-                ).frames
-            except ValidationError as e:
-                # The model is told which field was wrong and why, not only that something was.
-                problem = field_errors(e)
+                frames = read_frames(
+                    text,
+                    cut_off=cut_off,
+                    find_setting=_find_setting,
+                    default_setting=DEFAULT_SETTING,
+                )
+            except ReplyError as e:
+                problem = str(e)  # the model is told what was wrong, in a line it can act on
             else:
                 if not s.min_frames <= len(frames) <= s.max_frames:
                     problem = f"{len(frames)} frames; need {s.min_frames}-{s.max_frames}"
@@ -236,47 +248,50 @@ class OpenAIPlanner:
                     )
                     return fit_scenes(frames, s.scene_tokens)
                 else:
-                    problem = "; ".join(
-                        f"frames.{i}.scene is {n} tokens, over the budget of {s.scene_tokens}" for i, n in long.items()
+                    problem = summarise(
+                        [(f"scene is {n} tokens, over the budget of {s.scene_tokens}", i + 1) for i, n in long.items()]
                     )
-            logger.warning("planner reply for %s was invalid (%s); asking again", story.id, problem)
-            messages += [
-                {"role": "assistant", "content": text},
-                {"role": "user", "content": f"That reply was invalid: {problem}. Reply again with valid JSON only."},
-            ]
-        raise PlanError(f"the planner returned no valid plan for story {story.id!r} after 2 tries: {problem}")
+            if attempt == 0:
+                logger.warning("planner reply for %s was invalid (%s); asking again", story.id, problem)
+                reask = f"That reply was invalid: {problem}. Reply again with valid JSON only."
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": reask}]
+        logger.warning("the planner's last reply for %s began: %r", story.id, text[:300])
+        raise PlanError(self._failure(story, problem, cut_off=cut_off))
+
+    def _failure(self, story: Story, problem: str, *, cut_off: bool) -> str:
+        """At most FAILURE_CHARS: the story, what was wrong (shortened to fit) and what to change."""
+        fixes = ["another plan.openai.model", "`-S plan.backend=offline`"]
+        if self._formats[0] is not None:  # the server was asked for a format; without one it may do better
+            fixes.insert(0, "`-S plan.structured_output=false`")
+        if cut_off:
+            fixes.insert(0, "a larger plan.openai.max_tokens")
+        head = f"the planner gave no valid plan for story {shorten(story.id, 40)!r} after 2 tries ("
+        tail = f"); try {', '.join(fixes[:-1])} or {fixes[-1]}"
+        return head + shorten(problem, FAILURE_CHARS - len(head) - len(tail)) + tail
 
     def _ask(self, messages: list[dict]):
-        """Structured output (the JSON schema enforced by the endpoint) where it is supported, else JSON mode;
-        either way the reply is validated here too."""
-        if self.settings.structured_output and not getattr(self, "_no_schema", False):
-            schema = {"name": "storyboard_plan", "schema": FrameList.model_json_schema(), "strict": False}
+        """Structured output (the JSON schema enforced by the endpoint) where it is supported, else JSON mode,
+        else a plain request (servers that take neither, or plan.structured_output false); the reply is read
+        and validated here either way."""
+        while True:
+            kind = self._formats[0]
+            options = {} if kind is None else {"response_format": _response_format(kind)}
             try:
-                return self.endpoint.complete(messages, response_format={"type": "json_schema", "json_schema": schema})
+                return self.endpoint.complete(messages, **options)
             except RequestRejected as e:
-                logger.info("the planner endpoint takes no JSON schema (%s); using JSON mode", e.status_code)
-                self._no_schema = True
-        try:
-            return self.endpoint.complete(messages, response_format={"type": "json_object"})
-        except RequestRejected as e:
-            raise PlanError(f"the plan endpoint refused the request ({e}); {PLAN_ENDPOINT.later}") from None
+                if kind is None:
+                    raise PlanError(
+                        f"the plan endpoint refused the request ({shorten(str(e), 150)}); {PLAN_ENDPOINT.later}"
+                    ) from None
+                self._formats.pop(0)
+                logger.info("the planner endpoint takes no %s response format (%s); trying the next", kind, e)
 
 
-def _with_known_poses(text: str):
-    """Parse the reply and map free-text poses ("riding a horse") onto the pose library instead of failing.
-
-    Plan files that people edit are validated strictly; an LLM's near-miss is worth a mapping, not a retry.
-    """
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return None  # not JSON: pydantic's own parser reports where
-    for frame in data.get("frames", []) if isinstance(data, dict) else []:
-        if isinstance(frame, dict) and isinstance(frame.get("pose"), str) and frame["pose"] not in POSE_NAMES:
-            mapped = normalise_pose_label(frame["pose"])
-            logger.info("planner pose %r mapped to %r", frame["pose"], mapped)
-            frame["pose"] = mapped
-    return data
+def _response_format(kind: str) -> dict:
+    if kind == "json_schema":
+        schema = {"name": "storyboard_plan", "schema": FrameList.model_json_schema(), "strict": False}
+        return {"type": "json_schema", "json_schema": schema}
+    return {"type": kind}
 
 
 def make_planner(settings: Plan) -> Planner:

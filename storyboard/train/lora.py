@@ -20,7 +20,9 @@ fast, resumable and portable.
 The parts: parts.py (the frozen SDXL models), latents.py (the inputs, computed once), trainer.py (LoRA layers,
 optimizer, one step), checkpoints.py, progress.py (the per-step log and validation samples), validation.py,
 kept.py (every saved step's LoRA and samples), steps.py (models/steps, which the select stage chooses from),
-export.py (the weight files). This module runs them in order.
+export.py and kohya.py (the weight files, in diffusers' and kohya's layouts; sgm.py names the UNet's modules for
+kohya; the select stage writes the chosen step's kohya file from what steps.json records). This module runs them in
+order.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ from storyboard.settings import ModelSet, Train
 from storyboard.train.checkpoints import fetch_latest, fingerprint, latest_checkpoint, resume, save_checkpoint
 from storyboard.train.errors import TrainError
 from storyboard.train.kept import KeptSteps
+from storyboard.train.kohya import LoraCard, kohya_metadata
 from storyboard.train.latents import LatentCache, load_examples
 from storyboard.train.parts import SdxlParts
 from storyboard.train.progress import TrainLog
-from storyboard.train.steps import write_steps
+from storyboard.train.steps import KohyaExport, SavedStep, write_steps
 from storyboard.train.trainer import LoraTrainer
 from storyboard.train.validation import validation_images
 
@@ -67,6 +70,7 @@ def train_lora(
     settings: Train,
     models: ModelSet,
     device: Device,
+    card: LoraCard | None = None,
 ) -> dict:
     """Train, checkpoint every `checkpoint_every` steps, and write every saved step's LoRA and validation samples
     to `out_dir` (models/steps, storyboard/train/steps.py); the select stage chooses among them.
@@ -79,6 +83,7 @@ def train_lora(
         settings: params.yaml's train section.
         models: the active profile's models (base and VAE are trained on).
         device: where to train.
+        card: the character and trigger that each step's kohya metadata names.
     """
     examples = load_examples(dataset_dir)
     accelerator, weight_dtype = _accelerator(settings, device)
@@ -157,16 +162,58 @@ def train_lora(
         "base_model": models.base,
         "rank": settings.rank,
         "alpha": settings.alpha,
+        "mixed_precision": accelerator.mixed_precision,
+        "prediction_type": parts.scheduler.config.prediction_type,
     }
     final_state = trainer.state(steps)
     if main:
         save_checkpoint(run_dir, {**final_state, "history": log.history}, settings.checkpoints_keep, mirror)
+        published = kept.published(steps)
+        kohya = _kohya_export(
+            settings=settings,
+            models=models,
+            card=card or LoraCard(),
+            summary=summary,
+            captions=[e.caption for e in examples],
+            dataset_dir=Path(dataset_dir),
+            unet_config=parts.unet.config,
+            published=published,
+        )
         with atomic_path(Path(out_dir)) as staged:
-            write_steps(staged, kept.published(steps), settings.validation.prompts, summary)
+            write_steps(staged, published, settings.validation.prompts, summary, kohya)
     if mirror is not None:
         mirror.wait()
     accelerator.wait_for_everyone()
     return summary
+
+
+def _kohya_export(
+    *,
+    settings: Train,
+    models: ModelSet,
+    card: LoraCard,
+    summary: dict,
+    captions: list[str],
+    dataset_dir: Path,
+    unet_config,
+    published: list[SavedStep],
+) -> KohyaExport:
+    """What the select stage needs to write a saved step's kohya file without the training code or params: the
+    alpha, the UNet's config (it names the modules) and each step's metadata (the step is in it)."""
+    metadata = {
+        saved.step: kohya_metadata(
+            settings=settings,
+            models=models,
+            card=card,
+            summary={**summary, "chosen_step": saved.step},
+            captions=captions,
+            dataset_name=dataset_dir.name,
+        )
+        for saved in published
+    }
+    # the config's private keys (`_name_or_path`: this machine's path) would make the index differ between pods
+    config = {k: v for k, v in unet_config.items() if not k.startswith("_")}
+    return KohyaExport(alpha=settings.alpha, unet_config=config, metadata=metadata)
 
 
 def _samples(trainer: LoraTrainer, settings: Train) -> list:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from storyboard.models.loading import MODEL_LAYOUT, SDXL, SDXL_LAYOUT, load
+from storyboard.models.loading import MODEL_LAYOUT, SDXL, SDXL_LAYOUT, load, load_model, load_text_encoders
 from storyboard.settings import ModelSet
 
 
@@ -15,25 +15,17 @@ class SdxlParts:
 
     def __init__(self, models: ModelSet, device: torch.device, weight_dtype: torch.dtype):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         base = models.base
         named = dict(setting=f"{SDXL}.base", layout=SDXL_LAYOUT)
-        self.tokenizers = [
-            load("tokenizer", base, CLIPTokenizer.from_pretrained, subfolder=sub, **named)
-            for sub in ("tokenizer", "tokenizer_2")
-        ]
-        self.text_encoders = [
-            load("text encoder", base, CLIPTextModel.from_pretrained, subfolder="text_encoder", **named),
-            load(
-                "text encoder 2", base, CLIPTextModelWithProjection.from_pretrained, subfolder="text_encoder_2", **named
-            ),
-        ]
+        text = load_text_encoders(models)  # the same loader, and checks, as generate's pipeline
+        self.tokenizers = [text["tokenizer"], text["tokenizer_2"]]
+        self.text_encoders = [text["text_encoder"], text["text_encoder_2"]]
         vae_source, vae_sub, vae_named = (
             (models.vae, None, dict(setting=f"{SDXL}.vae", layout=MODEL_LAYOUT)) if models.vae else (base, "vae", named)
         )
-        self.vae = load("VAE", vae_source, AutoencoderKL.from_pretrained, subfolder=vae_sub, **vae_named)
-        self.unet = load("UNet", base, UNet2DConditionModel.from_pretrained, subfolder="unet", **named)
+        self.vae = load_model("VAE", vae_source, AutoencoderKL, subfolder=vae_sub, **vae_named)
+        self.unet = load_model("UNet", base, UNet2DConditionModel, subfolder="unet", **named)
         self.scheduler = load("noise scheduler", base, DDPMScheduler.from_pretrained, subfolder="scheduler", **named)
         self.device, self.weight_dtype = device, weight_dtype
         for module in (*self.text_encoders, self.unet):

@@ -90,6 +90,47 @@ def test_quoted_refusal_is_still_a_refusal(
     assert result.text == GOOD and result.requests == 2
 
 
+# --- what chat models put around a caption (local servers' models more than most) ---
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        f"Sure! Here is the caption: {GOOD}",
+        f"Here's a description of the image:\n\n{GOOD}\n\nLet me know if you'd like it shorter!",
+        f'**Caption:** "{GOOD}"',
+        f"Certainly. {GOOD} I hope this helps!",
+        f"<think>A man, a robe, a courtyard. Keep it to one sentence.</think>\n{GOOD}",
+    ],
+    ids=["sure-here-is", "paragraphs", "markdown-label", "courtesy-sentences", "think-block"],
+)
+def test_prose_around_the_caption_is_taken_off(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image, reply: str
+) -> None:
+    openai_server.push(Completion(reply))
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.text == GOOD and result.requests == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Here is Aldar Kose, bowing in a dusty courtyard at noon.",
+        "A man asks if you would like tea. He smiles.",
+        "Okay is written on his hat.",
+    ],
+    ids=["here-is-in-the-scene", "closing-words-in-the-scene", "courtesy-word-in-the-scene"],
+)
+def test_captions_that_only_look_like_prose_keep_their_words(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image, reply: str
+) -> None:
+    openai_server.push(Completion(reply))
+
+    assert backend(make_caption, openai_server).caption(picture, Path("frame.png")).text == reply
+
+
 # --- refusals: asked once more with the refusal prompt, then given up ---
 
 
@@ -102,8 +143,29 @@ def test_quoted_refusal_is_still_a_refusal(
         Completion("I cannot describe this image."),
         Completion("Unfortunately, I am not able to help with this request."),
         Completion(""),
+        Completion("I apologize, but I don't describe people in images."),
+        Completion("As an AI, I do not identify or describe real people."),
+        Completion("Sure! Unfortunately, I can\u2019t help with this one."),
+        Completion("I won't be able to caption this image."),
+        Completion("I'm not able to view images in this conversation."),
+        Completion("I don't see an image attached to your message."),  # a text-only model behind the endpoint
+        Completion("**Caption:** "),
     ],
-    ids=["refusal-field", "sorry-text", "curly-apostrophe", "cannot", "unfortunately", "empty"],
+    ids=[
+        "refusal-field",
+        "sorry-text",
+        "curly-apostrophe",
+        "cannot",
+        "unfortunately",
+        "empty",
+        "apologize",
+        "as-an-ai",
+        "after-a-courtesy-word",
+        "won't",
+        "not-able",
+        "no-image-seen",
+        "only-a-label",
+    ],
 )
 def test_refusal_then_success_uses_the_refusal_prompt(
     openai_key: str,
@@ -143,6 +205,20 @@ def test_refused_twice_gives_up_with_both_reasons(
     assert (result.tokens_in, result.tokens_out) == (2000, 200)
 
 
+def test_empty_twice_gives_up_saying_why(
+    openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
+) -> None:
+    # a reasoning model on a local server: its thinking fills max_tokens, the content is empty
+    openai_server.push(Completion(None), Completion("<think>The image shows", finish_reason="length"))
+
+    result = backend(make_caption, openai_server).caption(picture, Path("frame.png"))
+
+    assert result.refused and result.text is None and result.requests == 2
+    assert result.reason == (
+        "empty reply | empty reply, cut at caption.openai.max_tokens (raise it for a reasoning model)"
+    )
+
+
 def test_apology_inside_a_caption_is_not_a_refusal(
     openai_key: str, openai_server: OpenAIServer, make_caption: MakeCaption, picture: Image.Image
 ) -> None:
@@ -164,6 +240,10 @@ def test_apology_inside_a_caption_is_not_a_refusal(
         ("   ", None, True),
         ("A man who is sorry for nothing laughs.", None, False),
         ("A man laughs.", "policy", True),
+        ("I apologise, I can't.", None, True),
+        ("As an AI model I cannot describe people.", None, True),
+        ("As a man in a robe walks by, a dog barks.", None, False),
+        ("Sorry-looking merchant frowns at a trickster.", None, False),
     ],
 )
 def test_is_refusal(text: str | None, field: str | None, refused: bool) -> None:

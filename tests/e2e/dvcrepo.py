@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODES = ("baseline", "lora", "ref_guided")
+MODES = ("baseline", "lora", "ref_guided", "multiref")
 
 
 def dvc_env() -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvcrepo import dvc, dvc_json, ran_stages, run
+from dvcrepo import MODES, dvc, dvc_json, ran_stages, run
 
 pytestmark = pytest.mark.e2e
 
@@ -38,9 +38,9 @@ def repo(tiny_repo, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     ]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = dvc("repro", cwd=root, env=env)
-    assert ran_stages(output) == {"plan", "generate@baseline", "generate@lora", "generate@ref_guided", "evaluate"}
+    assert ran_stages(output) == {"plan", *(f"generate@{m}" for m in MODES), "evaluate"}
     assert "plans: 2 made, 1 kept" in output, output
-    assert all(f"{mode}/{first}: kept" in output for mode in ("baseline", "lora", "ref_guided")), output
+    assert all(f"{mode}/{first}: kept" in output for mode in MODES), output
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-qm", "three stories"], root, env)
     return root, env
@@ -135,10 +135,10 @@ def test_an_edited_plan_frame_is_rendered_without_planning_again(repo):
     path.write_text(json.dumps(plan, indent=2))
 
     output = dvc("repro", cwd=root, env=env)
-    assert ran_stages(output) == {"plan", "generate@baseline", "generate@lora", "generate@ref_guided", "evaluate"}
+    assert ran_stages(output) == {"plan", *(f"generate@{m}" for m in MODES), "evaluate"}
     assert "plans: 0 made" in output, output  # the planner was not asked
     assert json.loads(path.read_text())["frames"][1]["scene"] == "Aldar Kose hides behind a carpet stall"
-    for mode in ("baseline", "lora", "ref_guided"):
+    for mode in MODES:
         frame = _metadata(root, mode, story)["frames"][1]
         assert (frame["scene"], frame["shot"], frame["pose"]) == (
             "Aldar Kose hides behind a carpet stall",

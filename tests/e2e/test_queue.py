@@ -1,4 +1,5 @@
-"""A queued parameter sweep: `dvc exp run --queue -S ...` for a grid, `dvc queue start -j 2`, as the README says.
+"""A queued parameter sweep: `dvc exp run --queue -S ...` for a grid, `dvc queue start -j 2`, as docs/team-workflow.md
+says.
 
 The grid varies only generate params, so every queued run takes sample/caption/train from DVC's run cache (the
 shared tiny run made them) and renders and evaluates anew; two workers run at once, each in its own temp copy.
@@ -33,7 +34,7 @@ def test_queued_grid_with_two_workers(tiny_repo) -> None:
         if "Running" in rows.values() or "Queued" not in rows.values():
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since > 60:
-            # DVC's worker can stop with runs still queued (dvc#10562); the README's advice: start it again.
+            # DVC's worker can stop with runs still queued (dvc#10562); docs/team-workflow.md's advice: start it again.
             dvc("queue", "start", "-j", "2", cwd=root, env=env)
             idle_since = time.monotonic()
         time.sleep(3)

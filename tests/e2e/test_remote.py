@@ -35,7 +35,7 @@ class Pushed:
 
 
 def setup_remote(root: Path, url: str, server: S3Server, env: dict[str, str]) -> None:
-    """The README's remote setup, exactly: a default remote and the endpoint of an S3-compatible store."""
+    """docs/team-workflow.md's remote setup, exactly: a default remote and the endpoint of an S3-compatible store."""
     dvc("remote", "add", "-d", "storage", url, cwd=root, env=env)
     dvc("remote", "modify", "storage", "endpointurl", server.endpoint, cwd=root, env=env)
 
@@ -109,8 +109,9 @@ def test_make_compare_reports_params_metrics_and_plots(pushed: Pushed) -> None:
     report = (root / "compare.md").read_text()
     assert report in out  # printed as well as written
     assert "`params.yaml:generate.guidance_scale` | 6 | 2 |" in report
-    assert "#### Per mode, all stories" in report and "#### Per mode, story `greeting`" in report
+    assert "### Headline" in report and "<summary>story <code>greeting</code>" in report
     assert "`clip_text_score`" in report and "→ **" in report  # a metric changed between the runs
+    assert (root / "compare.png").read_bytes()[:4] == b"\x89PNG"  # the chart, beside the report
     html = (root / "compare-plots/index.html").read_text()
     assert pushed.commit[:7] in html and "workspace" in html
 

@@ -31,7 +31,12 @@ STORIES = [
     Story(id="greeting", text="Aldar Kose greets the sunrise on the steppe."),
     Story(id="bazaar", text="Aldar Kose haggles with a spice seller & laughs."),
 ]
-SIZES = {"baseline": (64, 64), "lora": (64, 64), "ref_guided": (240, 160)}  # tiny frames and larger ones
+SIZES = {
+    "baseline": (64, 64),
+    "lora": (64, 64),
+    "ref_guided": (240, 160),
+    "multiref": (64, 64),
+}  # tiny frames and larger ones
 SHOTS = ["close-up", "medium", "wide"]
 POSES = ["standing", "walking", "waving"]
 
@@ -142,6 +147,8 @@ def test_report_escapes_text_and_shows_missing_figures_as_na(tmp_path, params):
     settings = _settings(params, "sdxl", [hostile])
     metrics, frames = _fake_run(tmp_path / "outputs", [hostile], scene_extra=" <img src=x onerror=alert(1)>")
     metrics["baseline"]["clip_text_score"] = None
+    metrics["lora"] |= {"clip_threshold": 0.213, "clip_threshold_source": "calibrated", "clip_text_score": 0.25}
+    metrics["lora"]["clip_text_score_first_attempt"] = 0.22
 
     index = write_html_report(tmp_path / "report", tmp_path / "outputs", metrics, frames, settings)
 
@@ -160,6 +167,15 @@ def test_report_escapes_text_and_shows_missing_figures_as_na(tmp_path, params):
     assert baseline["face sim. vs frame 1"] == NA  # no face found in baseline
     assert dict(zip(header, rows[1], strict=True))["face sim. vs frame 1"] == "0.800"
     assert len(parser.tables["per-story"]) == 1 + len(MODES)
+    # the retry loop's cost and gain: thresholds and their origin, frames redone, first attempts beside kept ones
+    header, *rows = parser.tables["frame-checks"]
+    assert header[:3] == ["mode", "text threshold", "text threshold from"] and "frames redone" in header
+    lora = rows[MODES.index("lora")]
+    assert lora[1:3] == ["0.213", "calibrated"] and rows[0][1:3] == [NA, NA]
+    redone = header.index("frames redone")
+    assert lora[redone] == "67%"  # frame i of each story took i attempts
+    assert lora[header.index("CLIP text, first")] == "0.220" and lora[header.index("CLIP text, kept")] == "0.250"
+    assert rows[0][header.index("CLIP text, first")] == NA
 
     # One folder: the page and copies of every frame, nothing staged left behind.
     assert sorted(p.name for p in index.parent.iterdir()) == ["assets", "index.html"]

@@ -27,6 +27,8 @@ def test_evaluate_models_are_not_generates(params, tiny_settings, profile, refer
     models = model_set(settings)
     # the character figures' model (CLIP, ViStoryBench's branch) is not the one the retry loop selects with
     assert models.clip != models.likeness
+    # generate@multiref's image model is none of evaluate's
+    assert models.multiref not in (models.clip, models.detector, models.likeness)
     face = evaluate_face_backend(settings)
     if reference == "faceid":  # generate conditions on this backend's embedding: evaluate must use the other
         assert face != conditioning_face_backend(settings)

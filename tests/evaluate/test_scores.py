@@ -15,7 +15,8 @@ from storyboard.evaluate.report import evaluate_outputs
 from storyboard.evaluate.scores import EvaluateError, Locator, score_story, summarise
 from storyboard.models.clip import ClipScorer
 from storyboard.models.detector import CharacterDetector
-from storyboard.models.faces import DlibFaceBackend
+from storyboard.models.faces import DlibFaceBackend, InsightFaceBackend
+from storyboard.models.tiny import tiny_model_set
 from storyboard.settings import MODES
 
 IMAGES = Path(next(iter(importlib.util.find_spec("insightface").submodule_search_locations))) / "data" / "images"
@@ -79,6 +80,25 @@ def test_faces_and_characters_scored_per_frame(tmp_path, locator):
     assert summary["character_whole_frame_fallbacks"] == 3 - detected
     assert summary["face_whole_frame_fallbacks"] == sum(r.face_detected and not r.face_in_box for r in rows)
     assert summary["vistorybench_self_cids"] == pytest.approx(story["vistorybench_self_cids"], abs=1e-4)
+
+
+def test_face_figures_through_insightface(tmp_path, tiny_settings, tiny_models, cpu):
+    """evaluate's face figures with InsightFace on the tiny profile: the real FaceAnalysis on its random-weight pack,
+    whose one meaningless face per image (the noise frame too) is found, embedded in 512-d and compared."""
+    tiny = tiny_settings.models.tiny.model_copy(update={"face_backend": "insightface"})
+    settings = tiny_settings.model_copy(update={"models": tiny_settings.models.model_copy(update={"tiny": tiny})})
+    locator = Locator.of_evaluate(settings, tiny_model_set(tiny), cpu)
+    assert isinstance(locator.faces, InsightFaceBackend)
+    rows, story = score_story(_story(tmp_path), "lora", locator)
+    assert [r.face_detected for r in rows] == [True, True, True]
+    assert rows[0].face_similarity_to_first is None and all(-1 <= r.face_similarity_to_first <= 1 for r in rows[1:])
+    assert all(-1 <= r.face_pairwise <= 1 for r in rows)
+    summary = summarise(pd.DataFrame([r.__dict__ for r in rows]), {"s1": story})
+    assert summary["face_detection_rate"] == 1.0
+    assert (summary["face_pairs_scored"], summary["face_pairs_possible"]) == (2, 2)
+    face = Image.open(IMAGES / "Tom_Hanks_54745.png").convert("RGB").resize((256, 256))
+    refs = locator.references([face, ImageOps.mirror(face)])
+    assert refs.faces is not None and refs.faces.shape == (2, InsightFaceBackend.embedding_size)
 
 
 def test_nothing_detected_falls_back_to_the_whole_frame_and_counts_it(tmp_path, locator, monkeypatch):
@@ -171,6 +191,15 @@ def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings, 
     for mode in MODES:
         for story in tiny_settings.stories:
             _story(outputs / mode, story.id)
+    # lora's stories say which thresholds judged them (generate's metadata.json); the others predate the record
+    checks = {
+        "clip_threshold": {"value": 0.213, "source": "calibrated", "percentile": 5.0, "scores": 12, "reason": None},
+        "likeness_threshold": {"value": 0.7, "source": "fallback", "percentile": None, "scores": 0, "reason": "few"},
+        "training_pictures": 3,
+    }
+    for story in tiny_settings.stories:
+        meta_path = outputs / "lora" / story.id / "metadata.json"
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "thresholds": checks}))
     metrics = evaluate_outputs(
         tiny_settings,
         outputs,
@@ -202,8 +231,17 @@ def test_evaluate_outputs_writes_metrics_csv_and_table(tmp_path, tiny_settings, 
             tiny_settings.stories
         )
         assert (tmp_path / f"m/frames/{mode}_first_attempt.csv").exists()
+        # write_story gives frame i i attempts: frames 2 and 3 of each story were redone
+        assert m["frames_redone"] == pytest.approx(2 / 3, abs=1e-3) and m["attempts_per_frame"] == 2.0
+    assert saved["lora"]["clip_threshold"] == 0.213 and saved["lora"]["clip_threshold_source"] == "calibrated"
+    assert saved["lora"]["likeness_threshold"] == 0.7 and saved["lora"]["likeness_threshold_source"] == "fallback"
+    assert saved["baseline"]["clip_threshold"] is None and saved["baseline"]["clip_threshold_source"] is None
     table = (tmp_path / "m/results.md").read_text()
-    assert "plumbing" in table and "| ref_guided" in table and "face detection rate" in table
+    assert "plumbing" in table and "| ref_guided" in table and "| multiref" in table and "face detection rate" in table
     assert "Self-CIDS (ViStoryBench)" in table and "Self-CIDS, first attempts" in table
+    checks_table = table.split("## Frame checks", 1)[1].split("\n## ", 1)[0]
+    assert "text threshold" in checks_table and "frames redone" in checks_table and "calibrated" in checks_table
     assert all(f"## {s.id}" in table for s in tiny_settings.stories)
-    assert (tmp_path / "report/index.html").exists() and len(list((tmp_path / "report/assets").rglob("*.png"))) == 27
+    assert (tmp_path / "report/index.html").exists() and len(
+        list((tmp_path / "report/assets").rglob("*.png"))
+    ) == 3 * len(tiny_settings.stories) * len(MODES)

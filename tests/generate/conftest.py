@@ -16,8 +16,9 @@ def lora_dir(tmp_path_factory, tiny_dataset, tiny_settings, tiny_models, cpu):
     settings = tiny_settings.train.model_copy(
         update={"max_steps": 4, "checkpoint_every": 4, "rank": 4, "learning_rate": 0.05}
     )
-    summary = train_lora(tiny_dataset, root / "steps", root / "live", root / "ckpt", settings, tiny_models, cpu)
-    export_lora(read_steps(root / "steps").steps[-1], root / "lora", summary)  # select.step: last
+    train_lora(tiny_dataset, root / "steps", root / "live", root / "ckpt", settings, tiny_models, cpu)
+    saved = read_steps(root / "steps")
+    export_lora(saved, saved.steps[-1].step, root / "lora")  # select.step: last
     return root / "lora"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,12 +11,16 @@ import torch
 from PIL import Image
 
 from storyboard.generate.frames import RenderedFrame, frame_prompt
+from storyboard.generate.ip_reference import FACE_MARGIN, face_crop
 from storyboard.generate.outputs import contact_sheet, write_story_outputs
 from storyboard.generate.pipelines import load_renderers
 from storyboard.generate.renderer import SEED_STRIDE
 from storyboard.models.bpe import count_tokens
+from storyboard.models.faces import InsightFaceBackend, load_face_backend
+from storyboard.models.insightface_pack import FACE_SHARE
 from storyboard.models.likeness import LikenessScorer
 from storyboard.models.prompts import encode_prompts
+from storyboard.models.tiny import tiny_model_set
 from storyboard.story.plan import Frame, StoryPlan
 
 
@@ -103,6 +108,58 @@ def test_packrat_parsing_keeps_the_embeddings(tiny_settings, tiny_models, cpu, s
         assert torch.equal(a, b)
 
 
+def test_each_prompt_is_parsed_once_for_both_encoders_and_gives_the_same_embeddings(
+    tiny_settings, tiny_models, cpu, scorer
+):
+    """compel parses per text encoder; the memoised parse serves both, and a parse ahead of time serves the next
+    encoding: the embeddings are those of compel's own parsing."""
+    from compel import Compel, CompelForSDXL
+
+    from storyboard.models.prompts import _parsed, parse_ahead
+
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=1)
+    prompts = ["a (red)1.4 hat, dust++ on the road", "a plain hat \\(not weighted\\)", "fur-trimmed hat " * 12]
+    _parsed.cache_clear()
+    memoised = encode_prompts(r.pipe, prompts, "blurry--")
+    assert _parsed.cache_info().misses == len(prompts) + 1  # the negative prompt too
+    parse_ahead(["a prompt parsed ahead"]).join()
+    hits = _parsed.cache_info().hits
+    encode_prompts(r.pipe, ["a prompt parsed ahead"], "blurry--")
+    assert _parsed.cache_info().misses == len(prompts) + 2 and _parsed.cache_info().hits > hits
+    assert str(Compel.parse_prompt_string(prompts[0])) == str(_parsed(prompts[0]))
+    _parsed.cache_clear()
+    plain = CompelForSDXL(r.pipe, device=r.pipe._execution_device)(prompts, negative_prompt=["blurry--"])
+    assert torch.equal(memoised.embeds, plain.embeds) and torch.equal(memoised.pooled, plain.pooled_embeds)
+    assert torch.equal(memoised.negative, plain.negative_embeds)
+
+
+def test_frames_leave_the_pipeline_as_its_own_pil_output(tiny_settings, tiny_models, cpu, scorer):
+    """The renderer asks for tensors and converts on the device: the bytes of the pipeline's "pil" output."""
+    from storyboard.generate.renderer import _pil_images
+
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=2)
+    call = dict(**r.encode(["a", "b"]).pipeline_kwargs(), num_inference_steps=2, height=64, width=64)
+    seeded = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
+    pil = r.pipe(**call, generator=seeded()).images
+    ours = _pil_images(r.pipe(**call, generator=seeded(), output_type="pt").images)
+    for a, b in zip(pil, ours, strict=True):
+        assert a.mode == b.mode == "RGB" and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_auto_batches_render_a_story_in_one_call(tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    r = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, max_retries=0, frames_per_batch="auto")
+    calls = []
+    real = r._run
+
+    def counted(embeds, seeds, poses, ip_reference):
+        calls.append(len(seeds))
+        return real(embeds, seeds, poses, ip_reference)
+
+    r._run = counted
+    r.render(PLAN)
+    assert calls == [len(PLAN.frames)]
+
+
 def test_retry_rule_keeps_the_best_attempt(tiny_settings, tiny_models, cpu, scorer, lora_dir):
     never = _renderer(
         "lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, clip_threshold=-1.0, likeness_threshold=-1.0
@@ -162,6 +219,31 @@ def test_face_crop_for_the_reference():
     crop = face_crop(photo, DlibFaceBackend())
     assert crop.width < 300 and abs(crop.width - crop.height) <= 2
     assert face_crop(Image.new("RGB", (64, 64)), DlibFaceBackend()).size == (64, 64)  # no face: whole frame
+
+
+def test_ref_guided_face_reference_through_insightface(tiny_settings, cpu, scorer, lora_dir):
+    """models.tiny.face_backend: insightface: the face crop that ref_guided's later frames get comes from the real
+    FaceAnalysis, running the tiny profile's random-weight pack (its one face: the centre quarter of a frame)."""
+    models = tiny_model_set(tiny_settings.models.tiny.model_copy(update={"face_backend": "insightface"}))
+    faces = load_face_backend(models, tiny_settings.generate.face_min_score)
+    assert isinstance(faces, InsightFaceBackend) and faces.model_dir.is_relative_to(Path(models.base).parent.absolute())
+    kw = dict(clip_threshold=-1.0, ip_adapter_scale=1.0, controlnet_scale=1.0, steps=3)
+    settings = tiny_settings.generate.model_copy(update={"reference": "face", **kw})
+    (renderer,) = load_renderers(
+        ("ref_guided",), settings, tiny_settings.character, models, cpu, scorer, lora_dir, faces=faces
+    )
+    frames = renderer.render(PLAN)
+    first = frames[0].image
+    crop = face_crop(first, faces)
+    side = round(first.width * FACE_SHARE * (1 + 2 * FACE_MARGIN))
+    assert abs(crop.width - side) <= 1 and crop.size == (crop.width, crop.width)
+    # the later frames are those of an IP-Adapter shown exactly that crop (the same batch: the same pixels), and
+    # not those of the whole frame 1
+    for reference, same in ((crop, True), (first, False)):
+        again = [RenderedFrame(index=f.index, frame=f.frame, prompt=f.prompt) for f in frames[1:]]
+        renderer._attempt(again, 0, ip_reference=reference)
+        for redone, rendered in zip(again, frames[1:], strict=True):
+            assert (np.abs(_pixels(redone.images[0]) - _pixels(rendered.image)).max() == 0) == same
 
 
 def test_modes_differ_and_ref_guided_uses_the_reference(tiny_settings, tiny_models, cpu, scorer, lora_dir):
@@ -251,3 +333,73 @@ def test_first_attempts_saved_beside_the_kept_frames(tmp_path, tiny_settings, ti
             assert record["first_attempt_file"] == f"first_attempts/frame_{f.index:02d}.png"
             assert np.abs(_pixels(first) - _pixels(f.image)).mean() > 1  # another seed, another picture
     assert any(f.best != 0 for f in frames)  # the text check can't pass at 1.0: the later attempt won somewhere
+
+
+@pytest.mark.parametrize("mode", ["lora", "ref_guided"])
+def test_a_few_step_sampler_fuses_its_lora_and_samples_with_its_own_schedule(
+    mode, tiny_settings, tiny_models, cpu, scorer, lora_dir
+):
+    """generate.sampler lightning: its LoRA fused beside the character's, Euler with trailing timesteps, 4 UNet
+    passes a call and no guidance (a batch of N frames is N latents, not 2N); ControlNet and IP-Adapter still run."""
+    from diffusers import EulerDiscreteScheduler
+
+    standard = _renderer(mode, tiny_settings, tiny_models, cpu, scorer, lora_dir, max_retries=0)
+    before = {n: p.detach().clone() for n, p in standard.pipe.unet.named_parameters() if "attn1.to_q" in n}
+    standard_frames = [f.image for f in standard.render(PLAN)]
+    r = _renderer(mode, tiny_settings, tiny_models, cpu, scorer, lora_dir, max_retries=0, sampler="lightning")
+    assert isinstance(r.pipe.scheduler, EulerDiscreteScheduler)
+    assert r.pipe.scheduler.config.timestep_spacing == "trailing"
+    assert (r.settings.steps, r.settings.guidance_scale) == (4, 0.0)
+    after = dict(r.pipe.unet.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before)  # the distillation delta is in the weights
+    assert not any("lora" in n for n in after)  # fused: no adapter layers left
+    batches = []
+    hook = r.pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        frames = [f.image for f in r.render(PLAN)]
+    finally:
+        hook.remove()
+    later = len(PLAN.frames) - 1 if mode == "ref_guided" else len(PLAN.frames)
+    assert batches[-4:] == [later] * 4 and len(batches) == 4 * (2 if mode == "ref_guided" else 1)
+    assert all(np.abs(_pixels(a) - _pixels(b)).mean() > 1 for a, b in zip(frames, standard_frames, strict=True))
+
+
+def test_a_missing_few_step_lora_names_its_key(tmp_path, tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    from storyboard.models.loading import ModelLoadError
+
+    models = tiny_models.model_copy(update={"hyper_sd_lora": str(tmp_path / "nowhere")})
+    settings = tiny_settings.generate.model_copy(update={"steps": 2, "sampler": "hyper-sd"})
+    with pytest.raises(ModelLoadError, match="hyper_sd_lora"):
+        next(load_renderers(("lora",), settings, tiny_settings.character, models, cpu, scorer, lora_dir))
+
+
+def test_kernel_knobs_keep_the_frames(tiny_settings, tiny_models, cpu, scorer, lora_dir):
+    plain = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir).render(PLAN)
+    knobs = {"attention": "cudnn", "channels_last": True, "fuse_qkv": True}
+    r = _renderer("lora", tiny_settings, tiny_models, cpu, scorer, lora_dir, **knobs)
+    assert r.pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_qkv is not None
+    assert r.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain, r.render(PLAN), strict=True):  # other kernels: the same frames but for rounding
+        assert np.abs(_pixels(a.image) - _pixels(b.image)).mean() < 1.0
+
+
+def test_fused_projections_leave_the_ip_adapter_alone(tiny_settings, tiny_models, cpu, scorer, lora_dir, caplog):
+    r = _renderer("ref_guided", tiny_settings, tiny_models, cpu, scorer, lora_dir, fuse_qkv=True)
+    assert "IP-Adapter" in caplog.text
+    assert any("IPAdapter" in type(p).__name__ for p in r.pipe.unet.attn_processors.values())
+
+
+@pytest.mark.parametrize("negative", ["blurry, text", ""])
+def test_short_plain_prompts_encode_in_one_batch_as_compel_encodes_them(
+    negative, tiny_settings, tiny_models, cpu, scorer
+):
+    from storyboard.models import prompts as module
+
+    r = _renderer("baseline", tiny_settings, tiny_models, cpu, scorer, None, steps=1)
+    texts = ["aldar_kose_man, a fur-trimmed hat, medium shot", "he laughs at the merchant's horse"]
+    assert all(module.is_plain(t) and module._fits(r.pipe, t) for t in texts)
+    batched = encode_prompts(r.pipe, texts, negative).pipeline_kwargs()
+    for a, b in zip(
+        batched.values(), module._encode_compel(r.pipe, texts, negative).pipeline_kwargs().values(), strict=True
+    ):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)

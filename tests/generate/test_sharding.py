@@ -53,6 +53,17 @@ def test_batches_are_cut_alike_for_any_number_of_processes():
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
+def test_auto_batches_one_call_per_process_up_to_the_cap():
+    from storyboard.generate.sharing import AUTO_MAX, batch_size
+
+    assert batch_size(8, "auto") == 8 and batch_size(7, "auto") == 7
+    assert batch_size(10, "auto") == 5  # two even calls, not 8 + 2
+    assert batch_size(AUTO_MAX * 2 + 1, "auto") == -(-(AUTO_MAX * 2 + 1) // 3)
+    assert batch_size(8, "auto", processes=2) == 4 and batch_size(7, "auto", processes=2) == 4
+    assert batch_size(3, "auto", processes=8) == 1
+    assert batch_size(8, 3, processes=2) == 3  # a number is kept, whatever the processes
+
+
 @pytest.mark.parametrize("mode", ["baseline", "ref_guided"])
 def test_two_processes_write_the_bytes_of_one(tmp_path, tiny_settings, tiny_models, tiny_dataset, lora_dir, mode):
     generate = tiny_settings.generate.model_copy(

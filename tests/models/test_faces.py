@@ -1,4 +1,5 @@
-"""Face backends on real photos: dlib must tell one face from another, InsightFace must never try to download."""
+"""Face backends on real photos: dlib must tell one face from another; InsightFace runs a random-weight pack in
+buffalo_l's layout through the real FaceAnalysis, and never tries to download one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import skimage.data
 from PIL import Image, ImageEnhance, ImageOps
 
 from storyboard.models.faces import (
+    INSIGHTFACE_DET_SIZE,
     DlibFaceBackend,
     Face,
     FaceBackend,
@@ -25,6 +27,7 @@ from storyboard.models.faces import (
     largest_face,
     load_face_backend,
 )
+from storyboard.models.insightface_pack import ensure_pack
 from storyboard.settings import ModelSet, TinyModels
 
 # Real photos that ship inside the insightface package: t1.jpg has six people, Tom_Hanks_54745.png one aligned face.
@@ -287,6 +290,46 @@ def test_insightface_corrupt_onnx_becomes_face_model_missing(tmp_path: Path, net
     assert sorted(p.name for p in pack.iterdir()) == ["det_10g.onnx"], "nothing may be downloaded next to it"
 
 
+# --- InsightFace on a random-weight pack in buffalo_l's layout: the real FaceAnalysis, offline --------------------
+
+
+@pytest.fixture(scope="module")
+def random_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the tiny profile builds (storyboard/models/insightface_pack.py): one meaningless but confident face per
+    image, at the centre of the detector's letterboxed input, with a random 512-d embedding."""
+    return ensure_pack(tmp_path_factory.mktemp("insightface"), seed=0)
+
+
+def test_insightface_runs_the_pack_on_real_photos(
+    random_pack: Path, t1_image: Image.Image, hanks: Image.Image, network_attempts: list[object]
+) -> None:
+    backend = InsightFaceBackend("buffalo_l", str(random_pack), 0.5)
+    assert set(backend._app.models) == {"detection", "recognition"}  # landmark and age models are not loaded
+    assert backend._app.det_size == INSIGHTFACE_DET_SIZE
+    grey = ImageOps.grayscale(hanks.resize((320, 320)))
+    images = [t1_image, hanks, grey, ImageOps.mirror(t1_image), t1_image]
+    found = backend.detect_many(images)
+    assert [len(faces) for faces in found] == [1] * len(images)
+    for image, (face,) in zip(images, found, strict=True):
+        assert face.score > 0.99 and face.embedding.dtype == np.float32 and face.embedding.shape == (512,)
+        assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5) and not face.embedding.flags.writeable
+        x0, y0, x1, y1 = face.bbox
+        assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height
+    # a square image: its face is the centre quarter; the embedding reads the aligned pixels, the same each time
+    assert found[1][0].bbox == (42, 42, 70, 70)
+    t1, mirrored, again = found[0][0].embedding, found[3][0].embedding, found[4][0].embedding
+    assert np.array_equal(t1, again) and cosine_similarity(t1, mirrored) < 0.9999
+    assert network_attempts == []
+
+
+def test_insightface_drops_faces_below_min_score_and_outside_the_image(random_pack: Path, hanks: Image.Image) -> None:
+    # det_thresh: the detector itself drops its face (scored ~0.998) under a stricter cut
+    assert InsightFaceBackend("buffalo_l", str(random_pack), 0.999).detect(hanks) == []
+    # Letterboxed into the detector's square, a 1:7 strip leaves the detector's centre in the padding: a box
+    # wholly past the border is no face.
+    assert InsightFaceBackend("buffalo_l", str(random_pack), 0.5).detect(Image.new("RGB", (100, 700), "grey")) == []
+
+
 class _StubFound:
     def __init__(self, bbox: list[float], det_score: float, embedding: np.ndarray) -> None:
         self.bbox = np.array(bbox, dtype=np.float32)
@@ -295,19 +338,19 @@ class _StubFound:
 
 
 class _StubAnalysis:
-    """Stands in for FaceAnalysis: records how it was built and what image it saw, returns fixed faces."""
+    """Stands in for FaceAnalysis where the random pack can't: several faces of chosen boxes and scores, and the
+    array it was handed (the pack finds one face per image, and its faces don't depend on the channel order)."""
 
     last: _StubAnalysis | None = None
 
     def __init__(self, **kwargs: object) -> None:
         self.kwargs = kwargs
         self.models = {"detection": object(), "recognition": object()}
-        self.prepared: dict = {}
         self.seen: np.ndarray | None = None
         _StubAnalysis.last = self
 
     def prepare(self, **kwargs: object) -> None:
-        self.prepared = kwargs
+        pass
 
     def get(self, img: np.ndarray) -> list[_StubFound]:
         self.seen = img
@@ -319,23 +362,17 @@ class _StubAnalysis:
         ]
 
 
-@pytest.fixture
-def stub_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def test_insightface_converts_faces_bgr_clamped_largest_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pack = insightface_model_dir("buffalo_l", tmp_path)
     pack.mkdir(parents=True)
     (pack / "w600k_r50.onnx").write_bytes(b"stub")
     monkeypatch.setattr("insightface.app.FaceAnalysis", _StubAnalysis)
-    return tmp_path
-
-
-def test_insightface_builds_from_the_folder_and_converts_faces(stub_pack: Path) -> None:
-    backend = InsightFaceBackend("buffalo_l", str(stub_pack), 0.5)
+    backend = InsightFaceBackend("buffalo_l", str(tmp_path), 0.5)
     app = _StubAnalysis.last
     assert app is not None
     # The absolute pack folder as `name` is what keeps insightface off its downloader.
-    assert app.kwargs["name"] == str(insightface_model_dir("buffalo_l", stub_pack))
+    assert app.kwargs["name"] == str(pack)
     assert app.kwargs["providers"][-1] == "CPUExecutionProvider"
-    assert app.prepared["det_size"] == (640, 640)
 
     rgb = np.zeros((50, 40, 3), dtype=np.uint8)
     rgb[..., 0] = 200  # red in RGB must arrive as the last channel (BGR)
@@ -352,15 +389,16 @@ def _model_set(**overrides: object) -> ModelSet:
     return ModelSet(**(fields | overrides))
 
 
-def test_load_face_backend_picks_the_class(stub_pack: Path) -> None:
+def test_load_face_backend_picks_the_class(random_pack: Path) -> None:
     dlib_backend = load_face_backend(_model_set(face_backend="dlib"), 0.5)
     assert isinstance(dlib_backend, DlibFaceBackend) and isinstance(dlib_backend, FaceBackend)
     assert isinstance(load_face_backend(TinyModels(root=Path("models/tiny")), 0.5), DlibFaceBackend)
 
-    chosen = load_face_backend(_model_set(face_backend="insightface", face_model_root=str(stub_pack)), 0.7)
-    assert isinstance(chosen, InsightFaceBackend) and chosen.name == "insightface"
-    assert chosen.min_score == 0.7
-    assert chosen.model_dir == insightface_model_dir("buffalo_l", stub_pack)
+    chosen = load_face_backend(_model_set(face_backend="insightface", face_model_root=str(random_pack)), 0.7)
+    assert isinstance(chosen, InsightFaceBackend) and isinstance(chosen, FaceBackend) and chosen.name == "insightface"
+    assert chosen.min_score == 0.7 and chosen._app.det_thresh == 0.7
+    assert chosen.model_dir == insightface_model_dir("buffalo_l", random_pack)
+    assert len(chosen.detect(Image.new("RGB", (64, 64), "grey"))[0].embedding) == chosen.embedding_size
 
 
 def test_load_face_backend_insightface_without_pack(tmp_path: Path, analysis_calls: list[dict]) -> None:

@@ -12,6 +12,7 @@ from storyboard.models.loading import (
     attach_ip_adapter,
     faceid_input_size,
     faceid_weights_input_size,
+    load_multiref_pipeline,
     load_pipeline,
     native_resolution,
     with_controlnet,
@@ -36,6 +37,24 @@ def test_tiny_models_load_through_from_pretrained(tiny_models, cpu):
     attach_ip_adapter(cn, tiny_models, 0.5)
     assert cn.image_encoder is not None and cn.unet is pipe.unet  # the same modules, not copies
     assert any("IPAdapter" in type(p).__name__ for p in cn.unet.attn_processors.values())
+
+
+def test_tiny_flux2_klein_has_the_released_classes_and_loads_through_from_pretrained(tiny_models, cpu):
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
+
+    pipe = load_multiref_pipeline(tiny_models, cpu)
+    assert isinstance(pipe, Flux2KleinPipeline) and pipe.config.is_distilled
+    assert isinstance(pipe.transformer, Flux2Transformer2DModel) and isinstance(pipe.vae, AutoencoderKLFlux2)
+    assert isinstance(pipe.text_encoder, Qwen3ForCausalLM) and isinstance(pipe.tokenizer, Qwen2TokenizerFast)
+    assert native_resolution(pipe) == 64
+    # the pipeline stacks hidden states 9, 18 and 27, through Qwen's chat template with thinking off
+    assert pipe.text_encoder.config.num_hidden_layers >= 28
+    turn = [{"role": "user", "content": "a busy bazaar"}]
+    chat = pipe.tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert chat == "<|im_start|>user\na busy bazaar<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    embeds, _ = pipe.encode_prompt(["a busy bazaar"], device=cpu.device)
+    assert embeds.shape == (1, 512, pipe.transformer.config.joint_attention_dim)
 
 
 def test_tiny_faceid_adapter_loads_as_faceid(tiny_models, cpu):

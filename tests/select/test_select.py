@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from storyboard.errors import StoryboardError
@@ -121,6 +122,10 @@ def test_select_last_or_a_given_step_scores_nothing(steps_dir, tmp_path):
     assert _select(steps_dir, tmp_path, None, tmp_path / "cache", step=2)["chosen_step"] == 2
     chosen = load_file(tmp_path / "lora" / WEIGHTS)
     assert all(torch.equal(chosen[k], v) for k, v in load_file(steps_dir / "step-0000002" / WEIGHTS).items())
+    # the kohya file is that step's: its metadata names step 2 of the run's 3
+    with safe_open(str(tmp_path / "lora/lora_kohya.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["ss_steps"], meta["ss_max_train_steps"]) == ("2", "3")
     with pytest.raises(SelectError, match=r"select.step 7 is no saved step; saved: \[1, 2, 3\]"):
         _select(steps_dir, tmp_path, None, tmp_path / "cache", step=7)
     assert json.loads((tmp_path / "lora/training.json").read_text())["chosen_step"] == 2  # kept as it was

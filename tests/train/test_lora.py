@@ -23,7 +23,7 @@ def _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="run", 
     summary = train_lora(tiny_dataset, steps, tmp_path / name / "live", tmp_path / "ckpt", settings, tiny_models, cpu)
     saved = read_steps(steps)
     assert saved.training == summary and saved.steps[-1].step == summary["steps"]
-    export_lora(saved.steps[-1], out, summary)
+    export_lora(saved, saved.steps[-1].step, out)
     return out, summary
 
 
@@ -93,28 +93,6 @@ def test_loss_decreases_on_a_fixed_dataset(tmp_path, tiny_dataset, tiny_settings
     assert last < first * 0.97, f"mean loss of the first 30 steps {first:.4f}, of the last 30 {last:.4f}"
 
 
-def test_kohya_export_round_trips_to_the_same_weights(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
-    from diffusers import StableDiffusionXLPipeline
-    from peft.utils import get_peft_model_state_dict
-
-    out, _ = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, alpha=8)
-    kohya = load_file(out / "lora_kohya.safetensors")
-    assert kohya and all(k.startswith("lora_unet_") for k in kohya)
-    assert any(k.endswith(".alpha") for k in kohya) and any(".lora_down.weight" in k for k in kohya)
-    # alpha == rank in the file: the trained alpha/rank scale is already folded into the weights
-    _, alphas = StableDiffusionXLPipeline.lora_state_dict(str(out / "lora_kohya.safetensors"))
-    assert set(alphas.values()) == {4}
-    # converted back by diffusers' kohya reader, the UNet gets exactly the weights of the diffusers file
-    loaded = []
-    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
-        pipe = load_pipeline(tiny_models, cpu)
-        pipe.load_lora_weights(str(out), weight_name=name, adapter_name="character")
-        loaded.append(get_peft_model_state_dict(pipe.unet, adapter_name="character"))
-    assert loaded[0].keys() == loaded[1].keys() and len(loaded[0]) == len(kohya) * 2 // 3
-    for k in loaded[0]:
-        torch.testing.assert_close(loaded[1][k], loaded[0][k], rtol=0, atol=0)
-
-
 def test_alpha_is_folded_into_the_saved_weights(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):
     """alpha/rank scales the LoRA; the saved file must mean the same to loaders that ignore alpha."""
     a, _ = _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="a4", alpha=4, rank=4)
@@ -122,7 +100,7 @@ def test_alpha_is_folded_into_the_saved_weights(tmp_path, tiny_dataset, tiny_set
         tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="a8", alpha=8, rank=4, learning_rate=5e-5
     )
     wa, wb = load_file(a / "pytorch_lora_weights.safetensors"), load_file(b / "pytorch_lora_weights.safetensors")
-    up = next(k for k in wa if "lora.up" in k)
+    up = next(k for k in wa if ".lora_B." in k)
     # same seed, same init; alpha 8 with half the learning rate: gradients scale with alpha, so the up weights of b,
     # unscaled, move like a's; saved (scaled by alpha/rank) they are twice a's, up to Adam's normalisation
     assert wb[up].abs().mean() > wa[up].abs().mean()
