@@ -121,7 +121,7 @@ def bench_checkpoint(pipe, device, args, workdir: Path) -> dict:
     from storyboard.select.sweep import score_steps
     from storyboard.settings import Validation
     from storyboard.train.kept import KeptSteps
-    from storyboard.train.steps import read_steps, write_steps
+    from storyboard.train.steps import KohyaExport, read_steps, write_steps
 
     lora = sdxl.build_lora_files(workdir / "lora", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small)
     pipe.load_lora_weights(str(lora), weight_name="pytorch_lora_weights.safetensors", adapter_name="step")
@@ -149,7 +149,8 @@ def bench_checkpoint(pipe, device, args, workdir: Path) -> dict:
     reset_peak(device)
     render_s, images = timed(render, device)
     save_s, _ = timed(lambda: kept.save_step(1, layers, images), device)
-    write_steps(workdir / "steps", kept.published(1), VALIDATION_PROMPTS, {})  # the train stage's output
+    no_kohya = KohyaExport(alpha=LORA_RANK, unet_config={}, metadata={})  # scoring writes no kohya file
+    write_steps(workdir / "steps", kept.published(1), VALIDATION_PROMPTS, {}, no_kohya)  # the train stage's output
     score_s, scores = timed(lambda: score_steps(read_steps(workdir / "steps"), scorer, workdir / "scores"), device)
     return {
         "validation_prompts": len(VALIDATION_PROMPTS),
