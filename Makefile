@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
              -S generate.steps=10 -S train.compile=none
 
-.PHONY: install browser run tiny test test-fast lint print-tiny-flags compare readme-dag
+.PHONY: install browser run tiny test test-fast lint deps print-tiny-flags compare readme-dag
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ compare: install  ## Markdown report vs BASE (compare.md, printed), its chart (c
 
 lint: install
 	ruff check . && ruff format --check .
+
+# DEPS_FLAGS=--check: only say what would change (exit 1 if anything would).
+deps: install  ## rewrite dvc.yaml's code deps from each stage's import closure (tests/test_dvc_contract.py checks)
+	python -m storyboard.deps dvc.yaml $(DEPS_FLAGS)
 
 print-tiny-flags:
 	@echo $(TINY_FLAGS)

@@ -4,9 +4,10 @@
   planner-length scenes: ~110 tokens, 2 chunks) and the negative prompt through both text encoders with compel
   (storyboard/models/prompts.py, once per story), against diffusers' own `encode_prompt` of the same batch (which
   drops every token past 77), measured in the same call;
-- scoring one checkpoint (train.select: best): render the validation prompts (params.yaml: 2 prompts, 20 steps,
-  one batch, the LoRA live as during training), keep the step's LoRA and samples (Sweep.save_step), and score
-  them (ClipStepScorer: CLIP ViT-L/14 image and text features against 12 training images). The face crop uses
+- scoring one checkpoint (select.step: best): render the validation prompts (params.yaml: 2 prompts, 20 steps,
+  one batch, the LoRA live as during training), keep the step's LoRA and samples (KeptSteps.save_step), and score
+  them as the select stage does (ClipStepScorer: CLIP ViT-L/14 image and text features against 12 training
+  images; publishing models/steps between the two is not timed). The face crop uses
   a detector that finds nothing (the whole frame is the crop): the face backend runs on the CPU (dlib ~0.1-0.4 s
   per image, ENVIRONMENT.md) and is left out.
 
@@ -116,8 +117,11 @@ def bench_checkpoint(pipe, device, args, workdir: Path) -> dict:
     from storyboard.evaluate.scores import Locator
     from storyboard.models.clip import ClipScorer
     from storyboard.models.loading import Device
+    from storyboard.select.scorer import ClipStepScorer
+    from storyboard.select.sweep import score_steps
     from storyboard.settings import Validation
-    from storyboard.train.sweep import ClipStepScorer, Sweep
+    from storyboard.train.kept import KeptSteps
+    from storyboard.train.steps import KohyaExport, read_steps, write_steps
 
     lora = sdxl.build_lora_files(workdir / "lora", rank=LORA_RANK, target_modules=LORA_TARGETS, small=args.small)
     pipe.load_lora_weights(str(lora), weight_name="pytorch_lora_weights.safetensors", adapter_name="step")
@@ -134,7 +138,7 @@ def bench_checkpoint(pipe, device, args, workdir: Path) -> dict:
     locator = Locator(NoBoxes(), clip, NoFaces(), "")
     scorer = ClipStepScorer.from_parts(locator, locator.references(training, faces=False))
     validation = Validation(prompts=VALIDATION_PROMPTS, steps=args.steps, every=0)
-    sweep = Sweep(workdir / "run", validation)
+    kept = KeptSteps(workdir / "run", validation)
 
     def render():
         g = torch.Generator(device=device).manual_seed(0)
@@ -144,8 +148,10 @@ def bench_checkpoint(pipe, device, args, workdir: Path) -> dict:
     render()  # warm-up
     reset_peak(device)
     render_s, images = timed(render, device)
-    save_s, _ = timed(lambda: sweep.save_step(1, layers, images), device)
-    score_s, scores = timed(lambda: sweep.scores(scorer), device)
+    save_s, _ = timed(lambda: kept.save_step(1, layers, images), device)
+    no_kohya = KohyaExport(alpha=LORA_RANK, unet_config={}, metadata={})  # scoring writes no kohya file
+    write_steps(workdir / "steps", kept.published(1), VALIDATION_PROMPTS, {}, no_kohya)  # the train stage's output
+    score_s, scores = timed(lambda: score_steps(read_steps(workdir / "steps"), scorer, workdir / "scores"), device)
     return {
         "validation_prompts": len(VALIDATION_PROMPTS),
         "steps": args.steps,

@@ -251,7 +251,6 @@ class OursTrainer:
             compile=cfg.compile,
             compile_mode=cfg.compile_mode,
             seed=cfg.seed,
-            select="last",  # the step alone is timed: no checkpoint sweep
         )
         accelerator = Accelerator(
             mixed_precision=settings.mixed_precision,

@@ -95,10 +95,14 @@ def import_closure(entry: str, root: Path | str = ROOT) -> list[Path]:
     return sorted({p.relative_to(root) for p in seen.values()})
 
 
-def code_fingerprint(entry: str, root: Path | str = ROOT) -> str:
-    """sha256 over the paths and bytes of `entry`'s import closure: changes exactly when its code does."""
+def code_fingerprint(entry: str, root: Path | str = ROOT, leave_out: tuple[str, ...] = ()) -> str:
+    """sha256 over the paths and bytes of `entry`'s import closure: changes exactly when its code does.
+
+    `leave_out`: closure files (repo-relative, posix) whose edits must not count; what they import still does."""
     root = Path(root).resolve()
     digest = hashlib.sha256()
     for rel in import_closure(entry, root):
+        if rel.as_posix() in leave_out:
+            continue
         digest.update(rel.as_posix().encode() + b"\0" + (root / rel).read_bytes() + b"\0")
     return digest.hexdigest()

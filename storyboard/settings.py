@@ -183,12 +183,6 @@ class Train(_Section):
     caption_dropout: Fraction = 0.0
     checkpoint_every: PositiveInt = 100
     checkpoints_keep: PositiveInt = 2
-    # best: at every saved step render the validation prompts, score identity and text alignment, keep the step of
-    # highest identity whose text alignment is within select_tolerance of the best step's; last: the final step.
-    select: Literal["best", "last"] = "best"
-    select_tolerance: Annotated[float, Field(ge=0, le=2)] = Field(
-        0.02, description="CLIP text-alignment drop from the best step beyond which a step counts as over-fit"
-    )
     resolution: Annotated[int, Field(ge=32)] | None = Field(
         None, description="None: the base model's native size (unet sample_size x VAE scale)"
     )
@@ -211,11 +205,16 @@ class Train(_Section):
             raise ValueError(f"must be a multiple of 8 (the VAE downsamples by 8), got {value}")
         return value
 
-    @model_validator(mode="after")
-    def _best_needs_prompts(self) -> Train:
-        if self.select == "best" and not self.validation.prompts:
-            raise ValueError("select best scores samples of train.validation.prompts: give some, or select last")
-        return self
+
+class Select(_Section):
+    """Which of the train stage's saved steps becomes models/lora (the select stage)."""
+
+    # best: the step of highest identity whose text alignment is within `tolerance` of the best step's (scored on
+    # the validation samples); last: the final step; a number: that saved step.
+    step: Literal["best", "last"] | PositiveInt = "best"
+    tolerance: Annotated[float, Field(ge=0, le=2)] = Field(
+        0.02, description="CLIP text-alignment drop from the best step beyond which a step counts as over-fit"
+    )
 
 
 class Plan(_Section):
@@ -379,6 +378,7 @@ class Settings(_Section):
     sample: Sample = Sample()
     caption: Caption
     train: Train = Field(default_factory=Train)
+    select: Select = Select()
     plan: Plan
     generate: Generate = Generate()
     evaluate: Evaluate = Evaluate()
@@ -391,6 +391,14 @@ class Settings(_Section):
         if dupes:
             raise ValueError(f"story ids must be unique; repeated: {', '.join(dupes)}")
         return stories
+
+    @model_validator(mode="after")
+    def _best_needs_prompts(self) -> Settings:
+        if self.select.step == "best" and not self.train.validation.prompts:
+            raise ValueError(
+                "select.step best scores samples of train.validation.prompts: give some, or set select.step: last"
+            )
+        return self
 
     @model_validator(mode="after")
     def _evaluate_face_model_is_independent(self) -> Settings:

@@ -1,7 +1,8 @@
 """The DVC contract, kept exact as the code grows: each stage reruns when what it reads changes, and only then.
 
 1. Code: every stage's `deps` hold exactly the repo modules its entry module imports (the import closure, lazy
-   imports included, resolved in a subprocess from the repo root the way `python -m stages.x` resolves them).
+   imports included, resolved in a subprocess from the repo root the way `python -m stages.x` resolves them);
+   `make deps` (storyboard/deps.py) writes them, and leaves the committed dvc.yaml as it is.
 2. Params: `EXPECTED` says, for every leaf key of params.yaml, which stages `dvc status` must report changed when
    that key alone changes, in a repo whose lock is up to date. A key missing from the table fails the test: a new
    knob needs a decision about what it reruns. Stages downstream rerun through their data deps (a new LoRA reruns
@@ -14,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +26,13 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
+from storyboard.deps import entry_modules
+
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("generate@baseline", "generate@lora", "generate@ref_guided", "generate@multiref")
 GENERATE = set(MODES)
-MODELS = {"train", *GENERATE, "evaluate"}  # every stage that loads a model of the active profile
+MODELS = {"train", "select", *GENERATE, "evaluate"}  # every stage that loads a model of the active profile
+SCORED = {"select", "evaluate"}  # select scores the saved steps with evaluate's locator and identity figure
 
 
 def _table(*rows: tuple) -> dict[str, set[str]]:
@@ -40,14 +46,15 @@ def _table(*rows: tuple) -> dict[str, set[str]]:
 
 EXPECTED = _table(
     (MODELS, "profile", "runtime.device", "runtime.dtype", "models.tiny.root", "models.tiny.seed"),
-    # train: train.select best scores each saved step with evaluate's locator (detector prompt, face backend)
-    ({"sample", "caption", "train", "plan", *GENERATE, "evaluate"}, "character.name"),
+    # train: the kohya file's metadata names the character (title, description, trigger); select and evaluate
+    # locate it with the detector prompt, which may name it
+    ({"sample", "caption", "train", "plan", *GENERATE, *SCORED}, "character.name"),
     # train: the kohya file's metadata names the trigger (the captions carry it too, so caption reruns anyway)
     ({"sample", "caption", "train", *GENERATE, "evaluate"}, "character.trigger"),
-    ({"caption", "train", "plan", *GENERATE, "evaluate"}, "character.description"),
+    ({"caption", "train", "plan", *GENERATE, *SCORED}, "character.description"),
     ({"plan", *GENERATE, "evaluate"}, "stories"),
     ({"train", *GENERATE}, "models.sdxl.base", "models.sdxl.vae"),
-    ({"train", *GENERATE, "evaluate"}, "models.sdxl.clip"),
+    ({*GENERATE, *SCORED}, "models.sdxl.clip"),
     (GENERATE, "models.sdxl.likeness"),
     (
         GENERATE,
@@ -56,9 +63,9 @@ EXPECTED = _table(
         "models.sdxl.hyper_sd_lora",
         "models.sdxl.hyper_sd_lora_weight",
     ),
-    # evaluate's (and the sweep's), but ref_guided lists every model (one DVC slot); its stories' input hash leaves
-    # the detector out, so that rerun renders nothing
-    ({"train", "generate@ref_guided", "evaluate"}, "models.sdxl.detector"),
+    # select's and evaluate's, but ref_guided lists every model (one DVC slot); its stories' input hash leaves the
+    # detector out, so that rerun renders nothing
+    ({"generate@ref_guided", *SCORED}, "models.sdxl.detector"),
     (
         {"generate@ref_guided"},
         "models.sdxl.ip_adapter",
@@ -74,7 +81,7 @@ EXPECTED = _table(
     ({"generate@ref_guided", "generate@multiref"}, "models.sdxl.multiref"),
     # multiref: its reference rule picks the clearest face with the profile's face backend
     (
-        {"train", "generate@ref_guided", "generate@multiref", "evaluate"},
+        {"generate@ref_guided", "generate@multiref", *SCORED},
         "models.sdxl.face_backend",
         "models.sdxl.face_model",
         "models.sdxl.face_model_root",
@@ -142,9 +149,8 @@ EXPECTED = _table(
         "train.validation.prompts",
         "train.validation.steps",
         "train.validation.seed",
-        "train.select",
-        "train.select_tolerance",
     ),
+    ({"select"}, "select.step", "select.tolerance"),
     (
         {"plan"},
         "plan.backend",
@@ -206,9 +212,9 @@ EXPECTED = _table(
         "generate.controlnet_scale",
         "generate.face_min_score",
     ),
-    # evaluate (and the sweep) pick their face backend apart from the one FaceID conditions on
-    ({"train", "generate@ref_guided", "evaluate"}, "generate.reference"),
-    ({"train", "evaluate"}, "evaluate.face_min_score", "evaluate.face_backend", "evaluate.detector_prompt"),
+    # select and evaluate pick their face backend apart from the one FaceID conditions on
+    ({"generate@ref_guided", *SCORED}, "generate.reference"),
+    (SCORED, "evaluate.face_min_score", "evaluate.face_backend", "evaluate.detector_prompt"),
 )
 
 
@@ -219,16 +225,6 @@ def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
         path = f"{prefix}{key}"
         keys += _leaf_keys(value, f"{path}.") if isinstance(value, dict) and value else [path]
     return keys
-
-
-def _entry_modules(cmd: str) -> list[str]:
-    """The modules a stage command runs: `python -m M`, or `python -m storyboard.launch M` (the launcher, then M)."""
-    match = re.match(r"python -m (\S+)(?: (\S+))?", cmd)
-    assert match, f"stage command {cmd!r} does not start with `python -m <module>`"
-    if match.group(1) == "storyboard.launch":
-        assert match.group(2), f"stage command {cmd!r}: storyboard.launch needs the stage's module"
-        return [match.group(1), match.group(2)]
-    return [match.group(1)]
 
 
 def _python_files(dep: str) -> set[str]:
@@ -254,7 +250,7 @@ def stages() -> dict:
 
 
 def test_code_deps_are_each_stages_import_closure(stages):
-    entries = {name: _entry_modules(stage["cmd"]) for name, stage in stages.items()}
+    entries = {name: entry_modules(stage["cmd"]) for name, stage in stages.items()}
     script = (
         "import json, sys; from storyboard.closure import import_closure; "
         "print(json.dumps({m: [p.as_posix() for p in import_closure(m)] for m in sys.argv[1:]}))"
@@ -273,7 +269,41 @@ def test_code_deps_are_each_stages_import_closure(stages):
         imported = set().union(*(closures[m] for m in entries[name]))
         problems += [f"{name}: imports {f}, which dvc.yaml does not list" for f in sorted(imported - listed)]
         problems += [f"{name}: lists {f}, which its code never imports" for f in sorted(listed - imported)]
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join([*problems, "run `make deps`: it writes each stage's code deps from its imports"])
+
+
+def _make_deps(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`make deps` in `root` (its own code, resolved from there), with this Python on the PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": ""}
+    return subprocess.run(
+        ["make", "-s", "-o", "install", "deps", *args], cwd=root, env=env, capture_output=True, text=True
+    )
+
+
+def test_make_deps_leaves_the_committed_dvc_yaml_as_it_is():
+    """The code deps are the fixer's, layout included (whole package folders as one entry)."""
+    proc = _make_deps(REPO, "DEPS_FLAGS=--check")
+    assert proc.returncode == 0, f"{proc.stdout}{proc.stderr}\nrun `make deps` and commit dvc.yaml"
+
+
+def test_make_deps_restores_a_removed_dep(tmp_path):
+    root = tmp_path / "repo"
+    for name in ("stages", "storyboard"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Makefile", "params.yaml", "pyproject.toml"):
+        shutil.copy2(REPO / name, root / name)
+    committed = (REPO / "dvc.yaml").read_text()
+    lines = committed.splitlines(keepends=True)
+    # train's whole package folder and one of generate's files (in the foreach template) gone by hand
+    removed = [i for i, line in enumerate(lines) if line.strip() in ("- storyboard/train", "- storyboard/generate")]
+    assert len(removed) == 2, removed
+    (root / "dvc.yaml").write_text("".join(line for i, line in enumerate(lines) if i not in removed))
+
+    proc = _make_deps(root)
+    assert proc.returncode == 0, proc.stderr
+    assert "train: + storyboard/train" in proc.stdout and "generate: + storyboard/generate" in proc.stdout
+    assert (root / "dvc.yaml").read_text() == committed  # the same file, comments and layout included
+    assert _make_deps(root, "DEPS_FLAGS=--check").returncode == 0
 
 
 def test_every_params_key_is_in_the_table():

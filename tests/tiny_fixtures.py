@@ -19,10 +19,13 @@ def tiny_settings(params: Settings, tmp_path_factory) -> Settings:
     """The repo's params on the tiny profile, with models built in a session temp folder."""
     root = tmp_path_factory.mktemp("tiny-models")
     models = params.models.model_copy(update={"tiny": params.models.tiny.model_copy(update={"root": root})})
-    # Eager, as `make tiny` runs: compiling on a CPU only slows a plumbing check (compile has its own tests). The
-    # last step, not a sweep: tests that train for a LoRA don't pay for scoring steps (tests/train/test_sweep.py).
-    train = params.train.model_copy(update={"compile": "none", "select": "last"})
-    return params.model_copy(update={"profile": "tiny", "models": models, "train": train})
+    # Eager, as `make tiny` runs: compiling on a CPU only slows a plumbing check (compile has its own tests). No
+    # validation prompts and the last step, not a sweep: tests that train for a LoRA don't pay for drawing and
+    # scoring samples at every saved step (tests/train/test_kept_steps.py, tests/select/ do).
+    validation = params.train.validation.model_copy(update={"prompts": []})
+    train = params.train.model_copy(update={"compile": "none", "validation": validation})
+    select = params.select.model_copy(update={"step": "last"})
+    return params.model_copy(update={"profile": "tiny", "models": models, "train": train, "select": select})
 
 
 @pytest.fixture(scope="session")

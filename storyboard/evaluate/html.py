@@ -297,7 +297,7 @@ def write_html_report(
 
     outputs_root holds <mode>/<story_id>/{frame_NN.png, metadata.json} as generate writes them; metrics is
     evaluate's metrics JSON; frames maps mode -> its per-frame scores (the frames/<mode>.csv table); train_metrics:
-    the train stage's metrics/train.json (the checkpoint choice).
+    the select stage's metrics/train.json (the checkpoint choice).
     """
     report_dir, outputs_root = Path(report_dir), Path(outputs_root)
     with atomic_path(report_dir) as staged:

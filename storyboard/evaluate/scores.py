@@ -108,8 +108,8 @@ class Locator:
 
     @classmethod
     def of_evaluate(cls, settings: Settings, models: ModelSet, device: Device) -> Locator:
-        """The locator the evaluate stage scores with; the train stage's checkpoint sweep uses it too, so a step
-        is chosen by the identity figure evaluate reports."""
+        """The locator the evaluate stage scores with; the select stage scores the saved steps with it too, so a
+        step is chosen by the identity figure evaluate reports."""
         character = settings.character
         return cls(
             CharacterDetector(models.detector, device),

@@ -1,6 +1,6 @@
-"""The report's checkpoint section: the train stage's chosen step beside two others, their samples and scores.
+"""The report's checkpoint section: the select stage's chosen step beside two others, their samples and scores.
 
-It reads metrics/train.json as the train stage writes it (train.select: best): the per-step scores, and for the
+It reads metrics/train.json as the select stage writes it (select.step: best): the per-step scores, and for the
 shown steps the sample files, which are copied into the report's assets so that the report stays one folder.
 """
 
@@ -19,7 +19,7 @@ THUMB_PX = 160
 
 
 def sweep_section(train_metrics: dict | None, assets: Path) -> str:
-    """The section's HTML, with its samples copied into `assets`; "" when no sweep ran (train.select: last)."""
+    """The section's HTML, with its samples copied into `assets`; "" when no sweep ran (select.step: last)."""
     if not train_metrics or not train_metrics.get("samples"):
         return ""
     scores = {int(s["step"]): s for s in train_metrics.get("steps", [])}

@@ -263,7 +263,9 @@ def attach_lora(pipe, lora_dir: Path, *, adapter_name: str = "character") -> Non
     """Load our trained LoRA into the pipeline, with a clear error when it does not fit the base model."""
     weights = Path(lora_dir) / "pytorch_lora_weights.safetensors"
     if not weights.exists():
-        raise ModelLoadError(f"no LoRA weights at {weights}: run the train stage first (`dvc repro train`)")
+        raise ModelLoadError(
+            f"no LoRA weights at {weights}: run the train and select stages first (`dvc repro select`)"
+        )
     try:
         pipe.load_lora_weights(str(lora_dir), weight_name=weights.name, adapter_name=adapter_name)
     except (RuntimeError, ValueError, KeyError) as e:

@@ -26,16 +26,19 @@ if TYPE_CHECKING:
     from storyboard.train.trainer import LoraTrainer
 
 CODE = "stages.train"  # its import closure is all the code a training run goes through
-NOT_SHAPING = {"log_every", "validation", "checkpoint_every", "checkpoints_keep", "select", "select_tolerance"}
+# Modules of that closure that only log a run, mirror it or index its saved steps for the select stage: an edit to
+# them must not send a run back to step 0 (what they import still counts).
+NOT_SHAPING_CODE = ("storyboard/log.py", "storyboard/remote.py", "storyboard/train/steps.py")
+NOT_SHAPING = {"log_every", "validation", "checkpoint_every", "checkpoints_keep"}
 
 
 def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution: int, processes: int = 1) -> str:
     """Everything that shapes the weights: the train params, the models the latents and the UNet come from, the
-    data, the code the train stage runs (a fixed bug must not resume from checkpoints the bug made), and the
-    number of processes (one per GPU): it multiplies the effective batch, so a run on 2 GPUs never resumes on 1."""
+    data, the code the train stage runs but NOT_SHAPING_CODE (a fixed bug must not resume from checkpoints the bug
+    made; choosing a saved step is the select stage's code, outside it), and the number of processes (one per
+    GPU): it multiplies the effective batch, so a run on 2 GPUs never resumes on 1."""
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
-    # What only changes how often we look or keep (logging, validation, checkpoints) or which step is chosen does
-    # not change the weights.
+    # What only changes how often we look or keep (logging, validation, checkpoints) does not change the weights.
     shaping = settings.model_dump(mode="json", exclude=NOT_SHAPING)
     blob = json.dumps(
         [
@@ -44,7 +47,7 @@ def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution
             models.vae,
             hashlib.sha256(manifest).hexdigest(),
             resolution,
-            code_fingerprint(CODE),
+            code_fingerprint(CODE, leave_out=NOT_SHAPING_CODE),
             processes,
         ],
         sort_keys=True,

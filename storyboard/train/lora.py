@@ -19,8 +19,10 @@ fast, resumable and portable.
 
 The parts: parts.py (the frozen SDXL models), latents.py (the inputs, computed once), trainer.py (LoRA layers,
 optimizer, one step), checkpoints.py, progress.py (the per-step log and validation samples), validation.py,
-sweep.py (train.select: best, which saved step becomes the LoRA), export.py and kohya.py (the weight files, in
-diffusers' and kohya's layouts; sgm.py names the UNet's modules for kohya). This module runs them in order.
+kept.py (every saved step's LoRA and samples), steps.py (models/steps, which the select stage chooses from),
+export.py and kohya.py (the weight files, in diffusers' and kohya's layouts; sgm.py names the UNet's modules for
+kohya; the select stage writes the chosen step's kohya file from what steps.json records). This module runs them in
+order.
 """
 
 from __future__ import annotations
@@ -34,19 +36,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from storyboard.fsutil import atomic_path, write_json
+from storyboard.fsutil import atomic_path
 from storyboard.models.compiling import warn_if_cudagraphs_skipped
 from storyboard.models.loading import Device
 from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
 from storyboard.train.checkpoints import fetch_latest, fingerprint, latest_checkpoint, resume, save_checkpoint
 from storyboard.train.errors import TrainError
-from storyboard.train.export import KOHYA_WEIGHTS, LORA_WEIGHTS
-from storyboard.train.kohya import LoraCard, export_kohya, kohya_metadata
+from storyboard.train.kept import KeptSteps
+from storyboard.train.kohya import LoraCard, kohya_metadata
 from storyboard.train.latents import LatentCache, load_examples
 from storyboard.train.parts import SdxlParts
 from storyboard.train.progress import TrainLog
-from storyboard.train.sweep import StepScorer, Sweep, choose, sweep_metrics
+from storyboard.train.steps import KohyaExport, SavedStep, write_steps
 from storyboard.train.trainer import LoraTrainer
 from storyboard.train.validation import validation_images
 
@@ -70,18 +72,21 @@ def train_lora(
     settings: Train,
     models: ModelSet,
     device: Device,
-    scorer: StepScorer | None = None,
-    metrics_path: Path | None = None,
     card: LoraCard | None = None,
 ) -> dict:
-    """Train, checkpoint every `checkpoint_every` steps, save the chosen LoRA (diffusers + kohya layouts).
+    """Train, checkpoint every `checkpoint_every` steps, and write every saved step's LoRA and validation samples
+    to `out_dir` (models/steps, storyboard/train/steps.py); the select stage chooses among them.
 
-    train.select best needs `scorer` (the stage passes sweep.ClipStepScorer); `metrics_path`: where the choice
-    and the per-step scores go (metrics/train.json); `card`: the character and trigger the kohya file names."""
-    if settings.select == "best" and scorer is None:
-        raise ValueError("train.select best needs a step scorer")
-    from diffusers import StableDiffusionXLPipeline
-
+    Args:
+        dataset_dir: the caption stage's folder (manifest.jsonl and images).
+        out_dir: where the saved steps go (replaced as a whole when training ends).
+        live_dir: the dvclive folder (loss, step time, validation samples).
+        checkpoint_root: checkpoints, one folder per run fingerprint, kept across runs for resuming.
+        settings: params.yaml's train section.
+        models: the active profile's models (base and VAE are trained on).
+        device: where to train.
+        card: the character and trigger that each step's kohya metadata names.
+    """
     examples = load_examples(dataset_dir)
     accelerator, weight_dtype = _accelerator(settings, device)
     _seed_everything(settings.seed)
@@ -109,7 +114,7 @@ def train_lora(
         _say_other_process_counts(Path(checkpoint_root), settings, models, dataset_dir, resolution, processes)
     log = TrainLog(live_dir, run_dir / "validation", history, start_step, main)
     validating = bool(main and settings.validation.every and settings.validation.prompts)
-    sweep = Sweep(run_dir, settings.validation) if main and settings.select == "best" else None
+    kept = KeptSteps(run_dir, settings.validation) if main else None
     bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
     try:
         for step in bar:
@@ -119,14 +124,14 @@ def train_lora(
                 log.flush(trainer.learning_rate, bar)
                 if done == start_step + settings.log_every and main:  # the compiled step has run by now
                     warn_if_cudagraphs_skipped(settings.compile, settings.compile_mode, "train")
-            samples = None  # the validation samples of this step, when rendered: the sweep's are the same
+            samples = None  # the validation samples of this step, when rendered: the kept step's are the same
             if validating and done % settings.validation.every == 0 and done not in log.validated:
                 samples = validation_images(trainer, settings)
                 log.add_samples(done, samples)
             if done % settings.checkpoint_every == 0 and done < steps:
                 log.flush(trainer.learning_rate, bar)  # the checkpoint carries the history up to its own step
-                if sweep is not None and not sweep.has_step(done):  # before the checkpoint: a resume has it
-                    sweep.save_step(done, trainer.lora_layers(), samples or validation_images(trainer, settings))
+                if kept is not None and not kept.has_step(done):  # before the checkpoint: a resume has it
+                    kept.save_step(done, trainer.lora_layers(), samples or _samples(trainer, settings))
                 state = trainer.state(done)  # on every process: it gathers each one's random state
                 if main:
                     save_checkpoint(run_dir, {**state, "history": log.history}, settings.checkpoints_keep, mirror)
@@ -135,8 +140,8 @@ def train_lora(
         if validating and steps not in log.validated:
             samples = validation_images(trainer, settings)
             log.add_samples(steps, samples)
-        if sweep is not None and not sweep.has_step(steps):
-            sweep.save_step(steps, trainer.lora_layers(), samples or validation_images(trainer, settings))
+        if kept is not None and not kept.has_step(steps):
+            kept.save_step(steps, trainer.lora_layers(), samples or _samples(trainer, settings))
     except torch.cuda.OutOfMemoryError:
         raise TrainError(
             f"out of GPU memory at batch {settings.batch_size}, {resolution} px: lower train.batch_size (raise "
@@ -164,42 +169,58 @@ def train_lora(
     }
     final_state = trainer.state(steps)
     if main:
-        # Saved first: scoring the sweep may be killed too, and must not cost the training again.
         save_checkpoint(run_dir, {**final_state, "history": log.history}, settings.checkpoints_keep, mirror)
-        metrics = {"select": settings.select, "chosen_step": steps, "steps": []}
-        if sweep is not None:
-            scores = sweep.scores(scorer)
-            chosen = choose(scores, settings.select_tolerance)
-            logger.info("train.select best: step %d of %s", chosen.step, [s.step for s in scores])
-            metrics = sweep_metrics(settings, scores, chosen, sweep.publish_samples(scores, chosen, Path(live_dir)))
-        summary["chosen_step"] = metrics["chosen_step"]
+        published = kept.published(steps)
+        kohya = _kohya_export(
+            settings=settings,
+            models=models,
+            card=card or LoraCard(),
+            summary=summary,
+            captions=[e.caption for e in examples],
+            dataset_dir=Path(dataset_dir),
+            unet_config=parts.unet.config,
+            published=published,
+        )
         with atomic_path(Path(out_dir)) as staged:
-            if sweep is not None:
-                sweep.copy_lora(metrics["chosen_step"], staged)
-            else:
-                StableDiffusionXLPipeline.save_lora_weights(staged, weight_name=LORA_WEIGHTS, **trainer.lora_layers())
-            metadata = kohya_metadata(
-                settings=settings,
-                models=models,
-                card=card or LoraCard(),
-                summary=summary,
-                captions=[e.caption for e in examples],
-                dataset_name=Path(dataset_dir).name,
-            )
-            export_kohya(
-                staged / LORA_WEIGHTS,
-                staged / KOHYA_WEIGHTS,
-                unet_config=parts.unet.config,
-                alpha=settings.alpha,
-                metadata=metadata,
-            )
-            write_json(staged / "training.json", summary)
-        if metrics_path is not None:
-            write_json(Path(metrics_path), {**metrics, "final_loss": summary["final_loss"]})
+            write_steps(staged, published, settings.validation.prompts, summary, kohya)
     if mirror is not None:
         mirror.wait()
     accelerator.wait_for_everyone()
     return summary
+
+
+def _kohya_export(
+    *,
+    settings: Train,
+    models: ModelSet,
+    card: LoraCard,
+    summary: dict,
+    captions: list[str],
+    dataset_dir: Path,
+    unet_config,
+    published: list[SavedStep],
+) -> KohyaExport:
+    """What the select stage needs to write a saved step's kohya file without the training code or params: the
+    alpha, the UNet's config (it names the modules) and each step's metadata (the step is in it)."""
+    metadata = {
+        saved.step: kohya_metadata(
+            settings=settings,
+            models=models,
+            card=card,
+            summary={**summary, "chosen_step": saved.step},
+            captions=captions,
+            dataset_name=dataset_dir.name,
+        )
+        for saved in published
+    }
+    # the config's private keys (`_name_or_path`: this machine's path) would make the index differ between pods
+    config = {k: v for k, v in unet_config.items() if not k.startswith("_")}
+    return KohyaExport(alpha=settings.alpha, unet_config=config, metadata=metadata)
+
+
+def _samples(trainer: LoraTrainer, settings: Train) -> list:
+    """The validation samples of the LoRA as it is now; none without validation prompts."""
+    return validation_images(trainer, settings) if settings.validation.prompts else []
 
 
 def _say_other_process_counts(

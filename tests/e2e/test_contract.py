@@ -1,6 +1,7 @@
 """The DVC contract through real dvc on the tiny profile: a new story is rendered alone, a ref_guided knob reruns
-ref_guided and evaluate alone, an edited plan frame is rendered without planning again, a generate run killed after
-its first story resumes with the rest and ends as an uninterrupted run would."""
+ref_guided and evaluate alone, an evaluation edit or knob reruns select and evaluate and never train, an edited plan
+frame is rendered without planning again, a generate run killed after its first story resumes with the rest and
+ends as an uninterrupted run would."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvcrepo import MODES, dvc, ran_stages, run
+from dvcrepo import MODES, dvc, dvc_json, ran_stages, run
 
 pytestmark = pytest.mark.e2e
 
@@ -84,6 +85,44 @@ def test_a_ref_guided_knob_reruns_ref_guided_and_evaluate_only(repo):
     assert ran_stages(again) == set(), again
     run(["git", "checkout", "-q", "--", "."], root, env)
     dvc("checkout", "-q", cwd=root, env=env)
+
+
+@pytest.fixture
+def scored(tiny_repo, tmp_path) -> tuple[Path, dict[str, str]]:
+    """A copy of the shared committed tiny run, as it was committed."""
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_repo.root, root, symlinks=True)
+    run(["git", "checkout", "-qf", tiny_repo.commit], root, tiny_repo.env)
+    dvc("checkout", "--force", cwd=root, env=tiny_repo.env)
+    return root, tiny_repo.env
+
+
+def _train_fingerprint(root: Path, env: dict[str, str]) -> str:
+    script = (
+        "from storyboard.closure import code_fingerprint; "
+        "from storyboard.train.checkpoints import CODE, NOT_SHAPING_CODE; "
+        "print(code_fingerprint(CODE, leave_out=NOT_SHAPING_CODE))"
+    )
+    return run([sys.executable, "-c", script], root, {**env, "PYTHONPATH": str(root)}, stdout_only=True).strip()
+
+
+def test_an_evaluation_edit_reruns_select_and_evaluate_never_train(scored):
+    root, env = scored
+    fingerprint = _train_fingerprint(root, env)
+    scores = root / "storyboard/evaluate/scores.py"
+    scores.write_text(scores.read_text() + "\n# a one-line fix to an evaluation formula\n")
+    status = dvc_json("status", "--json", cwd=root, env=env)
+    assert {"select", "evaluate"} <= set(status) and "train" not in status, status
+    assert _train_fingerprint(root, env) == fingerprint  # a rerun resumes training's final checkpoint
+    output = dvc("repro", cwd=root, env=env)
+    assert ran_stages(output) == {"select", "evaluate"}, output  # the same step chosen: the LoRA is unchanged
+    run(["git", "checkout", "-q", "--", "."], root, env)
+
+
+def test_an_evaluate_knob_reruns_select_and_evaluate_only(scored):
+    root, env = scored
+    output = dvc("exp", "run", "-S", "evaluate.face_min_score=0.6", cwd=root, env=env)
+    assert ran_stages(output) == {"select", "evaluate"}, output
 
 
 def test_an_edited_plan_frame_is_rendered_without_planning_again(repo):

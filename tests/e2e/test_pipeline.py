@@ -27,7 +27,8 @@ def test_tiny_pipeline_end_to_end(repo):
     output = run([sys.executable, "-m", "dvc", "exp", "run", *tiny_flags()], root, env)
     seconds = time.perf_counter() - started
     print(f"tiny pipeline: {seconds:.0f} s")
-    assert {"sample", "caption", "train", "plan", "evaluate", *(f"generate@{m}" for m in MODES)} <= ran_stages(output)
+    stages = {"sample", "caption", "train", "select", "plan", "evaluate", *(f"generate@{m}" for m in MODES)}
+    assert stages <= ran_stages(output)
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     assert params["profile"] == "tiny"
@@ -41,7 +42,8 @@ def test_tiny_pipeline_end_to_end(repo):
         txt = (root / "data/dataset/images" / r["image"]).with_suffix(".txt").read_text()
         assert txt.startswith(params["character"]["trigger"])
 
-    # train: loadable LoRA weights and a loss curve of max_steps points
+    # train: every saved step and a loss curve of max_steps points; select: the chosen step's LoRA weights
+    assert (root / "models/steps/steps.json").exists()
     assert (root / "models/lora/pytorch_lora_weights.safetensors").stat().st_size > 0
     loss_rows = (root / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()
     assert len(loss_rows) == params["train"]["max_steps"] + 1
@@ -123,4 +125,4 @@ def test_tiny_pipeline_end_to_end(repo):
 
     # changing a LoRA param retrains and reruns what uses the LoRA, and nothing else (not the baseline)
     retrained = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.rank=8"], root, env)
-    assert ran_stages(retrained) == {"train", "generate@lora", "generate@ref_guided", "evaluate"}, retrained
+    assert ran_stages(retrained) == {"train", "select", "generate@lora", "generate@ref_guided", "evaluate"}, retrained

@@ -71,6 +71,7 @@ def test_round_trip_fresh_clone_pulls_and_reruns_nothing(pushed: Pushed, tmp_pat
     other = clone(pushed, tmp_path / "clone")
     pulled = dvc("pull", cwd=other, env=pushed.env)
     assert (other / "models/lora/pytorch_lora_weights.safetensors").exists(), pulled
+    assert (other / "models/steps/steps.json").exists(), pulled  # every saved step travels too
     for mode in MODES:
         assert list((other / "outputs" / mode).glob("*/contact_sheet.png"))
     assert (other / "reports/index.html").exists() and (other / "data/dataset/manifest.jsonl").exists()
@@ -164,7 +165,7 @@ def test_lost_pod_resumes_training_and_pays_no_caption_twice(s3: S3Server, tmp_p
         assert api.chat_requests == [], "pod 2 paid again for captions pod 1 had"
         caption = json.loads((pod2 / "metrics/caption.json").read_text())
         assert caption["cached"] == paid and caption["requests"] == 0, caption
-        trained = json.loads((pod2 / "models/lora/training.json").read_text())
+        trained = json.loads((pod2 / "models/steps/steps.json").read_text())["training"]
         assert trained["resumed_from"] >= 3 and trained["steps"] == 30, trained
         loss = (pod2 / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()
         assert len(loss) == 31, "the loss curve covers pod 1's steps too"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from storyboard.models.clip import ClipScorer
+from storyboard.select.sweep import export_lora
 from storyboard.train.lora import train_lora
+from storyboard.train.steps import read_steps
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +16,9 @@ def lora_dir(tmp_path_factory, tiny_dataset, tiny_settings, tiny_models, cpu):
     settings = tiny_settings.train.model_copy(
         update={"max_steps": 4, "checkpoint_every": 4, "rank": 4, "learning_rate": 0.05}
     )
-    train_lora(tiny_dataset, root / "lora", root / "live", root / "ckpt", settings, tiny_models, cpu)
+    train_lora(tiny_dataset, root / "steps", root / "live", root / "ckpt", settings, tiny_models, cpu)
+    saved = read_steps(root / "steps")
+    export_lora(saved, saved.steps[-1].step, root / "lora")  # select.step: last
     return root / "lora"
 
 

@@ -1,5 +1,5 @@
-"""The kohya file: read back by diffusers' own kohya/SGM loader, its keys checked against every module of the
-original SDXL UNet, its metadata this run's."""
+"""The kohya file (train records what it needs per saved step, select writes it): read back by diffusers' own
+kohya/SGM loader, its keys checked against every module of the original SDXL UNet, its metadata this run's."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from safetensors.torch import load_file
 
 from storyboard.dataset import read_manifest
 from storyboard.models.loading import load_pipeline
+from storyboard.select.sweep import export_lora
 from storyboard.train.export import lora_state
 from storyboard.train.kohya import kohya_state, lora_card
 from storyboard.train.lora import train_lora
 from storyboard.train.sgm import SgmNameError, sgm_module_name
+from storyboard.train.steps import read_steps
 
 REPO = Path(__file__).resolve().parents[2]
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -41,9 +43,17 @@ def trained(request, tmp_path_factory, tiny_dataset, tiny_settings, tiny_models,
         update={"max_steps": 4, "checkpoint_every": 100, "rank": 4, "alpha": 8, "learning_rate": 0.02} | request.param
     )
     out = tmp / "lora"
-    card = lora_card(tiny_settings)
-    summary = train_lora(tiny_dataset, out, tmp / "live", tmp / "ckpt", settings, tiny_models, cpu, card=card)
+    summary = _train_and_select(tmp, out, tmp / "ckpt", settings, tiny_dataset, tiny_settings, tiny_models, cpu)
     return out, settings, summary
+
+
+def _train_and_select(tmp, out, ckpt, settings, tiny_dataset, tiny_settings, tiny_models, cpu) -> dict:
+    """Train into models/steps, then write the final step's LoRA as the select stage does with select.step: last."""
+    card = lora_card(tiny_settings)
+    summary = train_lora(tiny_dataset, tmp / "steps", tmp / "live", ckpt, settings, tiny_models, cpu, card=card)
+    saved = read_steps(tmp / "steps")
+    export_lora(saved, saved.steps[-1].step, out)
+    return summary
 
 
 def _fused(tiny_models, cpu, folder: Path | None, weight_name: str | None) -> dict[str, dict[str, torch.Tensor]]:
@@ -124,10 +134,9 @@ def test_a_rerun_writes_the_same_file(trained, tiny_dataset, tiny_settings, tiny
     bytes may differ: safetensors writes metadata in no fixed order)."""
     out, settings, _ = trained
     again = tmp_path / "lora"
-    summary = train_lora(
-        tiny_dataset, again, tmp_path / "live", out.parent / "ckpt", settings, tiny_models, cpu,
-        card=lora_card(tiny_settings),
-    )  # fmt: skip
+    summary = _train_and_select(
+        tmp_path, again, out.parent / "ckpt", settings, tiny_dataset, tiny_settings, tiny_models, cpu
+    )
     assert summary["resumed_from"] == 4  # from the first run's final checkpoint: nothing trained again
     files = [folder / "lora_kohya.safetensors" for folder in (out, again)]
     first, second = (load_file(f) for f in files)

@@ -10,14 +10,20 @@ import torch
 from safetensors.torch import load_file
 
 from storyboard.models.loading import attach_lora, load_pipeline
+from storyboard.select.sweep import export_lora
 from storyboard.train.errors import TrainError
 from storyboard.train.lora import train_lora
+from storyboard.train.steps import read_steps
 
 
 def _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, name="run", **overrides):
+    """Train, then export the final step as the select stage does with select.step: last."""
     settings = tiny_settings.train.model_copy(update={"max_steps": 6, "checkpoint_every": 2, "rank": 4, **overrides})
-    out = tmp_path / name / "lora"
-    summary = train_lora(tiny_dataset, out, tmp_path / name / "live", tmp_path / "ckpt", settings, tiny_models, cpu)
+    steps, out = tmp_path / name / "steps", tmp_path / name / "lora"
+    summary = train_lora(tiny_dataset, steps, tmp_path / name / "live", tmp_path / "ckpt", settings, tiny_models, cpu)
+    saved = read_steps(steps)
+    assert saved.training == summary and saved.steps[-1].step == summary["steps"]
+    export_lora(saved, saved.steps[-1].step, out)
     return out, summary
 
 
@@ -218,22 +224,20 @@ def test_two_processes_train_with_ddp(tmp_path, tiny_dataset, tiny_settings):
         "--dataset",
         str(tiny_dataset),
         "--out",
-        "lora",
+        "steps",
         "--live",
         "live",
         "--checkpoints",
         "ck",
-        "--metrics",
-        "train.json",
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert load_file(tmp_path / "lora/pytorch_lora_weights.safetensors")
+    saved = read_steps(tmp_path / "steps")  # written once, by rank 0
+    assert [s.step for s in saved.steps] == [2, 4] and all(load_file(s.lora) for s in saved.steps)
     assert len((tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()) == 5  # logged once, by rank 0
     (run_dir,) = (tmp_path / "ck").iterdir()
     assert sorted(p.name for p in run_dir.glob("step-*")) == ["step-0000002", "step-0000004"]
-    assert json.loads((tmp_path / "train.json").read_text())["chosen_step"] == 4  # train.select last, by rank 0
 
 
 def test_a_rerun_of_a_finished_run_keeps_its_plots(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu):

@@ -34,8 +34,6 @@ def _train(cwd: Path, dataset: Path, out: str, processes: int) -> str:
         f"{out}-live",
         "--checkpoints",
         "ck",
-        "--metrics",
-        f"{out}.json",
     ]
     cmd = [sys.executable, "-m", "storyboard.launch", "stages.train", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -55,7 +53,7 @@ def test_two_processes_train_resume_and_refuse_to_mix_with_one(tmp_path, tiny_da
     _write_params(tmp_path, tiny_settings, max_steps=4, checkpoint_every=2, checkpoints_keep=10)
 
     _train(tmp_path, tiny_dataset, "full", processes=2)
-    summary = json.loads((tmp_path / "full/training.json").read_text())
+    summary = json.loads((tmp_path / "full/steps.json").read_text())["training"]
     assert summary["processes"] == 2 and summary["effective_batch"] == 2  # batch 1 x accumulation 1 x 2 processes
     (run_dir,) = (tmp_path / "ck").iterdir()
     state = torch.load(run_dir / "step-0000002/state.pt", weights_only=False)
@@ -65,16 +63,16 @@ def test_two_processes_train_resume_and_refuse_to_mix_with_one(tmp_path, tiny_da
     # Killed after step 2: the same two processes resume, each from its own random state, to the same weights.
     shutil.rmtree(run_dir / "step-0000004")
     _train(tmp_path, tiny_dataset, "resumed", processes=2)
-    assert json.loads((tmp_path / "resumed/training.json").read_text())["resumed_from"] == 2
-    full = load_file(tmp_path / "full/pytorch_lora_weights.safetensors")
-    resumed = load_file(tmp_path / "resumed/pytorch_lora_weights.safetensors")
+    assert json.loads((tmp_path / "resumed/steps.json").read_text())["training"]["resumed_from"] == 2
+    full = load_file(tmp_path / "full/step-0000004/pytorch_lora_weights.safetensors")
+    resumed = load_file(tmp_path / "resumed/step-0000004/pytorch_lora_weights.safetensors")
     assert full.keys() == resumed.keys()
     for key in full:
         torch.testing.assert_close(full[key], resumed[key])
 
     # One process: another effective batch, so another run; it starts from step 0 and says where the others are.
     log = _train(tmp_path, tiny_dataset, "single", processes=1)
-    single = json.loads((tmp_path / "single/training.json").read_text())
+    single = json.loads((tmp_path / "single/steps.json").read_text())["training"]
     assert single["resumed_from"] == 0 and single["processes"] == 1 and single["effective_batch"] == 1
     assert "checkpoints of this run on 2 process(es) exist" in log
     assert len(list((tmp_path / "ck").iterdir())) == 2
@@ -85,8 +83,8 @@ def test_two_processes_accumulate_gradients(tmp_path, tiny_dataset, tiny_setting
     all-reduce (no_sync), which DDP's static graph fails on (an internal assert), so it must be off here."""
     _write_params(tmp_path, tiny_settings, max_steps=3, gradient_accumulation_steps=2, checkpoint_every=3)
 
-    _train(tmp_path, tiny_dataset, "lora", processes=2)
-    summary = json.loads((tmp_path / "lora/training.json").read_text())
+    _train(tmp_path, tiny_dataset, "steps", processes=2)
+    summary = json.loads((tmp_path / "steps/steps.json").read_text())["training"]
     assert summary["processes"] == 2 and summary["effective_batch"] == 4  # batch 1 x accumulation 2 x 2 processes
-    weights = load_file(tmp_path / "lora/pytorch_lora_weights.safetensors")
+    weights = load_file(tmp_path / "steps/step-0000003/pytorch_lora_weights.safetensors")
     assert weights and all(torch.isfinite(w).all() for w in weights.values())
