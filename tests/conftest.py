@@ -30,7 +30,12 @@ MARKED = {
     ),
     "slow": (
         "tests/test_dvc_contract.py::test_each_params_key_reruns_exactly_its_stages",
-        "tests/train/test_lora.py::test_saved_lora_loads_into_the_pipeline_and_changes_it",
+        # They render, train or score with the tiny models: seconds to minutes each on 2 cores.
+        "tests/generate/",
+        "tests/train/",
+        "tests/select/",
+        "tests/evaluate/test_scores.py",
+        "tests/evaluate/test_independence.py",
     ),
 }
 
