@@ -61,6 +61,20 @@ def test_several_machines_pass_their_rank_and_machine_0s_address_to_accelerate()
     assert cmd[-4:] == ["-m", "stages.train", "--out", "x"]
 
 
+def test_accelerate_reads_the_machines_as_torchrun_flags():
+    """accelerate's own parser and multi-GPU set-up turn the command into torchrun's static rendezvous: 4 processes
+    here, 2 machines, this one rank 1, machine 0 at MASTER_ADDR:MASTER_PORT."""
+    from accelerate.commands.launch import launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    cmd = command("stages.train", ["--out", "x"], 4, 4, Nodes(count=2, rank=1, address="10.0.0.5", port=29600))
+    args = launch_command_parser().parse_args(cmd[3:])
+    prepare_multi_gpu_env(args)
+    assert (args.nproc_per_node, args.nnodes, args.node_rank) == ("4", "2", 1)
+    assert args.rdzv_backend == "static" and args.rdzv_endpoint == "10.0.0.5:29600"
+    assert args.module and args.training_script == "stages.train" and args.training_script_args == ["--out", "x"]
+
+
 def test_several_machines_of_one_cpu_process_each_go_through_torchrun():
     nodes = Nodes.from_env({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
     assert nodes.port == DEFAULT_PORT
