@@ -8,9 +8,11 @@ which gives the same bits in either order. A difference would be a real one (ano
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +61,7 @@ def _two_machines(folders: list[Path], dataset: Path, out: str) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: a hung machine's workers go with it
         )
         for rank, folder in enumerate(folders)
     ]
@@ -66,7 +69,8 @@ def _two_machines(folders: list[Path], dataset: Path, out: str) -> None:
         logs = [m.communicate(timeout=600)[1] for m in machines]
     finally:
         for m in machines:
-            m.kill()
+            with contextlib.suppress(ProcessLookupError):  # gone already: it finished
+                os.killpg(m.pid, signal.SIGKILL)
     for rank, (machine, log) in enumerate(zip(machines, logs, strict=True)):
         assert machine.returncode == 0, f"machine {rank}:\n{log[-3000:]}"
 

@@ -52,7 +52,8 @@ from storyboard.train.sweep import StepScorer, Sweep, choose, sweep_metrics
 from storyboard.train.trainer import LoraTrainer
 from storyboard.train.validation import validation_images
 
-MAX_PROCESSES_LOOKED_AT = 16  # other GPU counts whose checkpoints a fresh run mentions
+# other process counts whose checkpoints a fresh run mentions: any of one pod, and up to 8 pods of 8 GPUs
+PROCESS_COUNTS_LOOKED_AT = sorted({*range(1, 17), *range(24, 65, 8)})
 
 
 def total_steps(settings: Train, n_images: int, processes: int) -> int:
@@ -224,7 +225,7 @@ def _say_other_process_counts(
 ) -> None:
     """A run started from scratch although checkpoints of the same params exist at another number of GPUs: say so,
     and how to resume them."""
-    for other in range(1, MAX_PROCESSES_LOOKED_AT + 1):
+    for other in PROCESS_COUNTS_LOOKED_AT:
         folder = root / fingerprint(settings, models, dataset_dir, resolution, other)
         if other != processes and (found := latest_checkpoint(folder)) is not None:
             logger.warning(
