@@ -24,6 +24,7 @@ MARKED = {
     ),
     "multiprocess": (
         "tests/train/test_multiprocess.py::",
+        "tests/test_launch_nodes.py::",
         "tests/train/test_lora.py::test_two_processes_train_with_ddp",
         "tests/generate/test_sharding.py::test_two_processes_write_the_bytes_of_one",
         "tests/evaluate/test_study_cli.py::test_a_killed_server_loses_no_acknowledged_rating",

@@ -109,10 +109,19 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def resume(folder: Path, trainer: LoraTrainer, steps: int) -> tuple[int, list[dict[str, float]]]:
     """Restore the trainer from the latest complete checkpoint: the step reached and the per-step history up to
-    it; (0, []) when there is none."""
-    if (latest := latest_checkpoint(folder)) is None:
+    it; (0, []) when there is none.
+
+    The main process, the one that saves, reads it and sends it to the others: on several machines only machine 0
+    holds the checkpoints (its disk, or what it fetched from the remote), and every process must resume alike."""
+    accelerator = trainer.accelerator
+    latest = latest_checkpoint(folder) if accelerator.is_main_process else None
+    state = torch.load(latest / "state.pt", weights_only=False, map_location="cpu") if latest is not None else None
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        latest, state = broadcast_object_list([latest, state])
+    if state is None:
         return 0, []
-    state = torch.load(latest / "state.pt", weights_only=False, map_location="cpu")
     start_step = trainer.load_state(state)
     logger.info("resuming from %s (step %d of %d)", latest, start_step, steps)
     return start_step, list(state.get("history", []))

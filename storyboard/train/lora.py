@@ -16,6 +16,8 @@ fast, resumable and portable.
   processes (as in diffusers' and kohya's scripts: Adam's update size barely depends on the batch, and LoRA
   rates are tuned at small batches); raise it yourself if you want the linear rule. The number of processes is
   part of the checkpoint fingerprint: a run resumes only with as many GPUs as it started with.
+- Several machines (storyboard.launch, NNODES): the processes of all of them count, each seeded by its global
+  rank; only machine 0's main process saves, and it sends the checkpoint it resumes from to the others.
 
 The parts: parts.py (the frozen SDXL models), latents.py (the inputs, computed once), trainer.py (LoRA layers,
 optimizer, one step), checkpoints.py, progress.py (the per-step log and validation samples), validation.py,
@@ -54,7 +56,8 @@ from storyboard.train.validation import validation_images
 
 logger = logging.getLogger(__name__)
 
-MAX_PROCESSES_LOOKED_AT = 16  # other GPU counts whose checkpoints a fresh run mentions
+# other process counts whose checkpoints a fresh run mentions: any of one pod, and up to 8 pods of 8 GPUs
+PROCESS_COUNTS_LOOKED_AT = sorted({*range(1, 17), *range(24, 65, 8)})
 
 
 def total_steps(settings: Train, n_images: int, processes: int) -> int:
@@ -101,7 +104,9 @@ def train_lora(
     trainer = LoraTrainer(parts, cache, settings, accelerator, steps)
 
     processes = accelerator.num_processes
-    run_dir = Path(checkpoint_root) / fingerprint(settings, models, dataset_dir, resolution, processes)
+    run = fingerprint(settings, models, dataset_dir, resolution, processes)
+    _same_run_everywhere(accelerator, run)
+    run_dir = Path(checkpoint_root) / run
     run_dir.mkdir(parents=True, exist_ok=True)
     main = accelerator.is_main_process
     # The DVC remote keeps the checkpoints of a pod that is lost mid-run (storyboard/remote.py).
@@ -223,17 +228,33 @@ def _samples(trainer: LoraTrainer, settings: Train) -> list:
     return validation_images(trainer, settings) if settings.validation.prompts else []
 
 
+def _same_run_everywhere(accelerator, run: str) -> None:
+    """Every process trains the same run: on several machines each reads its own checkout, params and data."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    runs = gather_object([run])
+    if others := [rank for rank, other in enumerate(runs) if other != runs[0]]:
+        raise TrainError(
+            f"process(es) {others} would train another run than process 0 (checkpoint fingerprints "
+            f"{sorted(set(runs))}): give every machine the same commit, params.yaml, models and dataset "
+            "(git checkout, dvc pull)"
+        )
+
+
 def _say_other_process_counts(
     root: Path, settings: Train, models: ModelSet, dataset_dir: Path, resolution: int, processes: int
 ) -> None:
     """A run started from scratch although checkpoints of the same params exist at another number of GPUs: say so,
     and how to resume them."""
-    for other in range(1, MAX_PROCESSES_LOOKED_AT + 1):
+    for other in PROCESS_COUNTS_LOOKED_AT:
         folder = root / fingerprint(settings, models, dataset_dir, resolution, other)
         if other != processes and (found := latest_checkpoint(folder)) is not None:
             logger.warning(
                 "checkpoints of this run on %d process(es) exist (%s); this run has %d, which changes the effective "
-                "batch, so it starts from step 0. To resume those instead, run with %d GPU(s) (CUDA_VISIBLE_DEVICES)",
+                "batch, so it starts from step 0. To resume those instead, run %d process(es) in all (GPUs per machine "
+                "x machines: CUDA_VISIBLE_DEVICES, NNODES)",
                 other,
                 found,
                 processes,

@@ -235,7 +235,7 @@ class LoraTrainer:
             # checkpoints.fingerprint covers the number of processes, so only a checkpoint copied by hand gets here
             raise TrainError(
                 f"this checkpoint was written by {len(rngs)} process(es), this run has "
-                f"{self.accelerator.num_processes}: resume it with as many GPUs (CUDA_VISIBLE_DEVICES)"
+                f"{self.accelerator.num_processes}: resume it with as many GPUs (CUDA_VISIBLE_DEVICES x NNODES)"
             )
         rng = rngs[self.accelerator.process_index]
         self.generator.set_state(rng["generator"])
