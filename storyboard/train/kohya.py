@@ -107,6 +107,26 @@ def export_kohya(diffusers_file: Path, kohya_file: Path, *, unet_config, alpha: 
     if bad := [k for k, v in metadata.items() if not isinstance(v, str)]:
         raise TypeError(f"safetensors metadata values must be strings: {bad}")
     save_file(state, kohya_file, metadata={**metadata, **addnet_hashes(state, metadata)})
+    sort_metadata(kohya_file)
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata in key order, in place.
+
+    safetensors writes the metadata in the order of a Rust hash map, which is seeded anew in every process: the same
+    tensors and metadata written by two runs gave two files, so DVC saw a new LoRA and re-rendered what reads it.
+    The header keeps its length (the same JSON, reordered; padded with spaces as safetensors pads it).
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            return  # another writer's spelling of the same JSON: leave the file as safetensors wrote it
+        f.seek(8)
+        f.write(text.ljust(size))
 
 
 def addnet_hashes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:

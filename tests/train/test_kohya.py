@@ -268,3 +268,27 @@ def test_the_rule_places_sdxls_blocks_as_the_original_does(sdxl_unet):
     assert sgm_module_name("up_blocks.1.upsamplers.0.conv", config) == "output_blocks.5.2.conv"
     with pytest.raises(SgmNameError, match="not a module"):
         sgm_module_name("controlnet_down_blocks.0", config)
+
+
+def test_the_same_tensors_and_metadata_give_the_same_file_bytes(tmp_path):
+    """safetensors orders the metadata by a per-process hash seed: sorted, two writes are one file (one DVC hash)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from storyboard.train.kohya import sort_metadata
+
+    state = {"a.weight": torch.ones(2, 3), "b.weight": torch.zeros(4)}
+    metadata = {f"ss_key_{i:02d}": f"value {i} é" for i in range(40)}
+    written = []
+    for name in ("one", "two"):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(state, path, metadata=metadata)
+        sort_metadata(path)
+        written.append(path.read_bytes())
+        with safe_open(path, "pt") as f:
+            assert f.metadata() == metadata
+        assert all(torch.equal(v, state[k]) for k, v in load_file(path).items())
+    assert written[0] == written[1]
+    size = int.from_bytes(written[0][:8], "little")
+    keys = list(json.loads(written[0][8 : 8 + size])["__metadata__"])
+    assert keys == sorted(keys)
