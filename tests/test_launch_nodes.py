@@ -23,12 +23,11 @@ import yaml
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 def _stage(dataset: Path, out: str) -> list[str]:
     args = ["--dataset", str(dataset), "--out", out, "--live", f"{out}-live", "--checkpoints", "ck"]
-    return [sys.executable, "-m", "storyboard.launch", "stages.train", *args, "--metrics", f"{out}.json"]
+    return [sys.executable, "-m", "storyboard.launch", "stages.train", *args]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -75,8 +74,14 @@ def _two_machines(folders: list[Path], dataset: Path, out: str) -> None:
         assert machine.returncode == 0, f"machine {rank}:\n{log[-3000:]}"
 
 
+def _index(out: Path) -> dict:
+    """The train stage's output index (storyboard/train/steps.py): its saved steps and the training summary."""
+    return json.loads((out / "steps.json").read_text())
+
+
 def _same_bytes(a: Path, b: Path) -> None:
-    first, second = load_file(a / WEIGHTS), load_file(b / WEIGHTS)
+    """The last saved step's LoRA of two train outputs, tensor by tensor."""
+    first, second = (load_file(out / _index(out)["steps"][-1]["lora"]) for out in (a, b))
     assert first and first.keys() == second.keys()
     for key in first:
         assert torch.equal(first[key], second[key]), key
@@ -93,7 +98,7 @@ def test_two_machines_train_the_weights_of_two_processes_on_one(tmp_path, tiny_d
 
     _one_machine(one, tiny_dataset, "lora")
     _two_machines(machines, tiny_dataset, "lora")
-    summary = json.loads((machines[0] / "lora/training.json").read_text())
+    summary = _index(machines[0] / "lora")["training"]
     assert summary["processes"] == 2 and summary["effective_batch"] == 2  # the processes of both machines
     _same_bytes(one / "lora", machines[0] / "lora")
     assert not (machines[1] / "lora").exists() and not list((machines[1] / "ck").glob("*/step-*"))  # machine 0 saves
@@ -103,5 +108,5 @@ def test_two_machines_train_the_weights_of_two_processes_on_one(tmp_path, tiny_d
     assert (run / "step-0000004").is_dir() and run.name == next((one / "ck").iterdir()).name  # the same fingerprint
     shutil.rmtree(run / "step-0000004")
     _two_machines(machines, tiny_dataset, "resumed")
-    assert json.loads((machines[0] / "resumed/training.json").read_text())["resumed_from"] == 2
+    assert _index(machines[0] / "resumed")["training"]["resumed_from"] == 2
     _same_bytes(one / "lora", machines[0] / "resumed")
