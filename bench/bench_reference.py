@@ -15,6 +15,10 @@ prompts (frame_prompt of an offline plan), the same references and the same seed
 
 Each is run once untimed first (CUDA start-up, allocator). Writes DIR/bench_reference.json.
 
+The full-size folder is about 16 GB of bf16 weights. It goes to /dev/shm when that has the room (the lent
+machine's disk also holds the image and the inductor caches), else to a temp dir; either is checked for room
+before anything is built, so a full disk is a one-line error, not a machine that stops answering.
+
     python bench/bench_reference.py --out DIR            # one H200: full size, 1024 px, 4 frames, 2 references
     python bench/bench_reference.py --out DIR --tiny     # the CPU check: tiny klein, 64 px
 """
@@ -22,7 +26,8 @@ Each is run once untimed first (CUDA start-up, allocator). Writes DIR/bench_refe
 from __future__ import annotations
 
 import argparse
-import logging
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -38,14 +43,13 @@ from _common import emit, environment, free_memory, memory, pick_device, reset_p
 from storyboard.generate.frames import frame_prompt  # noqa: E402
 from storyboard.generate.pipelines import load_renderers  # noqa: E402
 from storyboard.generate.references import Reference  # noqa: E402
-from storyboard.log import setup_logging  # noqa: E402
+from storyboard.log import logger, setup_logging  # noqa: E402
 from storyboard.models.clip import ClipScorer  # noqa: E402
 from storyboard.models.loading import Device  # noqa: E402
 from storyboard.models.tiny import qwen_tokenizer, tiny_model_set  # noqa: E402
 from storyboard.settings import TinyModels, load_settings  # noqa: E402
 from storyboard.story.planners import OfflinePlanner, plan_story  # noqa: E402
 
-logger = logging.getLogger(__name__)
 HUB_ID = "black-forest-labs/FLUX.2-klein-4B"
 # Qwen3-4B's published config (the text encoder of FLUX.2 klein 4B)
 QWEN3_4B = dict(
@@ -120,6 +124,24 @@ def build_full_size(folder: Path, device: torch.device) -> None:
     free_memory(device)
 
 
+FULL_SIZE_BYTES = 17 * 10**9  # the folder build_full_size writes, with room to spare
+
+
+def model_root(chosen: Path | None, tiny: bool) -> Path:
+    """Where the model folders go: `chosen`, else RAM-backed /dev/shm when it has room, else a temp dir."""
+    need = 0 if tiny else FULL_SIZE_BYTES
+    if chosen is None:
+        shm = Path("/dev/shm")
+        parent = shm if shm.is_dir() and shutil.disk_usage(shm).free > need else None
+        chosen = Path(tempfile.mkdtemp(prefix="bench-reference-", dir=parent))
+    chosen.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(chosen).free
+    logger.info("model folders in %s (%.1f GB free)", chosen, free / 1e9)
+    if free < need:
+        raise SystemExit(f"{chosen}: {free / 1e9:.1f} GB free, the full-size folder needs {need / 1e9:.0f} GB: --root")
+    return chosen
+
+
 def random_image(size: int, seed: int) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     return Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy())
@@ -144,13 +166,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--references", type=int, default=2, help="reference images per frame")
     parser.add_argument("--resolution", type=int, default=None, help="pixels (1024; 64 with --tiny)")
-    parser.add_argument("--root", type=Path, default=None, help="where the model folder is written (a temp dir)")
+    parser.add_argument("--root", type=Path, default=None, help="model folders (/dev/shm or a temp dir)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     setup_logging()
     device = pick_device(args.device)
     resolution = args.resolution or (64 if args.tiny else 1024)
-    root = args.root or Path(tempfile.mkdtemp(prefix="bench-reference-"))
+    root = model_root(args.root, args.tiny)
+    if args.root is None:  # a temp dir, in RAM when it is /dev/shm
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
     tiny = tiny_model_set(TinyModels(root=root / "tiny"))  # its CLIP scores the text check in both sizes
     started = time.perf_counter()
     folder = Path(tiny.multiref) if args.tiny else root / HUB_ID

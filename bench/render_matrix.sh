@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The renderer's device calls, each at most 10 minutes:
 #   OUT=results_dir bash bench/render_matrix.sh screen    # each kernel knob and the compiled path, against defaults
+#   OUT=results_dir bash bench/render_matrix.sh compiled  # multiref vs plain klein; the compiled paths, cold and warm
 #   OUT=results_dir bash bench/render_matrix.sh figures   # BENCHMARKS.md's generation figures, plain baselines beside
-# Each step gets what is left of the deadline (BUDGET_S), so a slow step costs the ones after it, not the call.
+# Each step gets what is left of the deadline (BUDGET_S), or CAP seconds if fewer, so a slow step costs the ones
+# after it, not the call.
 set -u
 out=${OUT:?set OUT to the results folder}
 deadline=$((SECONDS + ${BUDGET_S:-570}))
@@ -10,6 +12,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/storyboard-induct
 step() {
   local name=$1 script=$2; shift 2
   local left=$((deadline - SECONDS))
+  if ((${CAP:-left} < left)); then left=$CAP; fi
   if ((left < 30)); then echo "skipped $name: out of time" | tee -a "$out/skipped.txt"; return; fi
   echo "== $name ($left s left)"
   timeout "$left" python3 "bench/$script" "$@" >"$out/$name.log" 2>&1
@@ -27,11 +30,15 @@ screen)
   gen blocks-warm "${fast[@]}" --modes lora --compile blocks
   gen blocks-fp8 "${fast[@]}" --modes lora --compile blocks --quantize fp8
   ;;
+compiled)
+  CAP=240 step multiref bench_reference.py --out "$out"
+  gen blocks-cold --impl batched_compiled,ours --modes lora --compile blocks
+  gen blocks-warm "${fast[@]}" --modes lora,ref_guided --compile blocks
+  gen blocks-fp8 "${fast[@]}" --modes lora --compile blocks --quantize fp8
+  ;;
 figures)
   gen defaults --impl batched,ours
   gen handed-over "${fast[@]}" --modes ref_guided --first-from-lora
   gen lightning --impl batched,ours --modes lora,ref_guided --sampler lightning
-  step multiref bench_reference.py --out "$out/multiref"
-  gen blocks --impl batched_compiled,ours --modes lora --compile blocks
   ;;
 esac
