@@ -87,10 +87,38 @@ def _compare(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The `storyboard` command.
+
+    Args:
+        argv: the command line after the program name (default: sys.argv[1:]).
+    """
+    args = _parser().parse_args(argv)
+    setup_logging()
+    try:
+        args.func(args)
+    except StoryboardError as e:
+        logger.error("%s", e)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from storyboard.evaluate.study.cli import add_commands as add_study_commands
+
     parser = argparse.ArgumentParser(prog="storyboard", description=__doc__)
     parser.add_argument("--params", default=str(PARAMS_FILE), help="params file (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    plan = sub.add_parser("plan", help="print the frame plan of a story as JSON")
+    plan.add_argument("--story", required=True)
+    plan.set_defaults(func=_plan)
+    tiny = sub.add_parser("build-tiny-models", help="build the tiny profile's random-weight models")
+    tiny.set_defaults(func=_tiny_models)
+    _add_compare(sub)
+    add_study_commands(sub)
+    return parser
 
+
+def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="plan a story and render it (all modes by default)")
     gen.add_argument("--story", required=True, help='one line, e.g. "Aldar Kose tricks a merchant"')
     gen.add_argument("--mode", default="all", choices=("all", "baseline", "lora", "ref_guided", "multiref"))
@@ -109,13 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     gen.set_defaults(func=_generate)
 
-    plan = sub.add_parser("plan", help="print the frame plan of a story as JSON")
-    plan.add_argument("--story", required=True)
-    plan.set_defaults(func=_plan)
 
-    tiny = sub.add_parser("build-tiny-models", help="build the tiny profile's random-weight models")
-    tiny.set_defaults(func=_tiny_models)
-
+def _add_compare(sub) -> None:
     from storyboard.compare.figures import RATE_TOLERANCE, SCORE_TOLERANCE
 
     comp = sub.add_parser("compare", help="Markdown report for a pull request: params, metrics and plots vs a base")
@@ -137,18 +160,6 @@ def main(argv: list[str] | None = None) -> None:
         "--artifacts-url", help="where CI keeps the chart and the plots (the report links there instead of paths)"
     )
     comp.set_defaults(func=_compare)
-
-    from storyboard.evaluate.study.cli import add_commands as add_study_commands
-
-    add_study_commands(sub)
-
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        args.func(args)
-    except StoryboardError as e:
-        logger.error("%s", e)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

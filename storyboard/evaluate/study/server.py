@@ -93,8 +93,21 @@ def _error(status: int, message: str):
 
 
 def create_app(study: StudyServer) -> Flask:
+    """The Flask app serving `study`: its safeguards, the page, the rating API and the storyboard images.
+
+    Args:
+        study: the running study whose items, store and allowed Host headers the routes read.
+    """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    _add_safeguards(app, study)
+    _add_page_routes(app, study)
+    _add_api_routes(app, study)
+    return app
+
+
+def _add_safeguards(app: Flask, study: StudyServer) -> None:
+    """JSON errors, the Host header check and the response headers every answer carries."""
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
@@ -114,28 +127,43 @@ def create_app(study: StudyServer) -> Flask:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    def rater() -> str | None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        try:
-            invite = Invite(token=token.strip())
-        except ValidationError:
-            return None
-        return study.store.rater_for(invite.token) if scheme.lower() == "bearer" else None
 
+def _add_page_routes(app: Flask, study: StudyServer) -> None:
     @app.get("/")
     def page():
         return render_template("rate.html", total=len(study.items))
 
+    @app.get("/img/<item_id>")
+    def image(item_id: str):
+        png = study.image_bytes(item_id)
+        if png is None:
+            return _error(404, "no such storyboard")
+        response = app.response_class(png, mimetype="image/png")
+        response.headers["Cache-Control"] = "private, max-age=3600"  # item ids are fixed for the server's life
+        return response
+
+
+def _rater(study: StudyServer) -> str | None:
+    """The rater whose invite token this request carries as a bearer token, or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    try:
+        invite = Invite(token=token.strip())
+    except ValidationError:
+        return None
+    return study.store.rater_for(invite.token) if scheme.lower() == "bearer" else None
+
+
+def _add_api_routes(app: Flask, study: StudyServer) -> None:
     @app.get("/api/items")
     def items():
-        name = rater()
+        name = _rater(study)
         if name is None:
             return _error(401, "this invite link is not valid: ask the study's organiser for your link")
         return jsonify(study.items_for(name))
 
     @app.post("/api/rate")
     def rate():
-        name = rater()
+        name = _rater(study)
         if name is None:
             return _error(401, "this invite link is not valid: ask the study's organiser for your link")
         try:
@@ -149,17 +177,6 @@ def create_app(study: StudyServer) -> Flask:
         study.store.save(name, item.story_id, item.mode, posted.rating, posted.same_character == "yes")
         answers = study.store.answers(name)
         return jsonify(ok=True, rated=sum(1 for key in answers if key in study.by_key), total=len(study.items))
-
-    @app.get("/img/<item_id>")
-    def image(item_id: str):
-        png = study.image_bytes(item_id)
-        if png is None:
-            return _error(404, "no such storyboard")
-        response = app.response_class(png, mimetype="image/png")
-        response.headers["Cache-Control"] = "private, max-age=3600"  # item ids are fixed for the server's life
-        return response
-
-    return app
 
 
 class StudyServer:
