@@ -38,13 +38,17 @@ browser:
 	  else echo "no chromium/chromedriver and not root: the browser tests will be skipped"; fi; \
 	fi
 
+# Test processes (pytest-xdist): 2 fits CI's 2 cores. The tests sharing the committed tiny run (tests/e2e's
+# tiny_repo) stay in one process, so it is built once (tests/conftest.py).
+TEST_WORKERS ?= 2
+TEST_FLAGS = -n $(TEST_WORKERS) --dist loadgroup --durations=15
 test: install browser  ## unit tests, browser tests and the end-to-end tiny pipeline run
-	pytest
+	pytest $(TEST_FLAGS)
 
 # Unit tests only: no dvc end to end, browser, several processes, S3 server or slow tests (docs/contributing.md).
 FAST = not e2e and not slow and not browser and not multiprocess and not server
 test-fast: install  ## the unit tests a contributor runs before each commit (minutes on 2 cores)
-	pytest -m "$(FAST)"
+	pytest $(TEST_FLAGS) -m "$(FAST)"
 
 # The pull-request comparison of the workspace against BASE (docs/compare.md): what moved leads, the rest folded.
 # COMPARE_FLAGS: e.g. --tolerance score=0.02, or --artifacts-url URL (CI: where the chart and plots are kept).
