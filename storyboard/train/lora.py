@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,71 +97,139 @@ def train_lora(
     parts = SdxlParts(models, accelerator.device, weight_dtype)
     resolution = settings.resolution or parts.native_resolution
     steps = total_steps(settings, len(examples), accelerator.num_processes)
+    cache = _cache_inputs(parts, examples, settings, resolution)
+    trainer = LoraTrainer(parts, cache, settings, accelerator, steps)
+    run = _open_run(trainer, Path(checkpoint_root), models, dataset_dir, resolution, steps)
+    log = TrainLog(live_dir, run.folder / "validation", run.history, run.start_step, run.main)
+    try:
+        _train_steps(run, log)
+        # The final weights always get samples, also when a resume had nothing left to train.
+        _keep_step(run, steps, _log_samples(run, log, steps))
+    except torch.cuda.OutOfMemoryError:
+        raise _out_of_memory(settings, resolution) from None
+    finally:
+        log.end()
+    summary = _summary(run, log, models, len(examples), resolution)
+    _save(run, log, steps)
+    if run.main:
+        _write_steps(run, summary, models, card or LoraCard(), examples, Path(dataset_dir), Path(out_dir))
+    if run.mirror is not None:
+        run.mirror.wait()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+@dataclass
+class _Run:
+    """A training run under way, as its steps see it: the trainer, this run's checkpoint folder and remote mirror,
+    whether this process is the one that saves, and the step it resumed from."""
+
+    trainer: LoraTrainer
+    settings: Train
+    steps: int
+    folder: Path
+    mirror: RemoteMirror | None
+    main: bool
+    start_step: int
+    history: list[dict[str, float]]
+    validating: bool
+    kept: KeptSteps | None
+
+
+def _cache_inputs(parts: SdxlParts, examples: list, settings: Train, resolution: int) -> LatentCache:
+    """The latents and text embeddings, computed once: only LoRA weights train, so they never change."""
     logger.info("caching latents and text embeddings of %d images at about %d px", len(examples), resolution)
     cache = LatentCache.build(parts, examples, settings, resolution)
     if not settings.text_encoder_lora and not settings.validation.every:
         for encoder in parts.text_encoders:  # not needed any more: give the memory to the UNet
             encoder.to("cpu")
-    trainer = LoraTrainer(parts, cache, settings, accelerator, steps)
+    return cache
 
+
+def _open_run(
+    trainer: LoraTrainer, root: Path, models: ModelSet, dataset_dir: Path, resolution: int, steps: int
+) -> _Run:
+    """The run's checkpoint folder, named by its fingerprint (the same on every process), with the remote's latest
+    checkpoint fetched into it, and the trainer resumed from the latest one there."""
+    accelerator, settings = trainer.accelerator, trainer.settings
     processes = accelerator.num_processes
     run = fingerprint(settings, models, dataset_dir, resolution, processes)
     _same_run_everywhere(accelerator, run)
-    run_dir = Path(checkpoint_root) / run
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = root / run
+    folder.mkdir(parents=True, exist_ok=True)
     main = accelerator.is_main_process
     # The DVC remote keeps the checkpoints of a pod that is lost mid-run (storyboard/remote.py).
     mirror = RemoteMirror.from_project() if main else None
     if mirror is not None:
-        fetch_latest(run_dir, mirror)
+        fetch_latest(folder, mirror)
     accelerator.wait_for_everyone()
-    start_step, history = resume(run_dir, trainer, steps)
+    start_step, history = resume(folder, trainer, steps)
     if start_step == 0 and main:
-        _say_other_process_counts(Path(checkpoint_root), settings, models, dataset_dir, resolution, processes)
-    log = TrainLog(live_dir, run_dir / "validation", history, start_step, main)
+        _say_other_process_counts(root, settings, models, dataset_dir, resolution, processes)
     validating = bool(main and settings.validation.every and settings.validation.prompts)
-    kept = KeptSteps(run_dir, settings.validation) if main else None
-    bar = tqdm(range(start_step, steps), initial=start_step, total=steps, desc="train", unit="step", disable=not main)
-    try:
-        for step in bar:
-            log.add(trainer.step())
-            done = step + 1
-            if len(log.pending) == settings.log_every or done == steps:
-                log.flush(trainer.learning_rate, bar)
-                if done == start_step + settings.log_every and main:  # the compiled step has run by now
-                    warn_if_cudagraphs_skipped(settings.compile, settings.compile_mode, "train")
-            samples = None  # the validation samples of this step, when rendered: the kept step's are the same
-            if validating and done % settings.validation.every == 0 and done not in log.validated:
-                samples = validation_images(trainer, settings)
-                log.add_samples(done, samples)
-            if done % settings.checkpoint_every == 0 and done < steps:
-                log.flush(trainer.learning_rate, bar)  # the checkpoint carries the history up to its own step
-                if kept is not None and not kept.has_step(done):  # before the checkpoint: a resume has it
-                    kept.save_step(done, trainer.lora_layers(), samples or _samples(trainer, settings))
-                state = trainer.state(done)  # on every process: it gathers each one's random state
-                if main:
-                    save_checkpoint(run_dir, {**state, "history": log.history}, settings.checkpoints_keep, mirror)
-        # The final weights always get samples, also when a resume had nothing left to train.
-        samples = None
-        if validating and steps not in log.validated:
-            samples = validation_images(trainer, settings)
-            log.add_samples(steps, samples)
-        if kept is not None and not kept.has_step(steps):
-            kept.save_step(steps, trainer.lora_layers(), samples or _samples(trainer, settings))
-    except torch.cuda.OutOfMemoryError:
-        raise TrainError(
-            f"out of GPU memory at batch {settings.batch_size}, {resolution} px: lower train.batch_size (raise "
-            "train.gradient_accumulation_steps to keep the effective batch), set train.gradient_checkpointing: "
-            "true, or use train.optimizer: adamw8bit"
-        ) from None
-    finally:
-        log.end()
+    kept = KeptSteps(folder, settings.validation) if main else None
+    return _Run(trainer, settings, steps, folder, mirror, main, start_step, history, validating, kept)
 
-    summary = {
-        "steps": steps,
-        "resumed_from": start_step,
-        "images": len(examples),
-        "buckets": {f"{b.bucket.width}x{b.bucket.height}": len(b.latents) for b in cache.buckets},
+
+def _train_steps(run: _Run, log: TrainLog) -> None:
+    """From the resumed step to the last: log every `log_every` steps, draw samples every `validation.every`, and
+    keep the step's LoRA and save a checkpoint every `checkpoint_every` (the last step's are saved after)."""
+    trainer, settings, start, steps = run.trainer, run.settings, run.start_step, run.steps
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step", disable=not run.main)
+    for step in bar:
+        log.add(trainer.step())
+        done = step + 1
+        if len(log.pending) == settings.log_every or done == steps:
+            log.flush(trainer.learning_rate, bar)
+            if done == start + settings.log_every and run.main:  # the compiled step has run by now
+                warn_if_cudagraphs_skipped(settings.compile, settings.compile_mode, "train")
+        # the validation samples of this step, when rendered: the kept step's are the same
+        samples = _log_samples(run, log, done) if run.validating and done % settings.validation.every == 0 else None
+        if done % settings.checkpoint_every == 0 and done < steps:
+            log.flush(trainer.learning_rate, bar)  # the checkpoint carries the history up to its own step
+            _keep_step(run, done, samples)  # before the checkpoint: a resume has it
+            _save(run, log, done)
+
+
+def _log_samples(run: _Run, log: TrainLog, step: int) -> list | None:
+    """`step`'s validation samples, drawn and logged where this process validates and has not logged them yet."""
+    if not run.validating or step in log.validated:
+        return None
+    samples = validation_images(run.trainer, run.settings)
+    log.add_samples(step, samples)
+    return samples
+
+
+def _keep_step(run: _Run, step: int, samples: list | None) -> None:
+    """Keep `step`'s LoRA and samples on the main process, drawing them unless validation just did."""
+    if run.kept is not None and not run.kept.has_step(step):
+        run.kept.save_step(step, run.trainer.lora_layers(), samples or _draw_samples(run.trainer, run.settings))
+
+
+def _save(run: _Run, log: TrainLog, step: int) -> None:
+    """Checkpoint `step`; called on every process, since the trainer's state gathers each one's random state."""
+    state = run.trainer.state(step)
+    if run.main:
+        save_checkpoint(run.folder, {**state, "history": log.history}, run.settings.checkpoints_keep, run.mirror)
+
+
+def _out_of_memory(settings: Train, resolution: int) -> TrainError:
+    return TrainError(
+        f"out of GPU memory at batch {settings.batch_size}, {resolution} px: lower train.batch_size (raise "
+        "train.gradient_accumulation_steps to keep the effective batch), set train.gradient_checkpointing: "
+        "true, or use train.optimizer: adamw8bit"
+    )
+
+
+def _summary(run: _Run, log: TrainLog, models: ModelSet, n_images: int, resolution: int) -> dict:
+    """What models/steps and metrics/train.json record of the run."""
+    settings, parts, accelerator = run.settings, run.trainer.parts, run.trainer.accelerator
+    processes = accelerator.num_processes
+    return {
+        "steps": run.steps,
+        "resumed_from": run.start_step,
+        "images": n_images,
+        "buckets": {f"{b.bucket.width}x{b.bucket.height}": len(b.latents) for b in run.trainer.cache.buckets},
         "resolution": resolution,
         "processes": processes,
         # images per optimizer step; train.learning_rate applies to it as set (not scaled with the processes)
@@ -172,26 +241,25 @@ def train_lora(
         "mixed_precision": accelerator.mixed_precision,
         "prediction_type": parts.scheduler.config.prediction_type,
     }
-    final_state = trainer.state(steps)
-    if main:
-        save_checkpoint(run_dir, {**final_state, "history": log.history}, settings.checkpoints_keep, mirror)
-        published = kept.published(steps)
-        kohya = _kohya_export(
-            settings=settings,
-            models=models,
-            card=card or LoraCard(),
-            summary=summary,
-            captions=[e.caption for e in examples],
-            dataset_dir=Path(dataset_dir),
-            unet_config=parts.unet.config,
-            published=published,
-        )
-        with atomic_path(Path(out_dir)) as staged:
-            write_steps(staged, published, settings.validation.prompts, summary, kohya)
-    if mirror is not None:
-        mirror.wait()
-    accelerator.wait_for_everyone()
-    return summary
+
+
+def _write_steps(
+    run: _Run, summary: dict, models: ModelSet, card: LoraCard, examples: list, dataset_dir: Path, out_dir: Path
+) -> None:
+    """Publish the kept steps as models/steps, with what the select stage needs to write a step's kohya file."""
+    published = run.kept.published(run.steps)
+    kohya = _kohya_export(
+        settings=run.settings,
+        models=models,
+        card=card,
+        summary=summary,
+        captions=[e.caption for e in examples],
+        dataset_dir=dataset_dir,
+        unet_config=run.trainer.parts.unet.config,
+        published=published,
+    )
+    with atomic_path(out_dir) as staged:
+        write_steps(staged, published, run.settings.validation.prompts, summary, kohya)
 
 
 def _kohya_export(
@@ -223,7 +291,7 @@ def _kohya_export(
     return KohyaExport(alpha=settings.alpha, unet_config=config, metadata=metadata)
 
 
-def _samples(trainer: LoraTrainer, settings: Train) -> list:
+def _draw_samples(trainer: LoraTrainer, settings: Train) -> list:
     """The validation samples of the LoRA as it is now; none without validation prompts."""
     return validation_images(trainer, settings) if settings.validation.prompts else []
 
