@@ -22,11 +22,11 @@ def main(args, settings) -> None:
     train_lora(
         Path(args.dataset),
         Path(args.out),
-        Path(args.live),
-        Path(args.checkpoints),
-        settings.train,
-        model_set(settings),
-        Device.from_runtime(settings.runtime),
+        live_dir=Path(args.live),
+        checkpoint_root=Path(args.checkpoints),
+        settings=settings.train,
+        models=model_set(settings),
+        device=Device.from_runtime(settings.runtime),
         card=lora_card(settings),
     )
 

@@ -71,6 +71,7 @@ def total_steps(settings: Train, n_images: int, processes: int) -> int:
 def train_lora(
     dataset_dir: Path,
     out_dir: Path,
+    *,
     live_dir: Path,
     checkpoint_root: Path,
     settings: Train,

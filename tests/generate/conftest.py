@@ -16,7 +16,15 @@ def lora_dir(tmp_path_factory, tiny_dataset, tiny_settings, tiny_models, cpu):
     settings = tiny_settings.train.model_copy(
         update={"max_steps": 4, "checkpoint_every": 4, "rank": 4, "learning_rate": 0.05}
     )
-    train_lora(tiny_dataset, root / "steps", root / "live", root / "ckpt", settings, tiny_models, cpu)
+    train_lora(
+        tiny_dataset,
+        root / "steps",
+        live_dir=root / "live",
+        checkpoint_root=root / "ckpt",
+        settings=settings,
+        models=tiny_models,
+        device=cpu,
+    )
     saved = read_steps(root / "steps")
     export_lora(saved, saved.steps[-1].step, root / "lora")  # select.step: last
     return root / "lora"

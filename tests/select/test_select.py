@@ -58,7 +58,15 @@ def steps_dir(tmp_path_factory, tiny_dataset, tiny_settings, tiny_models, cpu) -
     settings = tiny_settings.train.model_copy(
         update={"max_steps": 3, "checkpoint_every": 1, "rank": 4, "learning_rate": 0.05, "validation": validation}
     )
-    train_lora(tiny_dataset, root / "models/steps", root / "live", root / "ckpt", settings, tiny_models, cpu)
+    train_lora(
+        tiny_dataset,
+        root / "models/steps",
+        live_dir=root / "live",
+        checkpoint_root=root / "ckpt",
+        settings=settings,
+        models=tiny_models,
+        device=cpu,
+    )
     return root / "models/steps"
 
 

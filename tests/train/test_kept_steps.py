@@ -25,7 +25,15 @@ def _train(tmp_path, tiny_dataset, tiny_settings, tiny_models, cpu, **overrides)
         update={"max_steps": 3, "checkpoint_every": 1, "checkpoints_keep": 1, "rank": 4, "validation": validation}
     ).model_copy(update=overrides)
     out = tmp_path / "repo/models/steps"
-    summary = train_lora(tiny_dataset, out, tmp_path / "live", tmp_path / "ckpt", settings, tiny_models, cpu)
+    summary = train_lora(
+        tiny_dataset,
+        out,
+        live_dir=tmp_path / "live",
+        checkpoint_root=tmp_path / "ckpt",
+        settings=settings,
+        models=tiny_models,
+        device=cpu,
+    )
     return read_steps(out), summary
 
 

@@ -50,7 +50,16 @@ def trained(request, tmp_path_factory, tiny_dataset, tiny_settings, tiny_models,
 def _train_and_select(tmp, out, ckpt, settings, tiny_dataset, tiny_settings, tiny_models, cpu) -> dict:
     """Train into models/steps, then write the final step's LoRA as the select stage does with select.step: last."""
     card = lora_card(tiny_settings)
-    summary = train_lora(tiny_dataset, tmp / "steps", tmp / "live", ckpt, settings, tiny_models, cpu, card=card)
+    summary = train_lora(
+        tiny_dataset,
+        tmp / "steps",
+        live_dir=tmp / "live",
+        checkpoint_root=ckpt,
+        settings=settings,
+        models=tiny_models,
+        device=cpu,
+        card=card,
+    )
     saved = read_steps(tmp / "steps")
     export_lora(saved, saved.steps[-1].step, out)
     return summary
