@@ -101,21 +101,11 @@ def _sdxl_renderers(
             raise ValueError("generate.reference: faceid needs a face backend")
         check_faceid_fits(faceid_weights_input_size(models), faces, models)  # before loading, where it can
     pipe = load_pipeline(models, device)
-    sampler = sampler_of(settings.sampler)
-    if sampler is not None:
-        # Every mode samples with it: fused before the character's LoRA, the scheduler shared by every pipeline.
-        fuse_sampler_lora(pipe, models, sampler)
-        use_scheduler(pipe, sampler)
-        settings = settings.model_copy(update={"steps": sampler.steps, "guidance_scale": sampler.guidance_scale})
+    settings = _with_sampler(pipe, models, settings)
     fused = False
     for mode in (m for m in MODES if m in modes):
         if mode != "baseline" and not fused:
-            if lora_dir is None:
-                raise ValueError(f"mode {mode} needs a LoRA folder")
-            attach_lora(pipe, lora_dir)
-            # Fused into the UNet weights: the same result as a live adapter, without its cost in every step.
-            pipe.fuse_lora(adapter_names=["character"], lora_scale=settings.lora_scale)
-            pipe.unload_lora_weights()
+            _fuse_character_lora(pipe, lora_dir, settings.lora_scale, mode)
             fused = True
         if mode == "ref_guided":
             pipe = with_controlnet(pipe, models, device)
@@ -141,3 +131,24 @@ def _sdxl_renderers(
             likeness=likeness,
             thresholds=thresholds,
         )
+
+
+def _with_sampler(pipe, models: ModelSet, settings: Generate) -> Generate:
+    """Set generate.sampler up on the pipeline when it is not standard; the generate settings it samples with."""
+    sampler = sampler_of(settings.sampler)
+    if sampler is None:
+        return settings
+    # Every mode samples with it: fused before the character's LoRA, the scheduler shared by every pipeline.
+    fuse_sampler_lora(pipe, models, sampler)
+    use_scheduler(pipe, sampler)
+    return settings.model_copy(update={"steps": sampler.steps, "guidance_scale": sampler.guidance_scale})
+
+
+def _fuse_character_lora(pipe, lora_dir: Path | None, lora_scale: float, mode: Mode) -> None:
+    """Fuse the character's LoRA into the pipeline's UNet, for `mode`, the first that needs it."""
+    if lora_dir is None:
+        raise ValueError(f"mode {mode} needs a LoRA folder")
+    attach_lora(pipe, lora_dir)
+    # Fused into the UNet weights: the same result as a live adapter, without its cost in every step.
+    pipe.fuse_lora(adapter_names=["character"], lora_scale=lora_scale)
+    pipe.unload_lora_weights()
