@@ -46,7 +46,7 @@ from storyboard.generate.references import Reference  # noqa: E402
 from storyboard.log import logger, setup_logging  # noqa: E402
 from storyboard.models.clip import ClipScorer  # noqa: E402
 from storyboard.models.loading import Device  # noqa: E402
-from storyboard.models.tiny import qwen_tokenizer, tiny_model_set  # noqa: E402
+from storyboard.models.tiny import qwen_tokenizer, save_flux2_klein, tiny_model_set  # noqa: E402
 from storyboard.settings import TinyModels, load_settings  # noqa: E402
 from storyboard.story.planners import OfflinePlanner, plan_story  # noqa: E402
 
@@ -69,12 +69,7 @@ QWEN3_4B = dict(
 
 def build_full_size(folder: Path, device: torch.device) -> None:
     """FLUX.2 klein 4B from config, random weights in bf16, saved in the hub's layout."""
-    from diffusers import (
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = qwen_tokenizer(folder.parent / "_qwen_tokenizer")
@@ -96,31 +91,13 @@ def build_full_size(folder: Path, device: torch.device) -> None:
             vae = AutoencoderKLFlux2()
     finally:
         torch.set_default_dtype(previous)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        time_shift_type="exponential",
-    )
-    pipe = Flux2KleinPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-        is_distilled=True,
-    )
-    pipe.save_pretrained(folder)
+    save_flux2_klein(folder, transformer=transformer, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer)
     counts = {
         name: sum(p.numel() for p in m.parameters())
         for name, m in (("transformer", transformer), ("text_encoder", text_encoder), ("vae", vae))
     }
     logger.info("built %s: %s parameters", folder, counts)
-    del pipe, transformer, text_encoder, vae
+    del transformer, text_encoder, vae
     free_memory(device)
 
 

@@ -397,12 +397,7 @@ def build_flux2_klein(folder: Path, tokenizer_dir: Path) -> None:
     """FLUX.2 klein in the hub's layout (model_index.json, transformer/ vae/ text_encoder/ tokenizer/ scheduler/):
     Flux2Transformer2DModel, AutoencoderKLFlux2 (2 levels: 64 px frames), a Qwen3ForCausalLM text encoder, the
     scheduler settings of the released model, step-distilled (is_distilled: no classifier-free guidance)."""
-    from diffusers import (
-        AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
-        Flux2Transformer2DModel,
-    )
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = qwen_tokenizer(tokenizer_dir)
@@ -442,6 +437,14 @@ def build_flux2_klein(folder: Path, tokenizer_dir: Path) -> None:
         norm_num_groups=8,
         sample_size=NATIVE_RESOLUTION,
     )
+    save_flux2_klein(folder, transformer=transformer, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer)
+
+
+def save_flux2_klein(folder: Path, *, transformer, text_encoder, vae, tokenizer) -> None:
+    """Save FLUX.2 klein's parts as the hub lays them out, with the released model's scheduler, step-distilled
+    (the tiny twin here; bench/bench_reference.py's full-size one)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=3.0,
