@@ -38,10 +38,8 @@ browser:
 	  else echo "no chromium/chromedriver and not root: the browser tests will be skipped"; fi; \
 	fi
 
-# Test processes (pytest-xdist): 2 fits CI's 2 cores. The tests sharing the committed tiny run (tests/e2e's
-# tiny_repo) stay in one process, so it is built once (tests/conftest.py).
-TEST_WORKERS ?= 2
-TEST_FLAGS = -n $(TEST_WORKERS) --dist loadgroup --durations=15
+# One process: the suite keeps CI's 2 cores busy already (pytest-xdist's 2 workers took as long: docs/contributing.md)
+TEST_FLAGS = --durations=15
 test: install browser  ## unit tests, browser tests and the end-to-end tiny pipeline run
 	pytest $(TEST_FLAGS)
 

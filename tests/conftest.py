@@ -46,11 +46,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for marker, prefixes in MARKED.items():
             if item.nodeid.startswith(prefixes):
                 item.add_marker(marker)
-        fixtures = getattr(item, "fixturenames", ())
-        if "s3_server" in fixtures:
+        if "s3_server" in getattr(item, "fixturenames", ()):
             item.add_marker("server")
-        if "tiny_repo" in fixtures:  # under `pytest -n` (make test): one process builds the shared tiny run, once
-            item.add_marker(pytest.mark.xdist_group("tiny_repo"))
 
 
 @pytest.fixture(scope="session")
