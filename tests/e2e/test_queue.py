@@ -1,9 +1,9 @@
 """A queued parameter sweep: `dvc exp run --queue -S ...` for a grid, `dvc queue start -j 2`, as docs/team-workflow.md
 says.
 
-The grid (two values of a key: one run for each worker) varies only generate params, so every queued run takes
-sample/caption/train from DVC's run cache (the shared tiny run made them) and renders and evaluates anew; two workers
-run at once, each in its own temp copy.
+The grid (two values of a key: one run for each worker) varies a ref_guided knob, so every queued run takes the
+other stages from DVC's run cache (the shared tiny run made them) and renders ref_guided and evaluates anew; two
+workers run at once, each in its own temp copy.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dvcrepo import MODES, dvc, dvc_json, experiments
 
 pytestmark = pytest.mark.e2e
 
-GRID = "generate.guidance_scale=3.0,5.0"  # values no other test of the shared run sets
+GRID = "generate.ip_adapter_scale=0.4,0.9"  # values no other test of the shared run sets
 
 
 def test_queued_grid_with_two_workers(tiny_repo) -> None:
@@ -41,16 +41,17 @@ def test_queued_grid_with_two_workers(tiny_repo) -> None:
     failed = [task for task, state in rows.items() if state == "Failed"]
     logs = "".join(dvc("queue", "logs", task, cwd=root, env=env) for task in failed)
     assert not failed and list(rows.values()) == ["Success"] * 2, f"{rows}\n{logs[-6000:]}"
-    # Each worker took train from what the committed run made, and rendered anew.
+    # Each worker took train and the other modes from what the committed run made, and rendered ref_guided anew.
     some = dvc("queue", "logs", next(iter(rows)), cwd=root, env=env)
-    assert "Running stage 'train'" not in some and "Running stage 'generate@lora'" in some, some[-3000:]
+    ran = [s for s in ("train", "generate@lora", "generate@ref_guided") if f"Running stage '{s}'" in some]
+    assert ran == ["generate@ref_guided"], some[-3000:]
 
     exps = experiments(dvc_json("exp", "show", "--json", cwd=root, env=env))
     grid = {}
     for data in exps.values():
         generate = data["params"]["params.yaml"]["data"]["generate"]
-        if generate["guidance_scale"] in (3.0, 5.0):
-            grid[generate["guidance_scale"]] = data["metrics"]["metrics/eval.json"]["data"]
+        if generate["ip_adapter_scale"] in (0.4, 0.9):
+            grid[generate["ip_adapter_scale"]] = data["metrics"]["metrics/eval.json"]["data"]
     assert len(grid) == 2, exps.keys()
     for metrics in grid.values():
         assert all(-1 <= metrics[m]["clip_text_score"] <= 1 for m in MODES)
