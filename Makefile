@@ -38,8 +38,9 @@ browser:
 	  else echo "no chromium/chromedriver and not root: the browser tests will be skipped"; fi; \
 	fi
 
-# One process: the suite keeps CI's 2 cores busy already (pytest-xdist's 2 workers took as long: docs/contributing.md)
-TEST_FLAGS = --durations=15
+# Two processes (pytest-xdist), each file in one of them, in collection order, one thread each: docs/contributing.md
+TEST_WORKERS ?= 2
+TEST_FLAGS = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 test: install browser  ## unit tests, browser tests and the end-to-end tiny pipeline run
 	pytest $(TEST_FLAGS)
 

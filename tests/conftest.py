@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from openai_server import OpenAIServer
 from s3_server import S3Server
 
 from storyboard.settings import Settings, load_settings
 
 pytest_plugins = ["tiny_fixtures"]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per test process, inherited by the stages and torchrun processes the tests start: two workers on
+    # two cores, instead of OpenMP threads of both spinning on the same cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,13 +49,39 @@ MARKED = {
 }
 
 
+# The files sharing tests/e2e's committed tiny run (the tiny_repo fixture): under pytest-xdist they are one work unit,
+# so one worker builds it, once.
+SHARES_TINY_RUN = ("tests/e2e/test_contract.py", "tests/e2e/test_queue.py", "tests/e2e/test_remote.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         for marker, prefixes in MARKED.items():
             if item.nodeid.startswith(prefixes):
                 item.add_marker(marker)
-        if "s3_server" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "s3_server" in fixtures:
             item.add_marker("server")
+        if "tiny_repo" in fixtures and not item.nodeid.startswith(SHARES_TINY_RUN):
+            raise pytest.UsageError(f"{item.nodeid} uses tiny_repo: add its file to SHARES_TINY_RUN in tests/conftest.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile` (make test): each file in one worker, and the files of SHARES_TINY_RUN in the same one.
+
+    (pytest-xdist's xdist_group marks do not reach its scheduler under pytest 9, which keeps node ids elsewhere.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedTinyRunScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tiny_repo" if path in SHARES_TINY_RUN else path
+
+    return SharedTinyRunScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
