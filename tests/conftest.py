@@ -63,7 +63,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "s3_server" in fixtures:
             item.add_marker("server")
         if "tiny_repo" in fixtures and not item.nodeid.startswith(SHARES_TINY_RUN):
-            raise pytest.UsageError(f"{item.nodeid} uses tiny_repo: add its file to SHARES_TINY_RUN in tests/conftest.py")
+            fix = "list its file in SHARES_TINY_RUN (tests/conftest.py)"
+            raise pytest.UsageError(f"{item.nodeid} uses tiny_repo: {fix}")
 
 
 @pytest.hookimpl(optionalhook=True)
