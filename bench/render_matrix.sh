@@ -3,6 +3,10 @@
 #   OUT=results_dir bash bench/render_matrix.sh screen    # each kernel knob and the compiled path, against defaults
 #   OUT=results_dir bash bench/render_matrix.sh compiled  # multiref vs plain klein; the compiled paths, cold and warm
 #   OUT=results_dir bash bench/render_matrix.sh figures   # BENCHMARKS.md's generation figures, plain baselines beside
+#   OUT=results_dir bash bench/render_matrix.sh current   # the defaults, the fast path (cold, warm) and plain compiled,
+#                                                         # the few-step sampler: README's speed table, in one call
+#   OUT=results_dir bash bench/render_matrix.sh current2  # what `current` had no time for (few-step, ref_guided fast)
+#   OUT=results_dir bash bench/render_matrix.sh multiref  # generate@multiref against plain FLUX.2 klein
 # Each step gets what is left of the deadline (BUDGET_S), or CAP seconds if fewer, so a slow step costs the ones
 # after it, not the call.
 set -u
@@ -20,7 +24,7 @@ step() {
 }
 gen() { local name=$1; shift; step "$name" bench_generate.py "$@" --out "$out/$name.json"; }
 fast=(--impl ours --warmup-steps 2)
-case ${1:?screen or figures} in
+case ${1:?screen, compiled, figures, current or multiref} in
 screen)
   gen defaults --impl batched,ours --modes lora,ref_guided
   gen cudnn "${fast[@]}" --modes lora,ref_guided --attention cudnn
@@ -40,5 +44,23 @@ figures)
   gen defaults --impl batched,ours
   gen handed-over "${fast[@]}" --modes ref_guided --first-from-lora
   gen lightning --impl batched,ours --modes lora,ref_guided --sampler lightning
+  ;;
+current)
+  gen defaults --impl batched,ours --modes lora,ref_guided
+  gen plain-compiled --impl batched_compiled --modes lora
+  TORCH_LOGS=recompiles gen fast-cold "${fast[@]}" --modes lora --compile blocks --quantize fp8
+  TORCH_LOGS=recompiles gen fast-warm "${fast[@]}" --modes lora,ref_guided --compile blocks --quantize fp8
+  gen lightning --impl batched,ours --modes lora,ref_guided --sampler lightning
+  gen defaults-baseline --impl batched,ours --modes baseline
+  ;;
+current2)  # the rest of `current`, in the next call
+  gen lightning --impl batched,ours --modes lora,ref_guided --sampler lightning
+  gen fast-ref-cold "${fast[@]}" --modes ref_guided --compile blocks --quantize fp8
+  gen fast-ref-warm "${fast[@]}" --modes ref_guided --compile blocks --quantize fp8
+  gen handed-over "${fast[@]}" --modes ref_guided --first-from-lora
+  gen defaults-baseline --impl batched,ours --modes baseline
+  ;;
+multiref)
+  step multiref bench_reference.py --out "$out"
   ;;
 esac

@@ -440,9 +440,9 @@ def build_flux2_klein(folder: Path, tokenizer_dir: Path) -> None:
     save_flux2_klein(folder, transformer=transformer, text_encoder=text_encoder, vae=vae, tokenizer=tokenizer)
 
 
-def save_flux2_klein(folder: Path, *, transformer, text_encoder, vae, tokenizer) -> None:
-    """Save FLUX.2 klein's parts as the hub lays them out, with the released model's scheduler, step-distilled
-    (the tiny twin here; bench/bench_reference.py's full-size one)."""
+def flux2_klein_pipeline(*, transformer, text_encoder, vae, tokenizer):
+    """FLUX.2 klein's parts as one pipeline, with the released model's scheduler, step-distilled (the tiny twin
+    here; bench/bench_reference.py's full-size one, which it renders with in memory)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
 
     scheduler = FlowMatchEulerDiscreteScheduler(
@@ -455,7 +455,7 @@ def save_flux2_klein(folder: Path, *, transformer, text_encoder, vae, tokenizer)
         max_image_seq_len=4096,
         time_shift_type="exponential",
     )
-    pipe = Flux2KleinPipeline(
+    return Flux2KleinPipeline(
         scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,
@@ -463,7 +463,11 @@ def save_flux2_klein(folder: Path, *, transformer, text_encoder, vae, tokenizer)
         transformer=transformer,
         is_distilled=True,
     )
-    pipe.save_pretrained(folder)
+
+
+def save_flux2_klein(folder: Path, **parts) -> None:
+    """Save FLUX.2 klein's parts (`flux2_klein_pipeline`'s arguments) as the hub lays them out."""
+    flux2_klein_pipeline(**parts).save_pretrained(folder)
 
 
 def _model_set(root: Path, tiny: TinyModels) -> ModelSet:
