@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-
 import os
 from pathlib import Path
 
 import torch
-
 
 from storyboard.settings import CompileMode, CompileScope
 
@@ -22,6 +20,11 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # default inductor keeps them in /tmp/torchinductor_<user>, which a pod's restart wipes while the repo's volume
 # stays; here they sit beside the code, per repo. TORCHINDUCTOR_CACHE_DIR set by the user wins.
 COMPILE_CACHE_DIR = Path(".cache/torch-compile")
+# Graphs dynamo keeps per compiled function before it runs the function eagerly. Every transformer block of the
+# UNet and ControlNet shares one function, and ref_guided alone calls it with 2 token counts x 2 batches (frame 1,
+# the later frames) x 2 models, plus a batch per retry: past torch's default of 8 the rest ran eagerly, with the
+# guards still checked on every call, which made a compiled ref_guided story slower than an eager one.
+RECOMPILE_LIMIT = 64
 
 
 def persist_compile_cache(folder: Path = COMPILE_CACHE_DIR) -> Path:
@@ -43,17 +46,27 @@ def persist_compile_cache(folder: Path = COMPILE_CACHE_DIR) -> Path:
     return folder
 
 
-def compile_in_place(module: torch.nn.Module, scope: CompileScope, mode: CompileMode) -> int:
+def compile_in_place(
+    module: torch.nn.Module, scope: CompileScope, mode: CompileMode, *, dynamic: bool | None = None
+) -> int:
     """Compile `module` (or its repeated blocks) in place; returns how many modules were compiled.
 
     In place (`nn.Module.compile`), so state-dict keys, `unwrap_model` and LoRA loading see the plain module.
-    "blocks" is diffusers' regional compilation: every transformer block shares one compiled graph, so it compiles
+    "blocks" is diffusers' regional compilation: every transformer block shares one compiled function, so it compiles
     in a fraction of the whole network's time and recompiles cheaply when a new bucket or batch shape comes.
+
+    Args:
+        dynamic: torch.compile's: None lets dynamo turn a dimension symbolic once it has seen two sizes of it;
+            False keeps one graph per shape, each with kernels for its sizes (rendering: a story has a few shapes).
     """
     if scope == "none":
         return 0
     persist_compile_cache()
+    if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
+        torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
     kwargs = {} if mode == "default" else {"mode": mode}
+    if dynamic is not None:
+        kwargs["dynamic"] = dynamic
     if scope == "model":
         if module._compiled_call_impl is not None:
             return 0  # already compiled: modes that share a UNet compile it once

@@ -77,6 +77,9 @@ class Device:
         if device.type == "cuda":
             # Under `accelerate launch`, each process takes the GPU of its local rank; else a free one (gpus.py).
             device = torch.device("cuda", cuda_index())
+            # cuDNN times its convolution algorithms once per shape and keeps the fastest: a stage runs the same
+            # few shapes thousands of times (the benchmarks, plain diffusers' side too, run with it on).
+            torch.backends.cudnn.benchmark = True
         if runtime.dtype == "auto":
             # bf16 on GPUs (SDXL's fp16 VAE overflows without the fp16-fix VAE); fp32 on CPUs, where
             # half precision is slower, not faster.

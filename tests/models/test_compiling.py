@@ -9,6 +9,7 @@ from torch._dynamo.utils import counters
 
 from storyboard.models.compiling import (
     COMPILE_CACHE_DIR,
+    RECOMPILE_LIMIT,
     compile_in_place,
     persist_compile_cache,
     warn_if_cudagraphs_skipped,
@@ -66,3 +67,15 @@ def test_skipped_cuda_graphs_are_reported_when_asked_for(caplog):
     (record,) = caplog.records
     assert "train: 3 compiled graph(s) run without CUDA graphs" in record.getMessage()
     assert "TORCH_LOGS=perf_hints" in record.getMessage()
+
+
+def test_compiling_allows_every_shape_of_a_story_its_own_graph(tiny_models, cpu, monkeypatch):
+    """ref_guided calls the blocks' one compiled function with more shapes than torch's default limit of 8 graphs:
+    past it the rest ran eagerly. Compiling raises the limit; the renderer asks for static shapes."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    asked = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: asked.append(kwargs))
+    unet = load_pipeline(tiny_models, cpu).unet
+    compile_in_place(unet, "blocks", "default", dynamic=False)
+    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT
+    assert asked and all(kwargs == {"dynamic": False} for kwargs in asked)
