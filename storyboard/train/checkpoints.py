@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,22 +38,27 @@ def fingerprint(settings: Train, models: ModelSet, dataset_dir: Path, resolution
     data, the code the train stage runs but NOT_SHAPING_CODE (a fixed bug must not resume from checkpoints the bug
     made; choosing a saved step is the select stage's code, outside it), and the number of processes (one per
     GPU): it multiplies the effective batch, so a run on 2 GPUs never resumes on 1."""
+    return fingerprints(settings, models, dataset_dir, resolution, [processes])[processes]
+
+
+def fingerprints(
+    settings: Train, models: ModelSet, dataset_dir: Path, resolution: int, process_counts: Iterable[int]
+) -> dict[int, str]:
+    """`fingerprint` at each of `process_counts`, the data and the code's import closure read once for all."""
     manifest = (Path(dataset_dir) / "manifest.jsonl").read_bytes()
     # What only changes how often we look or keep (logging, validation, checkpoints) does not change the weights.
     shaping = settings.model_dump(mode="json", exclude=NOT_SHAPING)
-    blob = json.dumps(
-        [
-            shaping,
-            models.base,
-            models.vae,
-            hashlib.sha256(manifest).hexdigest(),
-            resolution,
-            code_fingerprint(CODE, leave_out=NOT_SHAPING_CODE),
-            processes,
-        ],
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    common = [
+        shaping,
+        models.base,
+        models.vae,
+        hashlib.sha256(manifest).hexdigest(),
+        resolution,
+        code_fingerprint(CODE, leave_out=NOT_SHAPING_CODE),
+    ]
+    return {
+        n: hashlib.sha256(json.dumps([*common, n], sort_keys=True).encode()).hexdigest()[:16] for n in process_counts
+    }
 
 
 MARKER = "COMPLETE"

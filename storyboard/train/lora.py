@@ -44,7 +44,14 @@ from storyboard.models.compiling import warn_if_cudagraphs_skipped
 from storyboard.models.loading import Device
 from storyboard.remote import RemoteMirror
 from storyboard.settings import ModelSet, Train
-from storyboard.train.checkpoints import fetch_latest, fingerprint, latest_checkpoint, resume, save_checkpoint
+from storyboard.train.checkpoints import (
+    fetch_latest,
+    fingerprint,
+    fingerprints,
+    latest_checkpoint,
+    resume,
+    save_checkpoint,
+)
 from storyboard.train.errors import TrainError
 from storyboard.train.kept import KeptSteps
 from storyboard.train.kohya import LoraCard, kohya_metadata
@@ -317,9 +324,9 @@ def _say_other_process_counts(
 ) -> None:
     """A run started from scratch although checkpoints of the same params exist at another number of GPUs: say so,
     and how to resume them."""
-    for other in PROCESS_COUNTS_LOOKED_AT:
-        folder = root / fingerprint(settings, models, dataset_dir, resolution, other)
-        if other != processes and (found := latest_checkpoint(folder)) is not None:
+    runs = fingerprints(settings, models, dataset_dir, resolution, PROCESS_COUNTS_LOOKED_AT)
+    for other, run in runs.items():
+        if other != processes and (found := latest_checkpoint(root / run)) is not None:
             logger.warning(
                 "checkpoints of this run on %d process(es) exist (%s); this run has %d, which changes the effective "
                 "batch, so it starts from step 0. To resume those instead, run %d process(es) in all (GPUs per machine "
