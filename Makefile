@@ -6,9 +6,10 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 # The tiny profile: random-weight models built offline, the drawn sample set, offline captions and plans,
-# and fewer denoising steps (its frames are noise anyway: it checks plumbing, not quality).
+# and fewer training and denoising steps (its frames are noise anyway: it checks plumbing, not quality); two saved
+# steps still give select a choice.
 TINY_FLAGS = -S profile=tiny -S caption.input_dir=data/sample -S caption.backend=sidecar -S plan.backend=offline \
-             -S generate.steps=10 -S train.compile=none
+             -S generate.steps=10 -S train.compile=none -S train.max_steps=100 -S train.checkpoint_every=50
 
 .PHONY: install browser run tiny test test-fast lint deps print-tiny-flags compare readme-dag
 
