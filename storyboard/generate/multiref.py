@@ -82,9 +82,9 @@ class MultirefRenderer(StoryRenderer):
             pipe.enable_model_cpu_offload(device=self.device.device)
         else:
             pipe.to(self.device.device)
-        compile_in_place(pipe.transformer, s.compile, s.compile_mode, dynamic=False)  # as StoryRenderer's
+        compile_in_place(pipe.transformer, s.compile, s.compile_mode)
         if s.compile != "none":
-            compile_in_place(pipe.vae.decoder, "model", "default", dynamic=False)
+            compile_in_place(pipe.vae.decoder, "model", "default")
 
     def sampling(self) -> dict:
         """FLUX.2 klein's own steps and guidance (generate.multiref); generate.sampler is an SDXL LoRA, never here."""

@@ -118,10 +118,8 @@ class StoryRenderer:
             pipe.vae.enable_slicing()
         if s.cpu_offload:
             pipe.enable_model_cpu_offload(device=self.device.device)
-        # One graph per shape (dynamic=False): a story runs a few (frame 1 alone, the rest together) thousands of
-        # times, and kernels made for symbolic sizes are slower than those made for the sizes they run.
         for module in denoisers:
-            compile_in_place(module, s.compile, s.compile_mode, dynamic=False)
+            compile_in_place(module, s.compile, s.compile_mode)
         if s.quantize != "none" and s.compile == "none":
             logger.warning(
                 "generate.quantize: %s without generate.compile: torchao's quantized layers are meant to run "
@@ -131,7 +129,7 @@ class StoryRenderer:
         if s.compile != "none":
             # The VAE decoder too, whole and without CUDA graphs (it runs once per batch): at 1024 px its
             # eager kernels spend most of their time converting layouts, which compiling removes.
-            compile_in_place(pipe.vae.decoder, "model", "default", dynamic=False)
+            compile_in_place(pipe.vae.decoder, "model", "default")
 
     @property
     def conditions_on_first(self) -> bool:

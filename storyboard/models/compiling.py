@@ -46,18 +46,12 @@ def persist_compile_cache(folder: Path = COMPILE_CACHE_DIR) -> Path:
     return folder
 
 
-def compile_in_place(
-    module: torch.nn.Module, scope: CompileScope, mode: CompileMode, *, dynamic: bool | None = None
-) -> int:
+def compile_in_place(module: torch.nn.Module, scope: CompileScope, mode: CompileMode) -> int:
     """Compile `module` (or its repeated blocks) in place; returns how many modules were compiled.
 
     In place (`nn.Module.compile`), so state-dict keys, `unwrap_model` and LoRA loading see the plain module.
     "blocks" is diffusers' regional compilation: every transformer block shares one compiled function, so it compiles
     in a fraction of the whole network's time and recompiles cheaply when a new bucket or batch shape comes.
-
-    Args:
-        dynamic: torch.compile's: None lets dynamo turn a dimension symbolic once it has seen two sizes of it;
-            False keeps one graph per shape, each with kernels for its sizes (rendering: a story has a few shapes).
     """
     if scope == "none":
         return 0
@@ -65,8 +59,6 @@ def compile_in_place(
     if torch._dynamo.config.recompile_limit < RECOMPILE_LIMIT:
         torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
     kwargs = {} if mode == "default" else {"mode": mode}
-    if dynamic is not None:
-        kwargs["dynamic"] = dynamic
     if scope == "model":
         if module._compiled_call_impl is not None:
             return 0  # already compiled: modes that share a UNet compile it once

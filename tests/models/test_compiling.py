@@ -69,13 +69,10 @@ def test_skipped_cuda_graphs_are_reported_when_asked_for(caplog):
     assert "TORCH_LOGS=perf_hints" in record.getMessage()
 
 
-def test_compiling_allows_every_shape_of_a_story_its_own_graph(tiny_models, cpu, monkeypatch):
-    """ref_guided calls the blocks' one compiled function with more shapes than torch's default limit of 8 graphs:
-    past it the rest ran eagerly. Compiling raises the limit; the renderer asks for static shapes."""
+def test_compiling_leaves_room_for_every_shape_of_a_story(tiny_models, cpu, monkeypatch):
+    """ref_guided calls the blocks' one compiled function with more shapes than torch's default limit of 8 graphs
+    (past it the rest ran eagerly): compiling raises the limit."""
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    asked = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: asked.append(kwargs))
     unet = load_pipeline(tiny_models, cpu).unet
-    compile_in_place(unet, "blocks", "default", dynamic=False)
+    compile_in_place(unet, "blocks", "default")
     assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT
-    assert asked and all(kwargs == {"dynamic": False} for kwargs in asked)
