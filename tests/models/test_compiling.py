@@ -69,10 +69,11 @@ def test_skipped_cuda_graphs_are_reported_when_asked_for(caplog):
     assert "TORCH_LOGS=perf_hints" in record.getMessage()
 
 
-def test_compiling_leaves_room_for_every_shape_of_a_story(tiny_models, cpu, monkeypatch):
+def test_compiling_leaves_room_for_every_shape_of_a_story(tiny_models, cpu):
     """ref_guided calls the blocks' one compiled function with more shapes than torch's default limit of 8 graphs
     (past it the rest ran eagerly): compiling raises the limit."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     unet = load_pipeline(tiny_models, cpu).unet
-    compile_in_place(unet, "blocks", "default")
-    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT
+    # dynamo's own patch, which puts the process's value back (monkeypatch would delete it, hiding the setting)
+    with torch._dynamo.config.patch(recompile_limit=8):
+        compile_in_place(unet, "blocks", "default")
+        assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT
