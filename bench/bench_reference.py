@@ -122,6 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     device = pick_device(args.device)
+    torch.backends.cudnn.benchmark = True  # as the stages set it (Device.from_runtime), and bench_generate
     resolution = args.resolution or (64 if args.tiny else 1024)
     root = Path(tempfile.mkdtemp(prefix="bench-reference-"))
     tiny = tiny_model_set(TinyModels(root=root / "tiny"))  # its CLIP scores the text check in both sizes
