@@ -23,6 +23,8 @@ Each is run once untimed first (CUDA start-up, allocator). Writes DIR/bench_refe
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -124,7 +126,8 @@ def main() -> None:
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = True  # as the stages set it (Device.from_runtime), and bench_generate
     resolution = args.resolution or (64 if args.tiny else 1024)
-    root = Path(tempfile.mkdtemp(prefix="bench-reference-"))
+    root = Path(tempfile.mkdtemp(prefix="bench-reference-"))  # the tiny models and the tokenizer only
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     tiny = tiny_model_set(TinyModels(root=root / "tiny"))  # its CLIP scores the text check in both sizes
     params = load_settings(Path(__file__).resolve().parents[1] / "params.yaml")
     m = params.generate.multiref
