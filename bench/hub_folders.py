@@ -14,7 +14,7 @@ Written under `root/<hub id>/`:
     openai/clip-vit-large-patch14/              CLIPModel + CLIPProcessor (tokenizer, image processor)
     facebook/dinov2-base/                       Dinov2Model + BitImageProcessor (generate's likeness check)
     IDEA-Research/grounding-dino-tiny/          GroundingDinoForObjectDetection + processor (evaluate's locator)
-    black-forest-labs/FLUX.2-klein-4B/          Flux2KleinPipeline (generate@multiref; bench_reference.py builds it)
+    black-forest-labs/FLUX.2-klein-4B/          Flux2KleinPipeline (generate@multiref; bench_reference.py's build)
 
 Grounding DINO's tokenizer is BERT's WordPiece; bert-base-uncased's vocab.txt cannot be had offline, so the folder
 gets the tiny profile's letter vocabulary (storyboard.models.tiny.detector_vocab) in a full-size 30,522-row
@@ -23,7 +23,8 @@ embedding: the detector's sizes are the released ones, its text query is a few t
 Weights are saved in bf16 (the hub repos hold fp32 and fp16 files): the pipeline loads them in its runtime
 dtype either way, and half the bytes halve the writing time. Each folder is skipped when already written.
 
-    python bench/hub_folders.py --root .cache/hub-rehearsal            # full size, on the GPU (~14 GB on disk)
+    python bench/hub_folders.py --root .cache/hub-rehearsal            # full size, on the GPU (~31 GB on disk,
+                                                                       # 17 GB of it klein's: --klein-root)
     python bench/hub_folders.py --root /tmp/hub --small --device cpu    # the CPU check
 Prints one JSON line: the folders and the `-S` overrides that point params.yaml at them.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -109,8 +111,38 @@ def build_detector(folder: Path, *, small: bool, seed: int) -> None:
     GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(), tokenizer=tokenizer).save_pretrained(folder)
 
 
-def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dict[str, str]:
-    """Write every folder under `root` (skipping those already written); return the params overrides."""
+# What FLUX.2 klein 4B's folder takes in bf16 (transformer 7.8 GB, Qwen3 4B text encoder 8.0 GB, VAE), with room
+# to spare: two device calls that wrote it to a temp folder lost the machine (bench_reference.py), a full disk the
+# suspect.
+KLEIN_BYTES = 17 * 10**9
+
+
+def write_klein(folder: Path, tokenizer_dir: Path, *, device: str, small: bool, seed: int) -> None:
+    """FLUX.2 klein in the hub's layout: the tiny twin, or the full-size model built on `device` and saved in
+    shards of at most 2 GB, after checking that the disk under `folder` has room for it."""
+    torch.manual_seed(seed)
+    if small:
+        from storyboard.models.tiny import build_flux2_klein
+
+        build_flux2_klein(folder, tokenizer_dir)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < KLEIN_BYTES:
+            raise SystemExit(
+                f"{folder}: {free / 1e9:.1f} GB free, FLUX.2 klein 4B needs {KLEIN_BYTES / 1e9:.0f} GB: "
+                "pass --klein-root on a larger disk (e.g. /dev/shm)"
+            )
+        build_klein(tokenizer_dir, torch.device(device)).save_pretrained(folder, max_shard_size="2GB")
+    _mark(folder)
+
+
+def write_folders(
+    root: Path, *, device: str, small: bool, seed: int = 0, klein_root: Path | None = None
+) -> dict[str, str]:
+    """Write every folder under `root` (FLUX.2 klein under `klein_root` if given), skipping those already written;
+    return the params overrides."""
+    klein = (klein_root or root) / KLEIN
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
     base, vae_dir = root / BASE, root / VAE
     ip_dir, cn_dir, clip_dir = root / IP_ADAPTER / IP_SUBFOLDER, root / CONTROLNET, root / CLIP
@@ -149,16 +181,9 @@ def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dic
             build(root / hub_id, small=small, seed=seed)
             _mark(root / hub_id)
             timings[hub_id.split("/")[1]] = time.perf_counter() - t
-    if not _done(root / KLEIN):
+    if not _done(klein):
         t = time.perf_counter()
-        torch.manual_seed(seed)
-        if small:
-            from storyboard.models.tiny import build_flux2_klein
-
-            build_flux2_klein(root / KLEIN, root / "_qwen_tokenizer")
-        else:
-            build_klein(root / KLEIN, torch.device(device))
-        _mark(root / KLEIN)
+        write_klein(klein, root / "_qwen_tokenizer", device=device, small=small, seed=seed)
         timings["flux2_klein"] = time.perf_counter() - t
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -174,7 +199,7 @@ def write_folders(root: Path, *, device: str, small: bool, seed: int = 0) -> dic
         "models.sdxl.clip": str(clip_dir),
         "models.sdxl.likeness": str(root / LIKENESS),
         "models.sdxl.detector": str(root / DETECTOR),
-        "models.sdxl.multiref": str(root / KLEIN),
+        "models.sdxl.multiref": str(klein),
     }
 
 
@@ -184,10 +209,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="where to build (cuda: bf16; cpu: fp32)")
     parser.add_argument("--small", action="store_true", help="tiny sizes (the CPU check)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--klein-root", type=Path, help="where FLUX.2 klein's folder goes (default: --root)")
     args = parser.parse_args()
     setup_logging()
     t = time.perf_counter()
-    overrides = write_folders(Path(args.root), device=args.device, small=args.small, seed=args.seed)
+    overrides = write_folders(
+        Path(args.root), device=args.device, small=args.small, seed=args.seed, klein_root=args.klein_root
+    )
     print(json.dumps({"root": args.root, "small": args.small, "s": round(time.perf_counter() - t, 1), **overrides}))
 
 

@@ -247,7 +247,9 @@ def compile_bytecode(prefix: Path, env: dict[str, str]) -> float:
     return round(time.perf_counter() - t, 1)
 
 
-def setup(work: Path, models_root: Path, small: bool, env: dict[str, str], out: Path) -> dict:
+def setup(
+    work: Path, models_root: Path, small: bool, env: dict[str, str], out: Path, klein_root: Path | None = None
+) -> dict:
     t0 = time.perf_counter()
     if work.exists():
         shutil.rmtree(work)
@@ -266,7 +268,9 @@ def setup(work: Path, models_root: Path, small: bool, env: dict[str, str], out: 
     cmd = [sys.executable, str(REPO / "bench" / "hub_folders.py"), "--root", str(models_root), "--device", device]
     # The bench scripts import the package from this checkout, installed or not.
     hub_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))}
-    hub = run([*cmd, *(["--small"] if small else [])], REPO, hub_env, out / "hub.log")
+    cmd += ["--small"] if small else []
+    cmd += ["--klein-root", str(klein_root)] if klein_root else []
+    hub = run(cmd, REPO, hub_env, out / "hub.log")
     models = json.loads(hub.strip().splitlines()[-1])
     folders_s = time.perf_counter() - t
 
@@ -310,6 +314,7 @@ def main() -> None:
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
     parser.add_argument("--small", action="store_true", help="small models, few steps: the CPU check")
     parser.add_argument("--profile", action="store_true", help="py-spy samples each dvc phase: <out>/<phase>.pyspy")
+    parser.add_argument("--klein-root", type=Path, help="FLUX.2 klein's folder (16 GB) elsewhere, e.g. /dev/shm")
     args = parser.parse_args()
     work, out = Path(args.workdir).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,7 +339,7 @@ def main() -> None:
         result.setdefault("torch", torch.__version__)
         for phase in phases:
             if phase == "setup":
-                result["setup"] = setup(work, Path(args.models).resolve(), args.small, env, out)
+                result["setup"] = setup(work, Path(args.models).resolve(), args.small, env, out, args.klein_root)
             else:
                 dvc_args = {"first": ["repro"], "exp": ["exp", "run", *EXP_ARGS], "noop": ["repro"]}[phase]
 
