@@ -58,6 +58,8 @@ PROJECT_FILES = (
     ".dvc/config",
     ".dvcignore",
     ".gitignore",
+    "data/.gitignore",
+    "data/references",  # generate@multiref's dep: a clone has it (its README), the user's reference sheet goes there
 )
 RAW_IMAGES = 20
 PHASES = ("setup", "first", "exp", "noop")

@@ -1,19 +1,20 @@
-"""The rehearsal's wheel list (bench/rehearsal-wheels.txt) keeps up with pyproject.toml's dependencies.
+"""The GPU rehearsal (bench/rehearse.py) keeps up with the project: its wheel list with pyproject.toml's
+dependencies, its repo copy with the tracked files dvc.yaml reads.
 
-A dependency added to the project and not to the list stops the next GPU rehearsal at an import, minutes into a
-device call; this catches it at commit time.
+A dependency or a stage input the rehearsal lacks stops it minutes into a device call; these catch it at commit time.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("rehearsal_wheels", REPO / "bench" / "rehearsal_wheels.py")
+def _bench_module(name: str = "rehearsal_wheels"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,3 +47,20 @@ def test_the_list_is_pinned_and_leaves_out_the_image():
     assert all(line.split("==")[1] for line in lines)
     assert not set(names) & image, "packages the device image already holds are carried again"
     assert "torch" in image | set(wheels.LEFT_OUT) and "torch" not in names
+
+
+def test_the_repo_copy_holds_every_tracked_file_a_stage_reads():
+    """rehearse.py copies PROJECT_FILES, not a clone: a stage input tracked in git must be among them (the first
+    CPU check with generate@multiref stopped at its data/references)."""
+    from dvc.repo import Repo
+
+    copied = _bench_module("rehearse").PROJECT_FILES
+    tracked = set(
+        subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    )
+    with Repo(str(REPO)) as repo:
+        inputs = {dep.def_path for stage in repo.index.stages for dep in stage.deps}
+        inputs -= {out.def_path for stage in repo.index.stages for out in stage.outs}  # a run makes these
+    read = {path for path in inputs if path in tracked or any(t.startswith(f"{path}/") for t in tracked)}
+    missing = sorted(p for p in read if not any(p == c or p.startswith(f"{c}/") for c in copied))
+    assert not missing, f"tracked stage inputs bench/rehearse.py does not copy (add them to PROJECT_FILES): {missing}"
