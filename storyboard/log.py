@@ -18,6 +18,11 @@ def setup_logging(level: str | None = None) -> None:
     # Libraries that narrate every weight load drown the stage's own messages.
     for noisy in ("httpx", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # peft imports torchao when it is installed, and every stage process then warned of kernels it never uses
+    # (torchao's optional C extensions and Triton kernels; torch's deprecation of torchao's enum registration).
+    # generate.quantize checks what it needs itself (storyboard/models/quantizing.py).
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     # The model libraries read their verbosity when first imported. Importing them here instead would cost the
     # stages that load no model (sample, caption, plan) several seconds of torch; quiet_model_libraries does the rest.
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # their warnings repeat per call (e.g. CLIP truncation)

@@ -41,3 +41,19 @@ def test_a_huggingface_hub_warning_is_printed_once():
     proc = subprocess.run([sys.executable, "-c", HUB_WARNING], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.count("Retrying in 1s") == 1, proc.stderr
+
+
+TORCHAO_IMPORT = """
+from storyboard.log import setup_logging
+setup_logging()
+import peft.tuners.lora  # imports torchao when installed, as train and generate do
+import torchao
+"""
+
+
+def test_torchao_import_warnings_stay_out_of_a_stage_log():
+    """Each stage process printed torchao's optional-kernel load failures and torch's enum deprecation: noise that
+    reads like a broken install."""
+    proc = subprocess.run([sys.executable, "-c", TORCHAO_IMPORT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "WARNING torchao" not in proc.stderr and "_pytree" not in proc.stderr, proc.stderr[-2000:]
