@@ -10,17 +10,22 @@ knows whether to skip it or ask differently.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from storyboard.errors import StoryboardError
 from storyboard.settings import OpenAIClient
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion
+
+logger = logging.getLogger(__name__)
 
 
 class RequestRejected(Exception):
@@ -43,22 +48,43 @@ class Purpose:
     error: type[StoryboardError]
 
 
+# Sent to a server on this machine or its network when no key is set: llama.cpp, Ollama, LM Studio and vLLM without
+# --api-key take any, and the official client refuses to start without one.
+NO_KEY = "no-key"
+
+
+def is_local(base_url: str | None) -> bool:
+    """Whether `base_url` is a server on this machine or its network: loopback, a private address, `localhost`, a
+    `.local` name, or a name without a dot (a container's service name, e.g. http://ollama:11434/v1)."""
+    host = urlsplit(base_url).hostname if base_url else None
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost" or host.endswith((".local", ".localhost")) or "." not in host
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
 class ChatEndpoint:
     def __init__(self, cfg: OpenAIClient, purpose: Purpose):
         import openai
 
         self.cfg, self.purpose = cfg, purpose
+        base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
         key = os.environ.get(cfg.api_key_env)
-        if not key:
+        self.keyless = not key and is_local(base_url)
+        if not key and not self.keyless:
             raise purpose.error(
                 f"{purpose.section}.backend is openai but ${cfg.api_key_env} is not set: export your key, "
                 f"or {purpose.offline}"
             )
+        if self.keyless:
+            logger.info(
+                "%s: $%s is not set; %s is a local server, sent no key", purpose.section, cfg.api_key_env, base_url
+            )
         self.client = openai.OpenAI(
-            api_key=key,
-            base_url=cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None,
-            timeout=cfg.timeout_s,
-            max_retries=cfg.max_retries,
+            api_key=key or NO_KEY, base_url=base_url, timeout=cfg.timeout_s, max_retries=cfg.max_retries
         )
 
     @property
@@ -76,6 +102,8 @@ class ChatEndpoint:
                 model=cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, messages=messages, **options
             )
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            if self.keyless:
+                raise fail(f"{self.what} asks for a key: export it as ${cfg.api_key_env} ({e})") from None
             raise fail(f"{self.what} rejected the key in ${cfg.api_key_env}: {e}") from None
         except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
             raise RequestRejected(e.status_code, e.message) from None

@@ -20,7 +20,7 @@ from openai_server import (
 )
 
 from storyboard.errors import StoryboardError
-from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected
+from storyboard.openai_client import ChatEndpoint, Purpose, RequestRejected, is_local
 from storyboard.settings import OpenAIClient
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -62,8 +62,50 @@ def test_key_comes_from_the_configured_variable_and_base_url_from_the_environmen
 
     assert openai_server.requests[0].headers["authorization"] == "Bearer gateway-secret"
     monkeypatch.delenv("MY_GATEWAY_KEY")
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://gateway.example.invalid/v1")  # hosted: a key is needed
     with pytest.raises(DemoError, match=r"demo\.backend is openai but \$MY_GATEWAY_KEY is not set.*demo\.backend="):
         endpoint(api_key_env="MY_GATEWAY_KEY")
+
+
+def test_a_local_server_needs_no_key(monkeypatch: pytest.MonkeyPatch, openai_server: OpenAIServer) -> None:
+    """llama.cpp, Ollama and LM Studio take any key; with none set, a local server gets a placeholder."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+    endpoint(openai_server).complete(HELLO)
+
+    assert openai_server.requests[0].headers["authorization"] == "Bearer no-key"
+
+
+def test_a_local_server_that_wants_a_key_says_which_variable(
+    monkeypatch: pytest.MonkeyPatch, openai_server: OpenAIServer
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    openai_server.push(bad_key())
+
+    with pytest.raises(DemoError, match=r"asks for a key: export it as \$OPENAI_API_KEY"):
+        endpoint(openai_server).complete(HELLO)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "local"),
+    [
+        ("http://127.0.0.1:8080/v1", True),
+        ("http://localhost:11434/v1", True),
+        ("http://[::1]:8000/v1", True),
+        ("http://192.168.1.20:1234/v1", True),
+        ("http://10.0.0.5:8000/v1", True),
+        ("http://ollama:11434/v1", True),  # a container's service name
+        ("http://gpu-box.local:8000/v1", True),
+        ("https://api.openai.com/v1", False),
+        ("https://openrouter.ai/api/v1", False),
+        ("http://8.8.8.8/v1", False),
+        (None, False),  # the OpenAI API
+    ],
+)
+def test_what_counts_as_a_local_server(base_url: str | None, local: bool) -> None:
+    assert is_local(base_url) is local
 
 
 # --- transient failures: retried by the client itself ---

@@ -290,14 +290,14 @@ def test_unknown_model_stops_the_run_naming_the_model(
 
 
 def test_missing_key_stops_before_any_request(
-    monkeypatch: pytest.MonkeyPatch, openai_server: OpenAIServer, make_caption: MakeCaption, params: Settings
+    monkeypatch: pytest.MonkeyPatch, make_caption: MakeCaption, params: Settings
 ) -> None:
+    """A hosted endpoint needs the key (a local server does not: tests/test_openai_client.py); the stage stops
+    before sending anything, here to a name that would not even resolve."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
     with pytest.raises(CaptionError, match="sidecar.*template"):
-        make_backend(make_caption(openai_server), params.character)
-
-    assert openai_server.requests == []
+        make_backend(make_caption(openai={"base_url": "https://llm.example.invalid/v1"}), params.character)
 
 
 # --- pay once: cache, new images, duplicates, resume after a kill ---
