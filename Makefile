@@ -25,7 +25,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# dvc stops a missing input folder with "No such file or directory" and no word of what goes there.
 run: install  ## the real pipeline: sdxl profile, your images in data/raw, a GPU
+	@dir=$$(python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['caption']['input_dir'])"); \
+	if [ ! -d "$$dir" ]; then \
+	  echo "make run: $$dir does not exist: copy 15-50 pictures of your character into it, then 'dvc add $$dir'" \
+	       "(README.md, 'The real run'); 'make tiny' runs without any"; exit 1; \
+	fi
 	dvc repro
 
 tiny: install  ## the whole pipeline offline on a CPU in minutes (checks plumbing, not quality)
