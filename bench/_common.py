@@ -147,13 +147,26 @@ def parse_list(text: str, kind: type = str) -> list:
     return [kind(x.strip()) for x in text.split(",") if x.strip()]
 
 
-def gpu_kernel_seconds(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Seconds the GPU spent in kernels and copies during fn(), from the profiler's device trace.
+KERNEL_FAMILIES = (  # first match wins; names as the profiler shows CUDA kernels
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")),
+    ("conv", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "nhwc", "nchw")),
+    ("gemm", ("gemm", "xmma", "cutlass", "sm90_", "matmul", "mm_")),
+    ("norm", ("norm", "welford")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+)
 
-    Against the wall time of the same work this says where the time goes: near 1 the GPU is the bottleneck;
-    well below 1 the GPU waits for the host (Python, kernel launches, syncs), and batching, fusing (LoRA) or
-    compiling gains more than faster kernels. None on a CPU or where the profiler fails.
-    """
+
+def kernel_family(name: str) -> str:
+    lowered = name.lower()
+    for family, keys in KERNEL_FAMILIES:
+        if any(k in lowered for k in keys):
+            return family
+    return "other (elementwise, copies, triton fusions)"
+
+
+def gpu_kernel_breakdown(fn: Callable[[], Any], device: torch.device, top: int = 30) -> dict[str, Any] | None:
+    """GPU milliseconds during fn(): in all, per kernel family, and the `top` kernels, from the profiler's device
+    trace. None on a CPU or where the profiler fails."""
     if device.type != "cuda":
         return None
     try:
@@ -165,11 +178,34 @@ def gpu_kernel_seconds(fn: Callable[[], Any], device: torch.device) -> float | N
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             synchronize(device)
-        total_us = sum(e.self_device_time_total for e in prof.key_averages())
-        return total_us / 1e6
+        families: dict[str, float] = {}
+        kernels = []
+        for e in prof.key_averages():
+            if (us := e.self_device_time_total) <= 0:
+                continue
+            family = kernel_family(e.key)
+            families[family] = families.get(family, 0.0) + us / 1e3
+            kernels.append((us / 1e3, e.count, e.key[:110]))
     except Exception as e:  # noqa: BLE001 - a diagnostic; never lose the benchmark over it
         logger.warning("GPU kernel time not measured: %s", e)
         return None
+    kernels.sort(reverse=True)
+    return {
+        "gpu_ms": round(sum(families.values()), 2),
+        "families_ms": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"ms": round(ms, 2), "calls": n, "name": name} for ms, n, name in kernels[:top]],
+    }
+
+
+def gpu_kernel_seconds(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Seconds the GPU spent in kernels and copies during fn(), from the profiler's device trace.
+
+    Against the wall time of the same work this says where the time goes: near 1 the GPU is the bottleneck;
+    well below 1 the GPU waits for the host (Python, kernel launches, syncs), and batching, fusing (LoRA) or
+    compiling gains more than faster kernels. None on a CPU or where the profiler fails.
+    """
+    breakdown = gpu_kernel_breakdown(fn, device)
+    return breakdown["gpu_ms"] / 1e3 if breakdown else None
 
 
 @contextlib.contextmanager

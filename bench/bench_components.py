@@ -23,7 +23,6 @@ import contextlib
 import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from _common import (  # noqa: E402
     emit,
     environment,
     free_memory,
+    gpu_kernel_breakdown,
     gpu_turn,
     is_oom,
     memory,
@@ -71,20 +71,6 @@ INDUCTOR_FLAGS = dict(
     coordinate_descent_check_all_directions=True,
 )
 COMPILE_MODES = {"compile": None, "compile-ro": "reduce-overhead", "compile-mat": "max-autotune-no-cudagraphs"}
-KERNEL_FAMILIES = (  # first match wins; names as the profiler shows CUDA kernels
-    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")),
-    ("conv", ("conv", "fprop", "dgrad", "implicit_gemm", "nhwc", "nchw")),
-    ("gemm", ("gemm", "xmma", "cutlass", "sm90_", "matmul", "mm_")),
-    ("norm", ("norm", "welford")),
-)
-
-
-def kernel_family(name: str) -> str:
-    lowered = name.lower()
-    for family, keys in KERNEL_FAMILIES:
-        if any(k in lowered for k in keys):
-            return family
-    return "other (elementwise, copies, triton fusions)"
 
 
 class Part:
@@ -177,26 +163,7 @@ class Part:
 
 def kernel_breakdown(run: Part, device: torch.device) -> dict[str, Any]:
     """GPU ms per call by kernel family, and the top kernels, from one profiled call."""
-    from torch.profiler import ProfilerActivity, profile
-
-    synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run()
-        synchronize(device)
-    families: dict[str, float] = defaultdict(float)
-    kernels = []
-    for e in prof.key_averages():
-        us = e.self_device_time_total
-        if us <= 0:
-            continue
-        families[kernel_family(e.key)] += us / 1e3
-        kernels.append((us / 1e3, e.count, e.key[:110]))
-    kernels.sort(reverse=True)
-    return {
-        "gpu_ms": round(sum(families.values()), 2),
-        "families_ms": {k: round(v, 2) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
-        "top_kernels": [{"ms": round(ms, 2), "calls": n, "name": name} for ms, n, name in kernels[:30]],
-    }
+    return gpu_kernel_breakdown(run, device) or {}
 
 
 def time_calls(run: Part, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from _common import (  # noqa: E402
     emit,
     environment,
     free_memory,
-    gpu_kernel_seconds,
+    gpu_kernel_breakdown,
     is_oom,
     memory,
     parse_list,
@@ -317,9 +317,14 @@ def run_config(cfg: Config, warmup: int, steps: int, profile: bool) -> dict[str,
         mem = memory(cfg.device)
         if profile:
             # One extra step under the profiler (outside the timed region: profiling slows the host side).
-            kernel_s = gpu_kernel_seconds(trainer.step, cfg.device)
-            if kernel_s is not None:
-                result.update(gpu_kernel_s_per_step=round(kernel_s, 4), gpu_busy=round(kernel_s * steps / seconds, 3))
+            # Per kernel family too (gemm, attention, conv, norm, optimizer, the rest): where a step's time goes.
+            if breakdown := gpu_kernel_breakdown(trainer.step, cfg.device):
+                kernel_s = breakdown["gpu_ms"] / 1e3
+                result.update(
+                    gpu_kernel_s_per_step=round(kernel_s, 4),
+                    gpu_busy=round(kernel_s * steps / seconds, 3),
+                    gpu_kernels_per_step=breakdown,
+                )
         result.update(
             steps=steps,
             processes=cfg.processes,
@@ -379,7 +384,7 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="one extra step per config under the profiler: gpu_kernel_s_per_step, gpu_busy (GPU only). Can slow "
+        help="one extra step per config under the profiler: GPU ms per kernel family, gpu_busy (GPU only). Can slow "
         "the configs timed after it in the same process: use with one config per command",
     )
     parser.add_argument(

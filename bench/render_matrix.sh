@@ -7,6 +7,7 @@
 #                                                         # the few-step sampler: README's speed table, in one call
 #   OUT=results_dir bash bench/render_matrix.sh current2  # what `current` had no time for (few-step, ref_guided fast)
 #   OUT=results_dir bash bench/render_matrix.sh multiref  # generate@multiref against plain FLUX.2 klein
+#   OUT=results_dir bash bench/render_matrix.sh next      # the fast path's ref_guided (plain beside), training profiled
 # Each step gets what is left of the deadline (BUDGET_S), or CAP seconds if fewer, so a slow step costs the ones
 # after it, not the call.
 set -u
@@ -24,7 +25,7 @@ step() {
 }
 gen() { local name=$1; shift; step "$name" bench_generate.py "$@" --out "$out/$name.json"; }
 fast=(--impl ours --warmup-steps 2)
-case ${1:?screen, compiled, figures, current or multiref} in
+case ${1:?screen, compiled, figures, current, current2, multiref or next} in
 screen)
   gen defaults --impl batched,ours --modes lora,ref_guided
   gen cudnn "${fast[@]}" --modes lora,ref_guided --attention cudnn
@@ -62,5 +63,11 @@ current2)  # the rest of `current`, in the next call
   ;;
 multiref)
   step multiref bench_reference.py --out "$out"
+  ;;
+next)  # what issue 26 still lacks: the fast path's ref_guided under the raised recompile limit, training's profile
+  gen fast-ref-cold --impl batched,ours --warmup-steps 2 --modes ref_guided --compile blocks --quantize fp8
+  gen fast-ref-warm "${fast[@]}" --modes ref_guided --compile blocks --quantize fp8
+  step train-profile bench_train.py --impl baseline,ours --batch-sizes 4 --compile blocks \
+    --compile-mode reduce-overhead --steps 10 --profile --out "$out/train-profile.json"
   ;;
 esac
