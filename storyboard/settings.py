@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -149,6 +149,12 @@ class Caption(_Section):
         if "{trigger}" not in value:
             raise ValueError("must contain {trigger} so every caption carries the LoRA trigger token")
         return value
+
+    @model_validator(mode="after")
+    def _side_bounds(self) -> Caption:
+        if self.max_side < self.min_side:
+            raise ValueError(f"max_side ({self.max_side}) is below min_side ({self.min_side})")
+        return self
 
 
 class Validation(_Section):
@@ -418,16 +424,44 @@ class Settings(_Section):
         return ", ".join(s.id for s in self.stories)
 
 
+def _section_model(annotation: object) -> type[BaseModel] | None:
+    """The settings model a field holds (directly, in a list or optional), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in get_args(annotation) if (m := _section_model(arg))), None)
+
+
+def _key(loc: tuple) -> str:
+    """The params key of an error's location, without pydantic's tag for the member of a union that failed
+    (`generate.frames_per_batch.constrained-int` is `generate.frames_per_batch`)."""
+    model: type[BaseModel] | None = Settings
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):  # a list index (stories.0.id)
+            parts.append(str(part))
+            continue
+        if model is None or part not in model.model_fields:
+            break
+        parts.append(part)
+        model = _section_model(model.model_fields[part].annotation)
+    return ".".join(parts) or "(top level)"
+
+
 def _format_error(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: {err.error_count()} bad value(s):"]
+    problems: dict[str, list[str]] = {}  # a value no member of a union takes: one line, each member's reason
+    got: dict[str, str] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        key, msg = _key(e["loc"]), e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (typo? see params.yaml comments for the known keys)"
+            key, msg = (
+                ".".join(str(p) for p in e["loc"]),
+                "unknown key (typo? see params.yaml comments for the known keys)",
+            )
         elif "input" in e and not isinstance(e["input"], dict | list):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {key}: {msg}")
+            got[key] = f" (got {e['input']!r})"
+        problems.setdefault(key, []).append(msg)
+    lines = [f"{path}: {len(problems)} bad value(s):"]
+    lines += [f"  {key}: {'; or '.join(msgs)}{got.get(key, '')}" for key, msgs in problems.items()]
     return "\n".join(lines)
 
 

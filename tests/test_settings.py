@@ -114,6 +114,7 @@ def test_every_bad_key_is_reported_at_once(tmp_path: Path, raw: dict[str, Any]) 
         ("caption.openai.temperature", 3, ["caption.openai.temperature"]),
         ("runtime.device", "tpu", ["runtime.device", "'tpu'"]),
         ("generate.steps", "many", ["generate.steps", "'many'"]),
+        ("caption.max_side", 128, ["caption", "max_side (128) is below min_side (256)"]),
     ],
 )
 def test_bad_value_names_its_key(
@@ -123,6 +124,15 @@ def test_bad_value_names_its_key(
     for text in expected:
         assert text in message, f"{text!r} missing from:\n{message}"
     assert "unknown key" not in message
+
+
+def test_a_value_no_member_of_a_union_takes_is_one_line_under_its_own_key(tmp_path: Path, raw: dict[str, Any]) -> None:
+    """frames_per_batch is `auto` or a positive integer: pydantic reports each member apart, under its own tag."""
+    message = _error(tmp_path, _set(raw, "generate.frames_per_batch", 0))
+    assert "1 bad value(s)" in message
+    line = next(x for x in message.splitlines() if "frames_per_batch" in x)
+    assert line.strip().startswith("generate.frames_per_batch: ") and "'auto'" in line and "greater than 0" in line
+    assert "constrained-int" not in message and "literal[" not in message
 
 
 def test_resolution_multiple_of_8_accepted(tmp_path: Path, raw: dict[str, Any]) -> None:
