@@ -84,17 +84,21 @@ class TemplateBackend:
         return CaptionResult(self.text)
 
 
+# Most datasets ship .txt captions; kohya's sd-scripts reads .caption by default (its --caption_extension).
+SIDECAR_SUFFIXES = (".txt", ".caption")
+
+
 class SidecarBackend:
-    """Use the caption file the user already has: `<image stem>.txt` beside the image."""
+    """Use the caption file the user already has: `<image stem>.txt` (or kohya's `.caption`) beside the image."""
 
     name = "sidecar"
     paid = False
 
     def caption(self, image: Image.Image, source: Path) -> CaptionResult:
-        sidecar = source.with_suffix(".txt")
-        if not sidecar.exists():
+        sidecar = next((p for s in SIDECAR_SUFFIXES if (p := source.with_suffix(s)).exists()), None)
+        if sidecar is None:
             raise CaptionError(
-                f"{source}: no caption file {sidecar.name} beside it (caption.backend is sidecar); "
+                f"{source}: no caption file {source.stem}.txt (or .caption) beside it (caption.backend is sidecar); "
                 "write one, or use caption.backend: template or openai"
             )
         # utf-8-sig: a byte-order mark (Windows editors, some exporters) is not part of the caption

@@ -323,8 +323,18 @@ def test_quoted_sidecar_with_nothing_inside_is_empty(tmp_path: Path, picture: Im
 
 
 def test_sidecar_missing_file_names_it(tmp_path: Path, picture: Image.Image) -> None:
-    with pytest.raises(CaptionError, match=r"pose_02\.png: no caption file pose_02\.txt beside it"):
+    with pytest.raises(CaptionError, match=r"pose_02\.png: no caption file pose_02\.txt \(or \.caption\) beside it"):
         SidecarBackend().caption(picture, tmp_path / "pose_02.png")
+
+
+def test_sidecar_reads_kohyas_caption_extension(tmp_path: Path, picture: Image.Image) -> None:
+    """kohya's sd-scripts reads `<image>.caption` by default; a dataset made for it trains here unchanged."""
+    (tmp_path / "pose_04.caption").write_text("aldar_kose_man, 1boy, striped robe, smiling\n", encoding="utf-8")
+
+    assert (
+        SidecarBackend().caption(picture, tmp_path / "pose_04.png").text
+        == "aldar_kose_man, 1boy, striped robe, smiling"
+    )
 
 
 def test_sidecar_empty_file_is_an_error(tmp_path: Path, picture: Image.Image) -> None:
