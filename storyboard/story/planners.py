@@ -168,8 +168,12 @@ def fit_scenes(frames: list[Frame], budget: int) -> list[Frame]:
 
 
 def _find_setting(text: str) -> str | None:
-    lowered = text.lower()
-    return next((setting for word, setting in _SETTINGS.items() if word in lowered), None)
+    """The setting the text names first, as a whole word or its plural ("markets"): "knight" names no night,
+    "driver" no river, "villagers" no village street."""
+    found = [
+        (m.start(), setting) for word, setting in _SETTINGS.items() if (m := re.search(rf"\b{word}s?\b", text, re.I))
+    ]
+    return min(found)[1] if found else None
 
 
 PLAN_INSTRUCTIONS = (

@@ -106,6 +106,23 @@ def test_offline_story_events_appear_in_order(params: Settings, plan_settings: P
     assert frames[-1].pose == "laughing"
 
 
+@pytest.mark.parametrize(
+    ("text", "setting"),
+    [
+        ("Aldar Kose greets the sunrise on the steppe.", "the steppe at sunrise"),  # the first one named
+        ("Aldar Kose bows to a knight and waves to a driver.", "the open steppe"),  # no night, no river: the default
+        ("Aldar Kose shares the money with poor villagers at night.", "a moonlit night"),
+        ("Aldar Kose wanders between the markets.", "a busy bazaar"),
+    ],
+)
+def test_offline_setting_is_the_first_one_the_story_names(
+    params: Settings, plan_settings: Plan, text: str, setting: str
+) -> None:
+    frames = OfflinePlanner(plan_settings).frames(Story(id="s", text=text), params.character)
+
+    assert frames[0].setting == setting
+
+
 def test_offline_respects_custom_frame_bounds(params: Settings, plan_settings: Plan) -> None:
     for lo, hi in [(2, 2), (2, 3), (3, 4), (8, 8), (12, 16)]:
         planner = OfflinePlanner(plan_settings.model_copy(update={"min_frames": lo, "max_frames": hi}))
