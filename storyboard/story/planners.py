@@ -38,10 +38,15 @@ class Planner(Protocol):
     def frames(self, story: Story, character: Character) -> list[Frame]: ...
 
 
+# "and" before a noun phrase joins things ("buys bread and a melon"), not events: not a boundary.
+_AND = r"\band\b(?!\s+(?:a|an|the|some|his|her|its|their|my|our|two|three)\b)"
+
+
 def _beats(story: str) -> list[str]:
     """The story's events, split at clause boundaries ("A, B and then C" -> A | B | C)."""
-    parts = re.split(r",|;|\.|\band then\b|\bthen\b|\band\b|\bbut\b|\bwhile\b", story)
-    return [p.strip() for p in parts if len(p.strip()) > 2]
+    parts = re.split(rf",|;|\.|\band then\b|\bthen\b|{_AND}|\bbut\b|\bwhile\b", story)
+    parts = [re.sub(r"^(?:and|but|so)\s+", "", p.strip(), flags=re.IGNORECASE) for p in parts]  # ", and the camel"
+    return [p for p in parts if len(p) > 2]
 
 
 def _chunks(items: list[str], n: int) -> list[list[str]]:
@@ -75,10 +80,8 @@ class OfflinePlanner:
         beats = _beats(story.text) or [story.text]
         count = max(self.settings.min_frames, min(self.settings.max_frames, len(beats) + 2))
         middle = count - 2
-        events = [
-            ", then ".join(_strip_subject(b, character) for b in group)
-            for group in _chunks(beats, min(middle, len(beats)))
-        ]
+        subjectless = [_strip_subject(b, character, previous) for b, previous in zip(beats, ["", *beats], strict=False)]
+        events = [", then ".join(group) for group in _chunks(subjectless, min(middle, len(beats)))]
         setting = next((s for b in beats if (s := _find_setting(b))), DEFAULT_SETTING)
         frames = [
             Frame(
@@ -126,9 +129,29 @@ class OfflinePlanner:
         return frames
 
 
-def _strip_subject(beat: str, character: Character) -> str:
+def _strip_subject(beat: str, character: Character, previous: str = "") -> str:
+    """The beat without its subject when that is the character (the name, a pronoun, or the description's head noun:
+    "The trickster meets a camel" for "a cheerful folk trickster with a hat"), for the name to go in front; "they"
+    after "meets a camel" becomes "and the camel"."""
     text = re.sub(rf"^\s*{re.escape(character.name)}\s*", "", beat, flags=re.IGNORECASE)
-    return re.sub(r"^(he|she|they)\s+", "", text, flags=re.IGNORECASE) or beat
+    if head := _head_noun(character.description):
+        text = re.sub(rf"^\s*(?:the|our|this)\s+(?:\w+\s+)?{re.escape(head)}\s+", "", text, flags=re.IGNORECASE)
+    if (they := re.match(r"they\s+", text, flags=re.IGNORECASE)) and (
+        other := re.search(r"\b(a|an|the|his|her)\s+(\w+)", _strip_subject(previous, character))
+    ):
+        determiner = "the" if other.group(1).lower() in ("a", "an") else other.group(1)
+        return f"and {determiner} {other.group(2)} {text[they.end() :]}"
+    text = re.sub(r"^(he|she|they)\s+", "", text, flags=re.IGNORECASE) or beat
+    # A clause with a subject of its own ("the camel laughs"): the character is in the frame, watching it.
+    return f"watches as {text}" if re.match(r"(?:the|a|an)\s", text, flags=re.IGNORECASE) else text
+
+
+def _head_noun(description: str) -> str | None:
+    """The last word before the description's first qualifier: "trickster" in "a cheerful Kazakh folk trickster
+    with a thin black moustache, ..."."""
+    phrase = re.split(r",|;|\b(?:with|who|in|wearing|from|and)\b", description, maxsplit=1, flags=re.IGNORECASE)[0]
+    words = re.findall(r"[a-z]+", phrase.lower())
+    return words[-1] if words and words[-1] not in {"a", "an", "the"} else None
 
 
 DEFAULT_SETTING = "the open steppe"

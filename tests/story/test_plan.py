@@ -123,6 +123,26 @@ def test_offline_setting_is_the_first_one_the_story_names(
     assert frames[0].setting == setting
 
 
+def test_offline_names_the_character_where_the_story_calls_it_by_its_description(
+    params: Settings, plan_settings: Plan
+) -> None:
+    """params.yaml's character is "a cheerful Kazakh folk trickster ...": "The trickster" is Aldar Kose."""
+    story = Story(id="s", text="The trickster meets a camel at the well, and the camel laughs.")
+    scenes = [f.scene for f in OfflinePlanner(plan_settings).frames(story, params.character)]
+
+    assert "Aldar Kose meets a camel at the well" in scenes
+    assert not any("Aldar Kose The trickster" in s for s in scenes)
+    assert "Aldar Kose watches as the camel laughs" in scenes  # a clause with its own subject
+
+
+def test_offline_they_after_a_meeting_is_the_character_and_whom_it_met(params: Settings, plan_settings: Plan) -> None:
+    story = Story(id="s", text="Aldar Kose meets his brother at the bazaar and they hug, then a thief steals a melon.")
+    scenes = [f.scene for f in OfflinePlanner(plan_settings).frames(story, params.character)]
+
+    assert "Aldar Kose and his brother hug" in scenes
+    assert "Aldar Kose watches as a thief steals a melon" in scenes
+
+
 def test_offline_respects_custom_frame_bounds(params: Settings, plan_settings: Plan) -> None:
     for lo, hi in [(2, 2), (2, 3), (3, 4), (8, 8), (12, 16)]:
         planner = OfflinePlanner(plan_settings.model_copy(update={"min_frames": lo, "max_frames": hi}))
