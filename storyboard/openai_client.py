@@ -51,18 +51,20 @@ class Purpose:
 # Sent to a server on this machine or its network when no key is set: llama.cpp, Ollama, LM Studio and vLLM without
 # --api-key take any, and the official client refuses to start without one.
 NO_KEY = "no-key"
+# Names only a local network resolves: mDNS and Kubernetes (.local), Docker's host.docker.internal, home routers.
+LOCAL_SUFFIXES = (".local", ".localhost", ".internal", ".lan", ".home.arpa")
 
 
 def is_local(base_url: str | None) -> bool:
     """Whether `base_url` is a server on this machine or its network: loopback, a private address, `localhost`, a
-    `.local` name, or a name without a dot (a container's service name, e.g. http://ollama:11434/v1)."""
+    local-network name (LOCAL_SUFFIXES), or a name without a dot (a container's service name: http://ollama:11434)."""
     host = urlsplit(base_url).hostname if base_url else None
     if not host:
         return False
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return host == "localhost" or host.endswith((".local", ".localhost")) or "." not in host
+        return host == "localhost" or host.endswith(LOCAL_SUFFIXES) or "." not in host
     return address.is_loopback or address.is_private or address.is_link_local
 
 

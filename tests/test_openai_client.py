@@ -98,6 +98,8 @@ def test_a_local_server_that_wants_a_key_says_which_variable(
         ("http://10.0.0.5:8000/v1", True),
         ("http://ollama:11434/v1", True),  # a container's service name
         ("http://gpu-box.local:8000/v1", True),
+        ("http://host.docker.internal:11434/v1", True),
+        ("http://vllm.default.svc.cluster.local:8000/v1", True),
         ("https://api.openai.com/v1", False),
         ("https://openrouter.ai/api/v1", False),
         ("http://8.8.8.8/v1", False),
