@@ -143,7 +143,8 @@ def _strip_subject(beat: str, character: Character, previous: str = "") -> str:
         return f"and {determiner} {other.group(2)} {text[they.end() :]}"
     text = re.sub(r"^(he|she|they)\s+", "", text, flags=re.IGNORECASE) or beat
     # A clause with a subject of its own ("the camel laughs"): the character is in the frame, watching it.
-    return f"watches as {text}" if re.match(r"(?:the|a|an)\s", text, flags=re.IGNORECASE) else text
+    own_subject = re.match(r"(?:the|a|an)\s", text, flags=re.IGNORECASE)
+    return f"watches as {text[0].lower()}{text[1:]}" if own_subject else text
 
 
 def _head_noun(description: str) -> str | None:

@@ -136,7 +136,7 @@ def test_offline_names_the_character_where_the_story_calls_it_by_its_description
 
 
 def test_offline_they_after_a_meeting_is_the_character_and_whom_it_met(params: Settings, plan_settings: Plan) -> None:
-    story = Story(id="s", text="Aldar Kose meets his brother at the bazaar and they hug, then a thief steals a melon.")
+    story = Story(id="s", text="Aldar Kose meets his brother at the bazaar and they hug. A thief steals a melon.")
     scenes = [f.scene for f in OfflinePlanner(plan_settings).frames(story, params.character)]
 
     assert "Aldar Kose and his brother hug" in scenes
