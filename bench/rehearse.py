@@ -316,7 +316,7 @@ def main() -> None:
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)}")
     parser.add_argument("--small", action="store_true", help="small models, few steps: the CPU check")
     parser.add_argument("--profile", action="store_true", help="py-spy samples each dvc phase: <out>/<phase>.pyspy")
-    parser.add_argument("--klein-root", type=Path, help="FLUX.2 klein's folder (16 GB) elsewhere, e.g. /dev/shm")
+    parser.add_argument("--klein-root", type=Path, help="FLUX.2 klein's folder (17 GB) elsewhere, e.g. /dev/shm")
     args = parser.parse_args()
     work, out = Path(args.workdir).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
